@@ -1,0 +1,57 @@
+# aif: the two commands are `make repro` and `make test`; `make help` lists the rest.
+# Every target installs the locked environment into .venv on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+UV_VERSION := $(shell sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements.lock)
+export PATH := $(BIN):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help install repro test bench lint lock hooks export clean-nbs check-nbs clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the locked dependencies (done by every target)
+
+repro: $(STAMP) ## run the whole DVC pipeline (simulate -> ingest -> ...)
+	dvc repro
+
+test: $(STAMP) ## run every test: pytest (notebooks, pipeline, properties) on 2 workers
+	python -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: $(STAMP) ## speed and memory benchmarks (long; prints figures and peak RSS)
+	python benchmarks/run.py $(BENCH_ARGS)
+
+lint: $(STAMP) ## ruff on the package, tests and benchmarks
+	ruff check aif tests benchmarks
+
+lock: ## refresh requirements.lock from pyproject.toml (needs network)
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install --quiet uv; }
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+		--upgrade --quiet -o requirements.lock
+	@rm -f $(STAMP)
+
+hooks: $(STAMP) ## install git hooks that clean notebooks and check the export before commit
+	nbdev-install-hooks
+	@printf '#!/bin/sh\nmake --no-print-directory check-nbs\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit
+	@echo "pre-commit hook installed: it runs 'make check-nbs'"
+
+export: $(STAMP) ## regenerate aif/ from nbs/ and clean the notebooks
+	nbdev-export
+	nbdev-clean
+
+check-nbs: $(STAMP) ## fail if nbdev-export or nbdev-clean would change a tracked file
+	python -m pytest -q tests/test_notebooks.py -k "export or clean"
+
+clean: ## remove the virtual environment and caches (data and models stay)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

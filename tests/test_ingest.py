@@ -1,0 +1,251 @@
+"""Ingest: bad files of every kind give the documented one-line error or quarantine, never a
+traceback or silent loss; rows read = rows written + rows quarantined, always."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aif.config import IngestParams
+from aif.ingest import SourceRows, ingest_rows
+from conftest import run, write_params
+
+MAPPING = {"transaction_id": "TX_ID", "tx_datetime": "TX_TIME", "customer_id": "CARD",
+           "terminal_id": "TERMINAL", "tx_amount": "AMOUNT_EUR", "tx_fraud": "IS_FRAUD"}
+
+
+def good_frame(n: int = 2000) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({
+        "TX_ID": np.arange(n) + 100,
+        "TX_TIME": (pd.Timestamp("2019-01-01") + pd.to_timedelta(
+            rng.integers(0, 86_400 * 30, n), unit="s")).strftime("%Y-%m-%d %H:%M:%S"),
+        "CARD": rng.integers(0, 50, n), "TERMINAL": rng.integers(0, 80, n),
+        "AMOUNT_EUR": np.round(rng.uniform(1, 200, n), 2),
+        "IS_FRAUD": (rng.random(n) < 0.02).astype(int),
+        "MERCHANT_NAME": "shop"})
+
+
+def ingest_cli(project: Path, source: Path, **ingest) -> tuple[int, str]:
+    write_params(project, ingest={"source": str(source), "columns": MAPPING, **ingest})
+    result = run(["aif", "ingest"], project, check=False)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, result.stderr.strip()
+
+
+def outputs(project: Path) -> dict:
+    return {"transactions": project / "data/interim/transactions.parquet",
+            "quarantine": project / "data/interim/quarantine.parquet",
+            "report": project / "reports/ingest.json"}
+
+
+def assert_no_outputs(project: Path) -> None:
+    assert not any(p.exists() for p in outputs(project).values())
+    leftovers = [p for p in project.rglob(".*tmp-*")]
+    assert leftovers == []
+
+
+def test_csv_with_mapping_sorted_and_extra_columns_dropped(small_project, tmp_path):
+    frame = good_frame()
+    source = tmp_path / "bank.csv"
+    frame.to_csv(source, index=False)
+    code, err = ingest_cli(small_project, source)
+    assert code == 0, err
+    out = pd.read_parquet(outputs(small_project)["transactions"])
+    assert list(out.columns) == ["transaction_id", "tx_datetime", "customer_id", "terminal_id",
+                                 "tx_amount", "tx_fraud"]
+    assert len(out) == len(frame)
+    assert (out.sort_values(["tx_datetime", "transaction_id"]).index == out.index).all()
+    assert str(out.tx_datetime.dtype).startswith("datetime64") and out.tx_fraud.dtype == np.int8
+    report = json.loads(outputs(small_project)["report"].read_text())
+    assert report["rows_read"] == report["rows_written"] == len(frame)
+    assert report["rows_quarantined"] == 0
+
+
+def test_extra_columns_kept_when_asked(small_project, tmp_path):
+    source = tmp_path / "bank.parquet"
+    good_frame(50).to_parquet(source)
+    code, err = ingest_cli(small_project, source, extra_columns="keep")
+    assert code == 0, err
+    out = pd.read_parquet(outputs(small_project)["transactions"])
+    assert out.columns[-1] == "MERCHANT_NAME" and (out.MERCHANT_NAME == "shop").all()
+
+
+def test_empty_file(small_project, tmp_path):
+    source = tmp_path / "empty.csv"
+    source.write_text("")
+    code, err = ingest_cli(small_project, source)
+    assert code == 2 and err == f"ingest: {source}: file is empty"
+    assert_no_outputs(small_project)
+
+
+def test_header_only_file(small_project, tmp_path):
+    source = tmp_path / "header.csv"
+    source.write_text(",".join(good_frame(1).columns) + "\n")
+    code, err = ingest_cli(small_project, source)
+    assert code == 2 and "no rows" in err and str(source) in err
+    assert_no_outputs(small_project)
+
+
+def test_wrong_delimiter(small_project, tmp_path):
+    source = tmp_path / "semicolons.csv"
+    good_frame(20).to_csv(source, index=False, sep=";")
+    code, err = ingest_cli(small_project, source)
+    assert code == 2 and "\n" not in err
+    assert "TX_ID" in err and "csv_delimiter" in err
+    assert_no_outputs(small_project)
+    code, err = ingest_cli(small_project, source, csv_delimiter=";")
+    assert code == 0, err
+
+
+def test_missing_mapped_column(small_project, tmp_path):
+    source = tmp_path / "no_amount.csv"
+    good_frame(20).drop(columns="AMOUNT_EUR").to_csv(source, index=False)
+    code, err = ingest_cli(small_project, source)
+    assert code == 2
+    assert "'AMOUNT_EUR'" in err and "tx_amount" in err and str(source) in err
+    assert_no_outputs(small_project)
+
+
+def test_unreadable_parquet(small_project, tmp_path):
+    source = tmp_path / "broken.parquet"
+    source.write_bytes(b"PAR1 this is not parquet at all")
+    code, err = ingest_cli(small_project, source)
+    assert code == 2 and err.startswith(f"ingest: {source}: cannot be read as PARQUET")
+    assert_no_outputs(small_project)
+
+
+def test_missing_source(small_project, tmp_path):
+    code, err = ingest_cli(small_project, tmp_path / "nowhere")
+    assert code == 2 and "no such file or folder" in err
+
+
+@pytest.mark.parametrize("column, bad_value, rule", [
+    ("AMOUNT_EUR", "twelve", "not_a_number"),
+    ("AMOUNT_EUR", "-5", "non_negative"),
+    ("CARD", "3.5", "not_an_integer"),
+    ("IS_FRAUD", "2", "binary"),
+    ("TX_TIME", "yesterday", "not_a_timestamp"),
+    ("TX_TIME", "2999-01-01 00:00:00", "not_in_future"),
+    ("TERMINAL", "", "missing"),
+])
+def test_bad_values_are_quarantined_with_their_rule(small_project, tmp_path, column, bad_value,
+                                                     rule):
+    frame = good_frame().astype({column: object})
+    frame.loc[[7, 1041], column] = bad_value
+    source = tmp_path / "bank.csv"
+    frame.to_csv(source, index=False)
+    code, err = ingest_cli(small_project, source, max_invalid_fraction=0.01)
+    assert code == 0, err
+    quarantine = pd.read_parquet(outputs(small_project)["quarantine"])
+    assert list(quarantine.source_row) == [8, 1042]  # 1-based data rows
+    assert set(quarantine.rule) == {rule}
+    report = json.loads(outputs(small_project)["report"].read_text())
+    assert report["rows_written"] == len(frame) - 2 and report["rows_quarantined"] == 2
+    canonical = {v: k for k, v in MAPPING.items()}[column]
+    assert report["quarantined_by_rule"] == {f"{canonical}:{rule}": 2}
+
+
+def test_duplicate_ids_keep_the_first(small_project, tmp_path):
+    frame = good_frame()
+    frame.loc[500, "TX_ID"] = frame.loc[10, "TX_ID"]
+    source = tmp_path / "dupes.csv"
+    frame.to_csv(source, index=False)
+    code, err = ingest_cli(small_project, source)
+    assert code == 0, err
+    out = pd.read_parquet(outputs(small_project)["transactions"])
+    quarantine = pd.read_parquet(outputs(small_project)["quarantine"])
+    assert list(quarantine.rule) == ["duplicate_id"] and list(quarantine.source_row) == [501]
+    kept = out[out.transaction_id == frame.loc[10, "TX_ID"]]
+    assert len(kept) == 1 and kept.tx_amount.iloc[0] == frame.loc[10, "AMOUNT_EUR"]
+
+
+def test_too_many_bad_rows_fail_and_leave_previous_outputs(small_project, tmp_path):
+    source = tmp_path / "bank.csv"
+    good_frame().to_csv(source, index=False)
+    assert ingest_cli(small_project, source)[0] == 0
+    before = {k: p.read_bytes() for k, p in outputs(small_project).items()}
+    frame = good_frame().astype({"AMOUNT_EUR": object})
+    frame.loc[[3, 1041, 1500], "AMOUNT_EUR"] = "unknown"
+    frame.to_csv(source, index=False)
+    code, err = ingest_cli(small_project, source)
+    assert code == 2 and "\n" not in err
+    assert "column tx_amount rule not_a_number" in err and f"row 4 of {source}" in err
+    assert "max_invalid_fraction=0.001" in err
+    assert {k: p.read_bytes() for k, p in outputs(small_project).items()} == before
+    assert [p for p in small_project.rglob(".*tmp-*")] == []
+
+
+def test_timezone_aware_source_is_converted(small_project, tmp_path):
+    frame = good_frame(10)
+    frame["TX_TIME"] = pd.to_datetime(frame["TX_TIME"]).dt.tz_localize("UTC")
+    source = tmp_path / "utc.parquet"
+    frame.to_parquet(source)
+    code, err = ingest_cli(small_project, source)
+    assert code == 2 and "timezone-aware" in err and "ingest.timezone" in err
+    code, err = ingest_cli(small_project, source, timezone="Europe/Brussels")
+    assert code == 0, err
+    out = pd.read_parquet(outputs(small_project)["transactions"]).sort_values("transaction_id")
+    expected = frame.TX_TIME.dt.tz_convert("Europe/Brussels").dt.tz_localize(None)
+    assert (out.tx_datetime.to_numpy() == expected.to_numpy().astype("datetime64[us]")).all()
+
+
+def test_folder_of_files_and_row_origin(small_project, tmp_path):
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    frame = good_frame(300)
+    frame.iloc[:100].to_csv(folder / "a.csv", index=False)
+    bad = frame.iloc[100:].astype({"AMOUNT_EUR": str}).copy()
+    bad.iloc[5, bad.columns.get_loc("AMOUNT_EUR")] = "oops"
+    bad.to_parquet(folder / "b.parquet")
+    code, err = ingest_cli(small_project, folder, max_invalid_fraction=0.01)
+    assert code == 0, err
+    quarantine = pd.read_parquet(outputs(small_project)["quarantine"])
+    assert list(quarantine.source_file) == [str(folder / "b.parquet")]
+    assert list(quarantine.source_row) == [6]
+
+
+# The invariant, on random frames with random damage: every row is written or quarantined.
+damage = st.lists(st.tuples(st.integers(0, 59), st.sampled_from(
+    ["TX_ID", "TX_TIME", "CARD", "AMOUNT_EUR", "IS_FRAUD"]),
+    st.sampled_from([None, "x", "-1", "2", "1.5", "2999-01-01", "7"])), max_size=40)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(damage=damage, n=st.integers(1, 60))
+def test_every_row_is_written_or_quarantined(damage, n):
+    frame = good_frame(n).astype(object)
+    for row, column, value in damage:
+        if row < n:
+            frame.loc[row, column] = value
+    rows = SourceRows(frame, [Path("x.csv")], np.zeros(n, int), np.arange(1, n + 1))
+    result = ingest_rows(rows, IngestParams(columns=MAPPING),
+                         now=pd.Timestamp("2026-01-01"))
+    written, quarantined = result.report["rows_written"], result.report["rows_quarantined"]
+    assert written + quarantined == n
+    assert len(result.transactions) == written and len(result.quarantine) == quarantined
+    assert sorted(result.quarantine.source_row) == sorted(set(result.quarantine.source_row))
+    assert result.transactions.transaction_id.is_unique
+    kept_rows = set(range(1, n + 1)) - set(result.quarantine.source_row)
+    kept_ids = pd.to_numeric(frame.TX_ID.iloc[[r - 1 for r in sorted(kept_rows)]]).astype(int)
+    assert sorted(kept_ids) == sorted(result.transactions.transaction_id)
+    table = pa.Table.from_pandas(result.transactions)
+    assert table.num_rows == written
+
+
+def test_simulator_landing_zone_roundtrip(small_project):
+    run(["aif", "simulate"], small_project)
+    run(["aif", "ingest"], small_project)
+    raw = pq.read_table(small_project / "data/raw/transactions").to_pandas()
+    out = pd.read_parquet(outputs(small_project)["transactions"])
+    assert len(out) == len(raw)
+    assert (out.drop(columns=[]).reset_index(drop=True)
+            .equals(raw.sort_values(["tx_datetime", "transaction_id"])[out.columns]
+                    .reset_index(drop=True).astype(out.dtypes.to_dict())))

@@ -1,0 +1,71 @@
+"""The notebooks are the source: their examples pass, and the committed package and notebooks
+are exactly what nbdev-export and nbdev-clean produce."""
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run
+
+NOTEBOOKS = sorted(p.relative_to(REPO / "nbs") for p in (REPO / "nbs").rglob("*.ipynb")
+                   if ".ipynb_checkpoints" not in p.parts)
+# Papermill templates (folders holding a .notest file) are run by their own tests instead.
+TESTED_BY_NBDEV = [p for p in NOTEBOOKS if not (REPO / "nbs" / p).parent.joinpath(".notest").exists()]
+
+
+@pytest.mark.parametrize("notebook", TESTED_BY_NBDEV, ids=str)
+def test_notebook_examples_pass(notebook: Path):
+    result = run(["nbdev-test", str(REPO / "nbs" / notebook)], REPO, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _copy_sources(dest: Path) -> Path:
+    shutil.copy(REPO / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copytree(REPO / "nbs", dest / "nbs")
+    shutil.copytree(REPO / "aif", dest / "aif", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def _changed_files(before: Path, after: Path) -> list[str]:
+    changed = []
+    for path in sorted(before.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            twin = after / path.relative_to(before)
+            if not twin.exists() or not filecmp.cmp(path, twin, shallow=False):
+                changed.append(str(path.relative_to(before)))
+    new = {p.relative_to(after) for p in after.rglob("*.py") if "__pycache__" not in p.parts}
+    changed += [str(p) for p in sorted(new - {p.relative_to(before) for p in before.rglob("*.py")})]
+    return changed
+
+
+def test_export_would_change_nothing(tmp_path: Path):
+    work = _copy_sources(tmp_path)
+    run(["nbdev-export"], work)
+    assert _changed_files(REPO / "aif", work / "aif") == [], \
+        "aif/ differs from what nbdev-export writes: edit nbs/, run `make export`, commit both"
+
+
+def test_clean_would_change_nothing(tmp_path: Path):
+    work = _copy_sources(tmp_path)
+    run(["nbdev-clean"], work)
+    assert _changed_files(REPO / "nbs", work / "nbs") == [], \
+        "notebooks are not clean: run `make export` (nbdev-clean) and commit"
+
+
+def test_clean_keeps_papermill_parameters_tag(tmp_path: Path):
+    import json
+    nb = {"cells": [{"cell_type": "code", "id": "a1", "execution_count": 3, "outputs": [],
+                     "metadata": {"tags": ["parameters"], "scrolled": True},
+                     "source": ["window = 1\n"]}],
+          "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                      "language": "python"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    work = _copy_sources(tmp_path)
+    path = work / "nbs" / "tagged.ipynb"
+    path.write_text(json.dumps(nb))
+    run(["nbdev-clean", "--fname", str(path)], work)
+    cell = json.loads(path.read_text())["cells"][0]
+    assert cell["metadata"] == {"tags": ["parameters"]} and cell["execution_count"] is None
