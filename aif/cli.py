@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from .config import ParamsError, StageError
@@ -13,10 +14,14 @@ from .config import ParamsError, StageError
 # %% auto #0
 __all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'main']
 
-# %% ../nbs/99_cli.ipynb #3f6534cd
+# %% ../nbs/99_cli.ipynb #478966ad
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+# %% ../nbs/99_cli.ipynb #95bd80a7
 COMMANDS = {
     "simulate": ("aif.simulate", "simulate card transactions into data/raw/transactions"),
     "ingest": ("aif.ingest", "validate the source into data/interim/transactions.parquet"),
+    "featurize": ("aif.features.engine", "point-in-time features into data/processed"),
 }
 EXIT_USER_ERROR = 2
 

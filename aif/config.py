@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PARAMS_FILE', 'find_project_root', 'ProjectPaths', 'project_paths', 'ParamsError', 'StageError', 'from_dict',
-           'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios', 'SimulateParams',
-           'IngestParams', 'Params', 'load_params', 'atomic_output', 'get_logger']
+__all__ = ['PARAMS_FILE', 'FEATURE_GROUPS', 'find_project_root', 'ProjectPaths', 'project_paths', 'ParamsError', 'StageError',
+           'from_dict', 'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios',
+           'SimulateParams', 'IngestParams', 'FeaturesParams', 'Params', 'load_params', 'atomic_output', 'get_logger']
 
 # %% ../nbs/00_config.ipynb #06cd4aee
 PARAMS_FILE = "params.yaml"
@@ -66,6 +66,10 @@ class ProjectPaths:
     def reports(self) -> Path: return self.root / "reports"
     @property
     def ingest_report(self) -> Path: return self.reports / "ingest.json"
+    @property
+    def features(self) -> Path: return self.processed / "features.parquet"
+    @property
+    def features_catalog(self) -> Path: return self.reports / "features.json"
 
     def resolve(self, path: str | Path) -> Path:
         "A path from params.yaml: relative ones are relative to the project root."
@@ -100,6 +104,8 @@ def _convert(value, kind, where: str):
             raise ParamsError(f"params.yaml: {where} must be a mapping, got {value!r}")
         return dict(value)
     if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"params.yaml: {where} must be a list, got {value!r}")
         return tuple(value)
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -201,15 +207,40 @@ class IngestParams:
     max_invalid_fraction: float = 0.001
     reject_future: bool = True
 
-# %% ../nbs/00_config.ipynb #2061f25a
+# %% ../nbs/00_config.ipynb #c61dda51
+FEATURE_GROUPS = ("baseline", "amount_profile", "velocity", "terminal_activity",
+                  "card_history", "novelty")
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    customer_windows_days: tuple[int, ...] = (1, 7, 30)
+    terminal_windows_days: tuple[int, ...] = (1, 7, 30)
+    velocity_window_hours: float = 1.0
+    groups: tuple[str, ...] = FEATURE_GROUPS
+    engine: str = "local"
+    rows_per_partition: int = 500_000     # the kernel sees about this many rows at once
+    max_rows_in_memory: int = 30_000_000  # above this the local engine spills partitions to disk
+
+    def __post_init__(self):
+        unknown = sorted(set(self.groups) - set(FEATURE_GROUPS))
+        if unknown:
+            raise ParamsError(f"params.yaml: features.groups has unknown group {unknown[0]!r} "
+                              f"(groups: {', '.join(FEATURE_GROUPS)})")
+        if "baseline" not in self.groups:
+            raise ParamsError("params.yaml: features.groups must include baseline")
+        if self.engine not in ("local", "dask"):
+            raise ParamsError("params.yaml: features.engine must be local or dask")
+
+# %% ../nbs/00_config.ipynb #5743e43c
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
     label_delay_days: int = 7
     simulate: SimulateParams = field(default_factory=SimulateParams)
     ingest: IngestParams = field(default_factory=IngestParams)
+    features: FeaturesParams = field(default_factory=FeaturesParams)
     # Sections whose stages arrive in later issues are carried as plain mappings for now.
-    features: dict = field(default_factory=dict)
     split: dict = field(default_factory=dict)
     tune: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -225,12 +256,12 @@ def load_params(path: Path | str | None = None) -> Params:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ParamsError(f"{path}: not found; run from the project folder or set AIF_ROOT")
+        raise ParamsError(f"{path}: not found; run from the project folder or set AIF_ROOT") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML ({err})")
+        raise ParamsError(f"{path}: not valid YAML ({err})") from None
     return from_dict(Params, raw)
 
-# %% ../nbs/00_config.ipynb #ebbc4f57
+# %% ../nbs/00_config.ipynb #6877f089
 @contextlib.contextmanager
 def atomic_output(final: Path | str):
     "Yield a temporary path beside `final`; on success it replaces `final` (file or folder)."
@@ -252,7 +283,7 @@ def atomic_output(final: Path | str):
         elif tmp.exists():
             tmp.unlink()
 
-# %% ../nbs/00_config.ipynb #08053e74
+# %% ../nbs/00_config.ipynb #d4946e6a
 def get_logger(name: str) -> logging.Logger:
     "A logger writing `aif.<stage>: message` lines to stderr."
     logger = logging.getLogger(f"aif.{name}")

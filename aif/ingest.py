@@ -74,7 +74,8 @@ def read_file(path: Path, params: IngestParams) -> pa_arrow.Table:
         raise
     except (pa_arrow.ArrowInvalid, OSError, UnicodeDecodeError) as err:
         reason = str(err).splitlines()[0]
-        raise StageError(f"ingest: {path}: cannot be read as {path.suffix[1:].upper()} ({reason})")
+        raise StageError(
+            f"ingest: {path}: cannot be read as {path.suffix[1:].upper()} ({reason})") from None
     return table.replace_schema_metadata(None)
 
 
@@ -153,7 +154,7 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.
                                     utc=params.timezone is not None)
         except (ValueError, TypeError) as err:
             raise StageError(f"ingest: {where}: column tx_datetime mixes timezone offsets "
-                             f"({err}); set ingest.timezone to the terminals' local zone")
+                             f"({err}); set ingest.timezone to the terminals' local zone") from None
     if getattr(values.dt, "tz", None) is not None:
         if params.timezone is None:
             raise StageError(f"ingest: {where}: column tx_datetime is timezone-aware; set "
@@ -199,7 +200,7 @@ def validate_rows(frame: pd.DataFrame, latest_allowed: pd.Timestamp | None) -> p
         if len(structural):
             first = structural.iloc[0]
             raise StageError(f"ingest: column {first['column']}: {first['check']} "
-                             f"(got {first['failure_case']})")
+                             f"(got {first['failure_case']})") from None
         check = cases["check"].astype(str).str.replace(r"^field_uniqueness$", "duplicate_id",
                                                        regex=True)
         return pd.DataFrame({"column": cases["column"].to_numpy(), "rule": check.to_numpy()},

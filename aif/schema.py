@@ -7,14 +7,18 @@ checks), features and monitoring (what they may assume)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import pandera.pandas as pa
 import pyarrow as pa_arrow
+
+if TYPE_CHECKING:  # pandera and pandas are imported when a schema is built, not on import:
+    import numpy as np  # stages that only need the field list start faster
+    import pandas as pd
+    import pandera.pandas as pa
 
 # %% auto #0
 __all__ = ['TRANSACTION_FIELDS', 'FIELDS_BY_NAME', 'CANONICAL_COLUMNS', 'REQUIRED_COLUMNS', 'SORT_KEYS', 'CanonicalField',
-           'arrow_schema', 'transaction_schema']
+           'arrow_schema', 'column_to_numpy', 'numpy_to_arrow', 'transaction_schema']
 
 # %% ../nbs/00_schema.ipynb #bd906e52
 @dataclass(frozen=True)
@@ -52,10 +56,40 @@ def arrow_schema(columns: list[str] | None = None) -> pa_arrow.Schema:
     names = columns or CANONICAL_COLUMNS
     return pa_arrow.schema([(n, _ARROW_TYPES[FIELDS_BY_NAME[n].dtype]) for n in names])
 
-# %% ../nbs/00_schema.ipynb #da59e96e
+# %% ../nbs/00_schema.ipynb #686c7798
+def column_to_numpy(column: pa_arrow.ChunkedArray | pa_arrow.Array) -> np.ndarray:
+    "A null-free fixed-width Arrow column as a numpy array (timestamps as int64 ticks)."
+    import numpy as np
+
+    array = column.combine_chunks() if isinstance(column, pa_arrow.ChunkedArray) else column
+    if array.null_count:
+        raise ValueError(f"column has {array.null_count} nulls")
+    kind = array.type
+    if pa_arrow.types.is_timestamp(kind):
+        dtype = np.dtype(np.int64)
+    else:
+        dtype = np.dtype(kind.to_pandas_dtype())
+    if dtype.kind not in "iuf" or pa_arrow.types.is_boolean(kind):
+        raise TypeError(f"column of type {kind} is not fixed-width numeric")
+    data = array.buffers()[1]
+    return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+def numpy_to_arrow(values: np.ndarray, kind: pa_arrow.DataType | None = None
+                   ) -> pa_arrow.Array:
+    "A fixed-width numpy array as an Arrow array sharing its memory (NaN stays a value)."
+    import numpy as np
+
+    values = np.ascontiguousarray(values)
+    if kind is None:
+        kind = pa_arrow.from_numpy_dtype(values.dtype)
+    return pa_arrow.Array.from_buffers(kind, len(values), [None, pa_arrow.py_buffer(values)])
+
+# %% ../nbs/00_schema.ipynb #3ba18883
 def transaction_schema(columns: list[str], latest_allowed: pd.Timestamp | None = None
                        ) -> pa.DataFrameSchema:
     "The pandera schema for canonical transactions holding `columns`."
+    import pandera.pandas as pa
+
     checks = {
         "transaction_id": [],
         "customer_id": [pa.Check.ge(0, name="non_negative_id", error="non_negative_id")],

@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import pyarrow.dataset as ds
-
 from common import make_project, measure, report, run
 
 TARGET_WALL_S, TARGET_RSS_MB = 8.0, 1536
@@ -26,7 +25,8 @@ def main(repeats: int = 3) -> bool:
     ok = wall <= TARGET_WALL_S and rss <= TARGET_RSS_MB
     print("simulate: dvc repro -f -s simulate, default params")
     report("simulate", {
-        "rows": rows, "wall_s_median": round(wall, 2), "wall_s_runs": [round(w, 2) for w, _ in runs],
+        "rows": rows, "wall_s_median": round(wall, 2),
+        "wall_s_runs": [round(w, 2) for w, _ in runs],
         "rows_per_s": round(rows / wall), "peak_rss_mb": round(rss),
         "target": f"<= {TARGET_WALL_S} s, <= {TARGET_RSS_MB} MB", "meets_target": ok})
     return ok

@@ -34,7 +34,8 @@ def run(cmd: list[str] | str, cwd: Path, check: bool = True, **env: str
     result = subprocess.run(cmd, cwd=cwd, env=run_env(**env), capture_output=True, text=True,
                             shell=isinstance(cmd, str))
     if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 

@@ -10,12 +10,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import run, write_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aif.config import IngestParams
 from aif.ingest import SourceRows, ingest_rows
-from conftest import run, write_params
 
 MAPPING = {"transaction_id": "TX_ID", "tx_datetime": "TX_TIME", "customer_id": "CARD",
            "terminal_id": "TERMINAL", "tx_amount": "AMOUNT_EUR", "tx_fraud": "IS_FRAUD"}

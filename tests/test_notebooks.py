@@ -7,13 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run
 
 NOTEBOOKS = sorted(p.relative_to(REPO / "nbs") for p in (REPO / "nbs").rglob("*.ipynb")
                    if ".ipynb_checkpoints" not in p.parts)
 # Papermill templates (folders holding a .notest file) are run by their own tests instead.
-TESTED_BY_NBDEV = [p for p in NOTEBOOKS if not (REPO / "nbs" / p).parent.joinpath(".notest").exists()]
+TESTED_BY_NBDEV = [p for p in NOTEBOOKS
+                   if not (REPO / "nbs" / p).parent.joinpath(".notest").exists()]
 
 
 @pytest.mark.parametrize("notebook", TESTED_BY_NBDEV, ids=str)
@@ -69,3 +69,8 @@ def test_clean_keeps_papermill_parameters_tag(tmp_path: Path):
     run(["nbdev-clean", "--fname", str(path)], work)
     cell = json.loads(path.read_text())["cells"][0]
     assert cell["metadata"] == {"tags": ["parameters"]} and cell["execution_count"] is None
+
+
+def test_lint_is_clean():
+    result = run(["ruff", "check", "aif", "tests", "benchmarks"], REPO, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]

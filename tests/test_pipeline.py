@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pandas as pd
-
 from conftest import run, write_params
 
 
@@ -22,7 +21,7 @@ def commit_all(project: Path, message: str) -> None:
 
 def test_repro_runs_then_does_nothing_then_reruns_what_changed(small_project: Path):
     first = run(["dvc", "repro"], small_project)
-    assert ran_stages(first.stdout) == ["simulate", "ingest"]
+    assert ran_stages(first.stdout) == ["simulate", "ingest", "featurize"]
     transactions = pd.read_parquet(small_project / "data/interim/transactions.parquet")
     report = json.loads((small_project / "reports/ingest.json").read_text())
     assert report["rows_read"] == report["rows_written"] == len(transactions) > 10_000
@@ -34,11 +33,16 @@ def test_repro_runs_then_does_nothing_then_reruns_what_changed(small_project: Pa
 
     write_params(small_project, simulate={"n_days": 35})
     third = run(["dvc", "repro"], small_project)
-    assert ran_stages(third.stdout) == ["simulate", "ingest"]
+    assert ran_stages(third.stdout) == ["simulate", "ingest", "featurize"]
 
+    # Same validated rows: ingest reruns, its output is unchanged, so featurize does not.
     write_params(small_project, ingest={"max_invalid_fraction": 0.01})
     fourth = run(["dvc", "repro"], small_project)
     assert ran_stages(fourth.stdout) == ["ingest"]
+
+    write_params(small_project, features={"groups": ["baseline", "velocity"]})
+    fifth = run(["dvc", "repro"], small_project)
+    assert ran_stages(fifth.stdout) == ["featurize"]
 
     metrics = run(["dvc", "metrics", "show", "--json"], small_project)
     assert "rows_written" in metrics.stdout

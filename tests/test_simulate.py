@@ -9,13 +9,24 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
-from aif.config import (ActivitySurge, CardTesting, DriftScenarios, SimulateParams, SpendShift,
-                        load_params)
-from aif.schema import CANONICAL_COLUMNS
-from aif.simulate import (compromised_terminal_days, generate_customers,
-                          generate_terminal_locations, simulate_transactions, terminals_in_reach)
 from conftest import REPO, SMALL_SIMULATION, run
+
+from aif.config import (
+    ActivitySurge,
+    CardTesting,
+    DriftScenarios,
+    SimulateParams,
+    SpendShift,
+    load_params,
+)
+from aif.schema import CANONICAL_COLUMNS
+from aif.simulate import (
+    compromised_terminal_days,
+    generate_customers,
+    generate_terminal_locations,
+    simulate_transactions,
+    terminals_in_reach,
+)
 
 SMALL = SimulateParams(**SMALL_SIMULATION)
 

@@ -1,0 +1,231 @@
+"""Features: the fast engine equals a plain per-entity loop; no feature sees the future or a
+label before its delay; same input, same bytes."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aif.config import FeaturesParams
+from aif.features.engine import compute_features, read_features
+from aif.features.registry import FeatureSpec, build_registry, check_registry
+
+DELAY = 7
+DAY = 86_400 * 10**6
+PARAMS = FeaturesParams()
+SPECS = build_registry(PARAMS, DELAY)
+
+
+def reference_features(tx: pd.DataFrame, specs) -> dict[str, np.ndarray]:
+    "The definitions, row by row: slow and obviously correct."
+    t = tx.tx_datetime.to_numpy()
+    ids, amount = tx.transaction_id.to_numpy(), tx.tx_amount.to_numpy()
+    label = tx.tx_fraud.to_numpy()
+    entity_of = {"customer": tx.customer_id.to_numpy(), "terminal": tx.terminal_id.to_numpy(),
+                 "customer_terminal": list(zip(tx.customer_id, tx.terminal_id, strict=True))}
+    out = {s.name: np.zeros(len(tx)) for s in specs}
+    with np.errstate(divide="ignore", invalid="ignore"):  # amount / mean of zeros: inf or NaN
+        _fill_reference(out, tx, specs, t, ids, amount, label, entity_of)
+    return out
+
+
+def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
+    for i in range(len(tx)):
+        for s in specs:
+            if s.entity == "transaction":
+                day = math.floor(t[i] / DAY)
+                out[s.name][i] = {"value": amount[i], "weekend": (day + 3) % 7 >= 5,
+                                  "night": (t[i] // (3600 * 10**6)) % 24 <= 6}[s.aggregation]
+                continue
+            ent = entity_of[s.entity]
+            before = [j for j in range(len(tx)) if ent[j] == ent[i]
+                      and (t[j], ids[j]) < (t[i], ids[i])]
+            if s.aggregation == "seconds_since_previous":
+                out[s.name][i] = (t[i] - t[before[-1]]) / 1e6 if before else np.nan
+                continue
+            if s.aggregation == "first_use":
+                out[s.name][i] = 0 if before else 1
+                continue
+            w = s.window
+            if w.lag == 0:
+                window = before + ([i] if w.include_current else [])
+                window = [j for j in window if w.length is None or t[j] > t[i] - w.length]
+            else:
+                window = [j for j in range(len(tx)) if ent[j] == ent[i]
+                          and t[j] <= t[i] - w.lag
+                          and (w.length is None or t[j] > t[i] - w.lag - w.length)]
+            n = len(window)
+            amounts = [amount[j] for j in window]
+            frauds = sum(label[j] for j in window)
+            out[s.name][i] = {
+                "count": n,
+                "mean_amount": math.fsum(amounts) / n if n else np.nan,
+                "amount_to_mean": amount[i] / (math.fsum(amounts) / n) if n else np.nan,
+                "fraud_count": frauds,
+                "fraud_rate": frauds / n if n else 0.0,
+            }[s.aggregation]
+
+
+def columns_of(tx: pd.DataFrame) -> dict:
+    return {"transaction_id": tx.transaction_id.to_numpy(np.int64),
+            "tx_datetime": tx.tx_datetime.to_numpy(np.int64),
+            "customer_id": tx.customer_id.to_numpy(np.int64),
+            "terminal_id": tx.terminal_id.to_numpy(np.int64),
+            "tx_amount": tx.tx_amount.to_numpy(np.float64),
+            "tx_fraud": tx.tx_fraud.to_numpy(np.int8)}
+
+
+@st.composite
+def transactions(draw, max_rows: int = 120) -> pd.DataFrame:
+    n = draw(st.integers(1, max_rows))
+    # Few distinct instants over ~60 days, so ties and window edges are common.
+    instants = draw(st.lists(st.integers(0, 60 * 86_400), min_size=1, max_size=40))
+    t = np.array(draw(st.lists(st.sampled_from(instants), min_size=n, max_size=n)), np.int64)
+    t = t * 10**6 + 1_522_540_800 * 10**6   # seconds after 2018-04-01, in microseconds
+    ids = np.array(draw(st.permutations(range(n))), np.int64) * 3 + 5
+    frame = pd.DataFrame({
+        "transaction_id": ids, "tx_datetime": t,
+        "customer_id": draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)),
+        "terminal_id": draw(st.lists(st.integers(0, 5), min_size=n, max_size=n)),
+        "tx_amount": draw(st.lists(st.one_of(st.sampled_from([0.0, 0.01, 12.5]),
+                                             st.floats(0.01, 1e5)), min_size=n, max_size=n)),
+        "tx_fraud": draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))})
+    return frame.sort_values(["tx_datetime", "transaction_id"], ignore_index=True)
+
+
+def assert_equal_features(fast: dict, slow: dict, specs) -> None:
+    for s in specs:
+        a, b = np.asarray(fast[s.name], float), np.asarray(slow[s.name], float)
+        if s.aggregation in ("count", "fraud_count", "first_use", "weekend", "night"):
+            assert np.array_equal(a, b), s.name
+        else:
+            assert np.array_equal(np.isnan(a), np.isnan(b)), s.name
+            ok = ~np.isnan(a)
+            assert np.allclose(a[ok], b[ok], rtol=1e-9, atol=0), s.name
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tx=transactions(), rows_per_partition=st.sampled_from([3, 17, 1_000_000]))
+def test_fast_engine_equals_reference(tx, rows_per_partition):
+    params = replace(PARAMS, rows_per_partition=rows_per_partition)
+    fast = compute_features(columns_of(tx), SPECS, params)
+    assert_equal_features(fast, reference_features(tx, SPECS), SPECS)
+
+
+def test_windows_on_a_worked_example():
+    # One card: payments at day 0, 0 (tie, higher id), 5 and 40; a label delay of 7 days.
+    tx = pd.DataFrame({"transaction_id": [1, 2, 3, 4], "customer_id": 0, "terminal_id": 9,
+                       "tx_datetime": np.array([0, 0, 5, 40]) * DAY + 1_522_540_800 * 10**6,
+                       "tx_amount": [10.0, 30.0, 20.0, 40.0], "tx_fraud": [1, 0, 0, 0]})
+    f = compute_features(columns_of(tx), SPECS, PARAMS)
+    assert list(f["customer_nb_tx_1d"]) == [1, 2, 1, 1]      # the tie sees only the row before it
+    assert list(f["customer_avg_amount_7d"]) == [10, 20, 20, 40]
+    assert list(f["terminal_nb_tx_30d"]) == [0, 0, 0, 1]     # (3d, 33d]: only day 5
+    assert list(f["terminal_risk_30d"]) == [0, 0, 0, 0]
+    assert list(f["terminal_nb_tx_7d"]) == [0, 0, 0, 0]      # (26d, 33d]: nothing
+    assert list(f["customer_known_frauds"]) == [0, 0, 0, 1]  # day 0's fraud is known by day 33
+    assert np.isnan(f["customer_amount_to_avg_30d"][0]) and f["customer_amount_to_avg_30d"][1] == 3
+    assert list(f["customer_terminal_first_use"]) == [1, 0, 0, 0]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tx=transactions(), cut=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_nothing_after_t_changes_features_at_or_before_t(tx, cut, seed):
+    k = int(cut * (len(tx) - 1))        # rows 0..k are "at or before t"; later ones change
+    rng = np.random.default_rng(seed)
+    later = tx.copy()
+    m = len(tx) - k - 1
+    later.loc[k + 1:, "tx_amount"] = rng.uniform(0, 1e4, m)
+    later.loc[k + 1:, "tx_fraud"] = rng.integers(0, 2, m)
+    later.loc[k + 1:, "customer_id"] = rng.integers(0, 5, m)
+    later.loc[k + 1:, "terminal_id"] = rng.integers(0, 6, m)
+    a = compute_features(columns_of(tx), SPECS, PARAMS)
+    b = compute_features(columns_of(later), SPECS, PARAMS)
+    for name in a:
+        assert np.array_equal(a[name][:k + 1], b[name][:k + 1], equal_nan=True), name
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tx=transactions(), cut=st.floats(0, 1))
+def test_labels_younger_than_the_delay_are_never_read(tx, cut):
+    t = tx.tx_datetime.to_numpy()
+    now = t[int(cut * (len(tx) - 1))]
+    flipped = tx.copy()
+    recent = t > now - DELAY * DAY             # labels not yet known at `now`
+    flipped.loc[recent, "tx_fraud"] = 1 - flipped.loc[recent, "tx_fraud"]
+    a = compute_features(columns_of(tx), SPECS, PARAMS)
+    b = compute_features(columns_of(flipped), SPECS, PARAMS)
+    seen = t <= now
+    for s in SPECS:
+        if s.uses_labels:
+            assert np.array_equal(a[s.name][seen], b[s.name][seen]), s.name
+
+
+def test_registry_refuses_a_label_feature_without_the_delay():
+    leaky = FeatureSpec("terminal_risk_now", "baseline", "terminal", "fraud_rate", "leaks", 7, 0)
+    with pytest.raises(ValueError, match="label_delay_days=7"):
+        check_registry((leaky,), 7)
+    assert all(s.lag_days >= DELAY for s in SPECS if s.uses_labels)
+    assert "tx_fraud_scenario" not in {s.name for s in SPECS}
+
+
+def test_groups_switch_features_off():
+    baseline = build_registry(FeaturesParams(groups=("baseline",)), DELAY)
+    assert len(baseline) == 15 and {s.group for s in baseline} == {"baseline"}
+    assert len(SPECS) > len(baseline)
+
+
+def test_stage_writes_features_catalog_and_identical_bytes(small_project: Path):
+    run(["dvc", "repro", "ingest"], small_project)
+    run(["aif", "featurize"], small_project)
+    out = small_project / "data/processed/features.parquet"
+    first = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    run(["aif", "featurize"], small_project)
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == first
+
+    features = read_features(out).to_pandas()
+    interim = pd.read_parquet(small_project / "data/interim/transactions.parquet")
+    assert list(features.transaction_id) == list(interim.transaction_id)   # same rows, same order
+    assert list(features.columns[:6]) == ["transaction_id", "tx_datetime", "customer_id",
+                                          "terminal_id", "tx_fraud", "tx_fraud_scenario"]
+    catalog = json.loads((small_project / "reports/features.json").read_text())
+    names = [f["name"] for f in catalog["features"]]
+    assert names == [s.name for s in SPECS] and names == list(features.columns[6:])
+    risk = next(f for f in catalog["features"] if f["name"] == "terminal_risk_7d")
+    assert risk["uses_labels"] and risk["label_delay_days"] == DELAY
+    assert all(f["description"] and f["entity"] for f in catalog["features"])
+
+
+def test_stage_refuses_unsorted_input(small_project: Path, tmp_path: Path):
+    tx = pd.DataFrame({"transaction_id": [2, 1], "tx_datetime": pd.to_datetime(
+        ["2018-04-02", "2018-04-01"]).astype("datetime64[us]"), "customer_id": [0, 0],
+        "terminal_id": [0, 0], "tx_amount": [1.0, 2.0],
+        "tx_fraud": pd.Series([0, 0], dtype="int8")})
+    source = tmp_path / "unsorted.parquet"
+    tx.to_parquet(source)
+    result = run(["aif", "featurize", "--input", str(source)], small_project, check=False)
+    assert result.returncode == 2 and "not sorted" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_out_of_core_engine_writes_the_same_bytes(small_project: Path):
+    from conftest import write_params
+    run(["dvc", "repro", "ingest"], small_project)
+    run(["aif", "featurize", "--output", str(small_project / "in_memory")], small_project)
+    # Tiny partitions and a tiny memory limit force several spilled partitions per entity.
+    write_params(small_project, features={"max_rows_in_memory": 100, "rows_per_partition": 4000})
+    result = run(["aif", "featurize", "--output", str(small_project / "spilled")], small_project)
+    assert "spill" in result.stderr
+    in_memory = sorted((small_project / "in_memory").iterdir())
+    spilled = sorted((small_project / "spilled").iterdir())
+    assert [p.name for p in in_memory] == [p.name for p in spilled]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(in_memory, spilled, strict=True))
+    assert not list(small_project.glob("data/processed/.featurize-*"))
