@@ -22,6 +22,9 @@ COMMANDS = {
     "simulate": ("aif.simulate", "simulate card transactions into data/raw/transactions"),
     "ingest": ("aif.ingest", "validate the source into data/interim/transactions.parquet"),
     "featurize": ("aif.features.engine", "point-in-time features into data/processed"),
+    "tune": ("aif.tune", "Optuna search over LightGBM on prequential folds"),
+    "train": ("aif.train", "fit, calibrate and save the model in models/"),
+    "evaluate": ("aif.evaluate", "test metrics, plots, segments and the model card"),
 }
 EXIT_USER_ERROR = 2
 

@@ -20,9 +20,10 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PARAMS_FILE', 'FEATURE_GROUPS', 'find_project_root', 'ProjectPaths', 'project_paths', 'ParamsError', 'StageError',
-           'from_dict', 'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios',
-           'SimulateParams', 'IngestParams', 'FeaturesParams', 'Params', 'load_params', 'atomic_output', 'get_logger']
+__all__ = ['PARAMS_FILE', 'FEATURE_GROUPS', 'DEFAULT_SEARCH_SPACE', 'find_project_root', 'ProjectPaths', 'project_paths',
+           'ParamsError', 'StageError', 'from_dict', 'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge',
+           'DriftScenarios', 'SimulateParams', 'IngestParams', 'FeaturesParams', 'SplitParams', 'TuneParams',
+           'TrainParams', 'EvaluateParams', 'Params', 'load_params', 'atomic_output', 'get_logger']
 
 # %% ../nbs/00_config.ipynb #06cd4aee
 PARAMS_FILE = "params.yaml"
@@ -70,6 +71,18 @@ class ProjectPaths:
     def features(self) -> Path: return self.processed / "features.parquet"
     @property
     def features_catalog(self) -> Path: return self.reports / "features.json"
+    @property
+    def best_params(self) -> Path: return self.models / "best_params.json"
+    @property
+    def model_dir(self) -> Path: return self.models
+    @property
+    def tuning_report(self) -> Path: return self.reports / "tuning.json"
+    @property
+    def metrics(self) -> Path: return self.reports / "metrics.json"
+    @property
+    def plots(self) -> Path: return self.reports / "plots"
+    @property
+    def figures(self) -> Path: return self.reports / "figures"
 
     def resolve(self, path: str | Path) -> Path:
         "A path from params.yaml: relative ones are relative to the project root."
@@ -209,7 +222,7 @@ class IngestParams:
 
 # %% ../nbs/00_config.ipynb #c61dda51
 FEATURE_GROUPS = ("baseline", "amount_profile", "velocity", "terminal_activity",
-                  "card_history", "novelty")
+                  "terminal_history", "card_history", "novelty")
 
 
 @dataclass(frozen=True)
@@ -232,7 +245,58 @@ class FeaturesParams:
         if self.engine not in ("local", "dask"):
             raise ParamsError("params.yaml: features.engine must be local or dask")
 
-# %% ../nbs/00_config.ipynb #5743e43c
+# %% ../nbs/00_config.ipynb #b3127aea
+@dataclass(frozen=True)
+class SplitParams:
+    train_start: str = "2018-07-25"
+    train_days: int = 7
+    test_days: int = 7
+
+
+DEFAULT_SEARCH_SPACE = {
+    "learning_rate": {"low": 0.02, "high": 0.3, "log": True},
+    "num_leaves": {"low": 4, "high": 64, "log": True, "int": True},
+    "min_child_samples": {"low": 2, "high": 100, "log": True, "int": True},
+    "feature_fraction": {"low": 0.4, "high": 1.0},
+    "bagging_fraction": {"low": 0.5, "high": 1.0},
+    "lambda_l2": {"low": 1e-3, "high": 10.0, "log": True},
+}
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    n_folds: int = 4
+    n_trials: int = 20
+    timeout_s: float = 600.0        # a safety cap, logged when hit; n_trials sets the budget
+    storage: str = "sqlite:///models/optuna.db"
+    max_boost_rounds: int = 600
+    early_stopping_rounds: int = 30
+    search_space: dict = field(default_factory=lambda: dict(DEFAULT_SEARCH_SPACE))
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    learning_rate: float | None = None
+    num_leaves: int | None = None
+    min_child_samples: int | None = None
+    feature_fraction: float | None = None
+    bagging_fraction: float | None = None
+    lambda_l2: float | None = None
+    num_boost_round: int | None = None
+
+    def overrides(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    k: int = 100                    # cards investigators check a day (card precision@k)
+    alert_budget: int = 100         # transaction alerts a day
+    shap_sample: int = 5000
+    amount_bands: tuple[float, ...] = (20.0, 50.0, 100.0, 220.0)
+    new_customer_days: int = 30     # a card first seen fewer days ago is "new"
+
+# %% ../nbs/00_config.ipynb #45c1a691
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
@@ -240,11 +304,11 @@ class Params:
     simulate: SimulateParams = field(default_factory=SimulateParams)
     ingest: IngestParams = field(default_factory=IngestParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    tune: TuneParams = field(default_factory=TuneParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     # Sections whose stages arrive in later issues are carried as plain mappings for now.
-    split: dict = field(default_factory=dict)
-    tune: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    evaluate: dict = field(default_factory=dict)
     monitor: dict = field(default_factory=dict)
     registry: dict = field(default_factory=dict)
     serve: dict = field(default_factory=dict)
@@ -261,7 +325,7 @@ def load_params(path: Path | str | None = None) -> Params:
         raise ParamsError(f"{path}: not valid YAML ({err})") from None
     return from_dict(Params, raw)
 
-# %% ../nbs/00_config.ipynb #6877f089
+# %% ../nbs/00_config.ipynb #710d8c5e
 @contextlib.contextmanager
 def atomic_output(final: Path | str):
     "Yield a temporary path beside `final`; on success it replaces `final` (file or folder)."
@@ -283,7 +347,7 @@ def atomic_output(final: Path | str):
         elif tmp.exists():
             tmp.unlink()
 
-# %% ../nbs/00_config.ipynb #d4946e6a
+# %% ../nbs/00_config.ipynb #d2cad603
 def get_logger(name: str) -> logging.Logger:
     "A logger writing `aif.<stage>: message` lines to stderr."
     logger = logging.getLogger(f"aif.{name}")

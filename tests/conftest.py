@@ -15,6 +15,13 @@ BIN = Path(sys.executable).parent
 
 # A population small enough for seconds-long runs, large enough for every fraud scenario.
 SMALL_SIMULATION = {"n_customers": 300, "n_terminals": 600, "n_days": 40, "seed": 7}
+# A small modelling setup: 100 days, so two folds and a test week fit after 37 days of history.
+SMALL_MODELLING = {
+    "simulate": {**SMALL_SIMULATION, "n_days": 100},
+    "split": {"train_start": "2018-06-10", "train_days": 7, "test_days": 7},
+    "tune": {"n_folds": 2, "n_trials": 3, "max_boost_rounds": 60, "early_stopping_rounds": 10},
+    "evaluate": {"k": 10, "alert_budget": 20, "shap_sample": 500},
+}
 
 
 def run_env(**extra: str) -> dict:
@@ -22,7 +29,7 @@ def run_env(**extra: str) -> dict:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(GIT_AUTHOR_NAME="aif tests", GIT_AUTHOR_EMAIL="tests@aif.invalid",
                GIT_COMMITTER_NAME="aif tests", GIT_COMMITTER_EMAIL="tests@aif.invalid",
-               DVC_NO_ANALYTICS="1", WANDB_MODE="offline")
+               DVC_NO_ANALYTICS="1", WANDB_MODE="disabled", WANDB_SILENT="true")
     env.pop("AIF_ROOT", None)
     env.update(extra)
     return env
@@ -66,6 +73,8 @@ def make_project(dest: Path) -> Path:
     shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
     shutil.copy(REPO / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
     run(["git", "init", "-q", "-b", "main"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-q", "-m", "workspace"], dest)
     return dest
 
 
@@ -73,4 +82,11 @@ def make_project(dest: Path) -> Path:
 def small_project(tmp_path: Path) -> Path:
     project = make_project(tmp_path / "project")
     write_params(project, simulate=SMALL_SIMULATION)
+    return project
+
+
+@pytest.fixture
+def modelling_project(tmp_path: Path) -> Path:
+    project = make_project(tmp_path / "project")
+    write_params(project, **SMALL_MODELLING)
     return project

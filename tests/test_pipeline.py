@@ -9,6 +9,10 @@ from pathlib import Path
 import pandas as pd
 from conftest import run, write_params
 
+# The data half of the pipeline (simulate, ingest, featurize); modelling is tested on its own
+# small config in test_model.py.
+DATA_STAGES = ["dvc", "repro", "featurize"]
+
 
 def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
@@ -20,28 +24,28 @@ def commit_all(project: Path, message: str) -> None:
 
 
 def test_repro_runs_then_does_nothing_then_reruns_what_changed(small_project: Path):
-    first = run(["dvc", "repro"], small_project)
+    first = run(DATA_STAGES, small_project)
     assert ran_stages(first.stdout) == ["simulate", "ingest", "featurize"]
     transactions = pd.read_parquet(small_project / "data/interim/transactions.parquet")
     report = json.loads((small_project / "reports/ingest.json").read_text())
     assert report["rows_read"] == report["rows_written"] == len(transactions) > 10_000
     assert (small_project / "dvc.lock").exists()
 
-    second = run(["dvc", "repro"], small_project)
+    second = run(DATA_STAGES, small_project)
     assert ran_stages(second.stdout) == []
     assert "up to date" in second.stdout
 
     write_params(small_project, simulate={"n_days": 35})
-    third = run(["dvc", "repro"], small_project)
+    third = run(DATA_STAGES, small_project)
     assert ran_stages(third.stdout) == ["simulate", "ingest", "featurize"]
 
     # Same validated rows: ingest reruns, its output is unchanged, so featurize does not.
     write_params(small_project, ingest={"max_invalid_fraction": 0.01})
-    fourth = run(["dvc", "repro"], small_project)
+    fourth = run(DATA_STAGES, small_project)
     assert ran_stages(fourth.stdout) == ["ingest"]
 
     write_params(small_project, features={"groups": ["baseline", "velocity"]})
-    fifth = run(["dvc", "repro"], small_project)
+    fifth = run(DATA_STAGES, small_project)
     assert ran_stages(fifth.stdout) == ["featurize"]
 
     metrics = run(["dvc", "metrics", "show", "--json"], small_project)
@@ -49,18 +53,18 @@ def test_repro_runs_then_does_nothing_then_reruns_what_changed(small_project: Pa
 
 
 def test_outputs_are_git_ignored_and_tracked_by_dvc(small_project: Path):
-    run(["dvc", "repro"], small_project)
+    run(DATA_STAGES, small_project)
     ignored = run(["git", "check-ignore", "data/raw/transactions",
                    "data/interim/transactions.parquet"], small_project)
     assert len(ignored.stdout.split()) == 2
-    status = run(["dvc", "status", "--json"], small_project)
+    status = run(["dvc", "status", "--json", "--with-deps", "featurize"], small_project)
     assert json.loads(status.stdout) == {}
 
 
 def test_push_then_pull_in_a_fresh_clone(small_project: Path, tmp_path: Path):
     remote = tmp_path / "remote"
     run(["dvc", "remote", "modify", "local", "url", str(remote)], small_project)
-    run(["dvc", "repro"], small_project)
+    run(DATA_STAGES, small_project)
     commit_all(small_project, "pipeline run")
     run(["dvc", "push"], small_project)
     assert any(remote.rglob("*"))
@@ -68,13 +72,14 @@ def test_push_then_pull_in_a_fresh_clone(small_project: Path, tmp_path: Path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(small_project), str(clone)], tmp_path)
     assert not (clone / "data/interim/transactions.parquet").exists()
-    run(["dvc", "pull"], clone)
+    run(["dvc", "pull", "--with-deps", "featurize"], clone)
     for path in ("data/interim/transactions.parquet", "data/interim/quarantine.parquet"):
         assert (clone / path).read_bytes() == (small_project / path).read_bytes()
     originals = sorted((small_project / "data/raw/transactions").iterdir())
     assert [p.read_bytes() for p in originals] == \
         [(clone / "data/raw/transactions" / p.name).read_bytes() for p in originals]
-    assert json.loads(run(["dvc", "status", "--json"], clone).stdout) == {}
+    status = run(["dvc", "status", "--json", "--with-deps", "featurize"], clone)
+    assert json.loads(status.stdout) == {}
 
 
 def test_default_remote_is_a_local_folder_beside_the_repo(small_project: Path):

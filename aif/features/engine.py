@@ -23,8 +23,9 @@ from ..config import (FeaturesParams, StageError, atomic_output, get_logger, loa
                         project_paths)
 from .kernels import (entity_order, is_first_in_history, seconds_since_previous,
                                   stable_argsort, window_counts, window_ends,
-                                  window_float_sums, window_int_sums, window_starts)
-from .registry import FeatureSpec, build_registry, catalog
+                                  window_float_sums, window_int_sums, window_label_times,
+                                  window_starts)
+from .registry import MICROS_PER_DAY, FeatureSpec, build_registry, catalog
 from ..schema import SORT_KEYS, arrow_schema, column_to_numpy, numpy_to_arrow
 
 # %% auto #0
@@ -133,6 +134,15 @@ def partition_features_sorted(key: np.ndarray, time_us: np.ndarray, amount: np.n
             elif agg == "fraud_rate":
                 frauds = window_int_sums(label_s, start, end)
                 values = np.divide(frauds, count, out=np.zeros(len(count)), where=count > 0)
+            elif agg == "amount_to_genuine_mean":
+                genuine = count - window_int_sums(label_s, start, end)
+                genuine_sum = window_float_sums(np.where(label_s == 0, amount_s, 0.0), start, end)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    values = np.where(genuine > 0, amount_s / (genuine_sum / genuine), np.nan)
+            elif agg in ("days_since_first_fraud", "days_since_last_fraud"):
+                first, last, has = window_label_times(label_s, eo.time, start, end)
+                since = eo.time - (first if agg == "days_since_first_fraud" else last)
+                values = np.where(has, since / MICROS_PER_DAY, np.nan)
             else:
                 raise ValueError(f"unknown aggregation {agg} ({spec.name})")
         out[spec.name] = values

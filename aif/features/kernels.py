@@ -12,7 +12,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['Window', 'EntityOrder', 'stable_argsort', 'entity_order', 'window_starts', 'window_ends', 'window_bounds',
-           'window_counts', 'window_int_sums', 'window_float_sums', 'seconds_since_previous', 'is_first_in_history']
+           'window_counts', 'window_int_sums', 'window_float_sums', 'window_label_times', 'seconds_since_previous',
+           'is_first_in_history']
 
 # %% ../../nbs/03a_window_kernels.ipynb #6189804d
 @dataclass(frozen=True)
@@ -120,7 +121,20 @@ def window_float_sums(values: np.ndarray, start: np.ndarray, end: np.ndarray) ->
     sums[start == end] = 0.0
     return sums
 
-# %% ../../nbs/03a_window_kernels.ipynb #4c94756d
+def window_label_times(label: np.ndarray, time: np.ndarray, start: np.ndarray,
+                       end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Time of the first and last positive label in each window [start, end) (sorted order),
+    and whether the window has one. Positives are numbered by an integer prefix sum: the
+    first in a window is positive number `prefix[start]`, the last `prefix[end] - 1`."""
+    positives = np.flatnonzero(label)
+    prefix = np.concatenate([[0], np.cumsum(label.astype(np.int64))])
+    has = prefix[end] > prefix[start]
+    first, last = np.zeros(len(start), np.int64), np.zeros(len(start), np.int64)
+    first[has] = time[positives[prefix[start][has]]]
+    last[has] = time[positives[prefix[end][has] - 1]]
+    return first, last, has
+
+# %% ../../nbs/03a_window_kernels.ipynb #70eae1f3
 def seconds_since_previous(eo: EntityOrder) -> np.ndarray:
     "Seconds since the same entity's previous transaction (NaN for its first), sorted order."
     out = np.full(len(eo.time), np.nan)

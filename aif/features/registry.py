@@ -17,7 +17,8 @@ __all__ = ['LABEL_AGGREGATIONS', 'ENTITIES', 'MICROS_PER_DAY', 'FeatureSpec', 'b
            'catalog']
 
 # %% ../../nbs/03_features.ipynb #71384e11
-LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate")
+LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
+                      "days_since_last_fraud", "amount_to_genuine_mean")
 ENTITIES = ("transaction", "customer", "terminal", "customer_terminal")
 MICROS_PER_DAY = 86_400 * 1_000_000
 
@@ -83,12 +84,17 @@ def build_registry(params: FeaturesParams, label_delay_days: int) -> tuple[Featu
                         f"the terminal's fraud rate over {n} days ending {d:g} days ago "
                         "(labels known by then; 0 when it had no transactions)", n, d)]
     longest = float(max(params.customer_windows_days))
+    longest_t = float(max(params.terminal_windows_days))
     hour = params.velocity_window_hours / 24
     specs += [
         FeatureSpec(f"customer_amount_to_avg_{_days(longest)}", "amount_profile", "customer",
                     "amount_to_mean", f"this amount over the card's mean amount in the "
                     f"{longest:g} days before it (NaN without earlier transactions)", longest,
                     include_current=False),
+        FeatureSpec(f"customer_amount_to_genuine_avg_{_days(longest)}", "amount_profile",
+                    "customer", "amount_to_genuine_mean",
+                    f"this amount over the card's mean genuine amount in the {longest:g} days "
+                    f"ending {d:g} days ago (labels known by then; NaN without one)", longest, d),
         FeatureSpec(f"customer_nb_tx_{params.velocity_window_hours:g}h", "velocity", "customer",
                     "count", f"the card's transactions in the last "
                     f"{params.velocity_window_hours:g} hours, this one included", hour),
@@ -101,6 +107,14 @@ def build_registry(params: FeaturesParams, label_delay_days: int) -> tuple[Featu
         FeatureSpec("terminal_recent_nb_tx_1d", "terminal_activity", "terminal", "count",
                     "the terminal's transactions in the last day, this one included (no labels)",
                     1.0),
+        FeatureSpec(f"terminal_days_since_first_fraud_{_days(longest_t)}", "terminal_history",
+                    "terminal", "days_since_first_fraud",
+                    f"days since the terminal's first fraud known in the {longest_t:g} days ending "
+                    f"{d:g} days ago (NaN without one)", longest_t, d),
+        FeatureSpec(f"terminal_days_since_last_fraud_{_days(longest_t)}", "terminal_history",
+                    "terminal", "days_since_last_fraud",
+                    f"days since the terminal's last fraud known in the {longest_t:g} days ending "
+                    f"{d:g} days ago (NaN without one)", longest_t, d),
         FeatureSpec("customer_known_frauds", "card_history", "customer", "fraud_count",
                     f"the card's frauds known {d:g} days ago (all history up to then)", None, d),
         FeatureSpec(f"customer_risk_{_days(longest)}", "card_history", "customer", "fraud_rate",

@@ -1,0 +1,139 @@
+"""Tune, train, evaluate on a small config with the real stages: Optuna on SQLite, LightGBM
+text models, DVC metrics, plots and experiments, W&B offline."""
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import lightgbm as lgb
+import pandas as pd
+import pytest
+import yaml
+from conftest import SMALL_MODELLING, make_project, run, write_params
+
+MODEL_METRICS = {"roc_auc", "average_precision", "card_precision_at_k", "k", "recall_at_budget",
+                 "fraud_amount_caught"}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    "One full `dvc repro` on the small config, W&B offline, shared by the read-only tests."
+    project = make_project(tmp_path_factory.mktemp("pipeline") / "project")
+    write_params(project, **SMALL_MODELLING)
+    result = run(["dvc", "repro"], project, WANDB_MODE="offline",
+                 WANDB_API_KEY="not-a-real-key-9f3b2c")
+    assert re.findall(r"Running stage '(\w+)'", result.stdout) == [
+        "simulate", "ingest", "featurize", "tune", "train", "evaluate"]
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "pipeline"], project)
+    return project
+
+
+def test_tuning_outputs_and_study(pipeline: Path):
+    best = json.loads((pipeline / "models/best_params.json").read_text())
+    report = json.loads((pipeline / "reports/tuning.json").read_text())
+    space = yaml.safe_load((pipeline / "params.yaml").read_text())["tune"]["search_space"]
+    assert set(best["params"]) == set(report["best_params"]) == set(space)
+    assert best["num_boost_round"] >= 1 and report["n_trials"] == 3
+    assert len(report["folds"]) == 2 and "lightgbm_defaults_value" in report
+    with sqlite3.connect(pipeline / "models/optuna.db") as db:
+        names = [r[0] for r in db.execute("select study_name from studies")]
+        n_trials = db.execute("select count(*) from trials").fetchone()[0]
+    assert names == [best["study"]] and n_trials == 3
+    assert (pipeline / "reports/figures/tuning_history.png").stat().st_size > 1000
+
+
+def test_model_is_lightgbm_text_with_metadata(pipeline: Path):
+    models = pipeline / "models"
+    assert sorted(p.name for p in models.iterdir() if not p.name.startswith(".")) == [
+        "best_params.json", "model.json", "model.txt", "optuna.db"]
+    booster = lgb.Booster(model_file=str(models / "model.txt"))
+    info = json.loads((models / "model.json").read_text())
+    assert booster.feature_name() == info["features"]
+    catalog = json.loads((pipeline / "reports/features.json").read_text())
+    assert info["features"] == [f["name"] for f in catalog["features"]]
+    assert info["training_window"] == {"start": "2018-06-10", "end": "2018-06-17",
+                                       "label_delay_days": 7}
+    assert info["rows"]["train"] > 0 and len(info["data_sha256"]) == 64
+    assert {"lightgbm", "numpy", "pandas"} <= set(info["versions"])
+    assert 0 < info["alert"]["threshold"] < 1
+    cal = info["calibration"]
+    assert cal["scores"] == sorted(cal["scores"]) and 0 <= min(cal["probabilities"])
+
+
+def test_metrics_plots_segments_and_card(pipeline: Path):
+    metrics = json.loads((pipeline / "reports/metrics.json").read_text())
+    assert MODEL_METRICS <= set(metrics["model"]) and MODEL_METRICS <= set(metrics["baseline"])
+    assert metrics["test"]["start"] == "2018-06-24" and metrics["test"]["frauds"] > 0
+    assert 0.5 < metrics["model"]["roc_auc"] <= 1 and metrics["model"]["k"] == 10
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], pipeline).stdout)
+    for title in ("ROC, test week", "Precision-recall, test week", "Tuning history",
+                  "Calibration of the fraud probability", "Share of transactions by model score",
+                  "Card precision@k per test day"):
+        assert shown["data"][title][0]["type"] == "vega", title
+    assert not shown.get("errors")
+    segments = pd.read_csv(pipeline / "reports/segments.csv")
+    assert set(segments.segmentation) == {"amount", "time", "week", "card"}
+    assert (segments.groupby("segmentation").transactions.sum()
+            == metrics["test"]["transactions"]).all()
+    card = (pipeline / "reports/model_card.md").read_text()
+    assert "## Intended use" in card and "baseline" in card and "## Limitations" in card
+    for figure in ("roc_pr", "calibration", "feature_importance", "shap_summary",
+                   "score_distribution", "card_precision_per_day"):
+        assert (pipeline / f"reports/figures/{figure}.png").stat().st_size > 1000, figure
+
+
+def test_wandb_ran_offline_and_never_wrote_the_key(pipeline: Path):
+    runs = list((pipeline / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3   # tune, train, evaluate
+    for path in (pipeline / "wandb").rglob("*"):
+        if path.is_file():
+            assert b"not-a-real-key-9f3b2c" not in path.read_bytes(), path
+
+
+def test_rerun_gives_the_same_bytes(pipeline: Path):
+    before = {p: (pipeline / p).read_bytes() for p in
+              ("models/model.txt", "models/model.json", "models/best_params.json",
+               "reports/metrics.json")}
+    run(["dvc", "repro", "-f", "-s", "train"], pipeline)
+    run(["dvc", "repro", "-f", "-s", "evaluate"], pipeline)
+    assert {p: (pipeline / p).read_bytes() for p in before} == before
+    assert "up to date" in run(["dvc", "repro"], pipeline).stdout
+
+
+def test_experiments_override_and_show(pipeline: Path):
+    run(["dvc", "exp", "run", "-S", "train.num_leaves=5", "-n", "small-trees"], pipeline)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], pipeline).stdout)
+    text = json.dumps(shown)
+    assert "small-trees" in text and "average_precision" in text
+    run(["dvc", "exp", "apply", "small-trees"], pipeline)
+    info = json.loads((pipeline / "models/model.json").read_text())
+    assert info["params"]["num_leaves"] == 5 and info["overrides"] == {"num_leaves": 5}
+
+
+def test_split_change_as_experiment_and_tune_resume(modelling_project: Path):
+    run(["dvc", "repro"], modelling_project)
+    run(["git", "add", "-A"], modelling_project)
+    run(["git", "commit", "-q", "-m", "base"], modelling_project)
+    first = json.loads((modelling_project / "models/best_params.json").read_text())
+    # A bigger budget resumes the same study; it does not start again.
+    write_params(modelling_project, tune={"n_trials": 5})
+    run(["dvc", "repro", "tune"], modelling_project)
+    resumed = json.loads((modelling_project / "reports/tuning.json").read_text())
+    assert resumed["study"] == first["study"] and resumed["n_trials"] == 5
+    # A wider training window is a new problem: a new study, via an experiment.
+    run(["dvc", "exp", "run", "-S", "split.train_days=14", "-S", "tune.n_trials=3"],
+        modelling_project)
+    with sqlite3.connect(modelling_project / "models/optuna.db") as db:
+        studies = {r[0] for r in db.execute("select study_name from studies")}
+    assert len(studies) == 2 and first["study"] in studies
+
+
+def test_too_little_history_fails_clearly(modelling_project: Path):
+    write_params(modelling_project, split={"train_start": "2018-05-01"})
+    run(["dvc", "repro", "featurize"], modelling_project)
+    result = run(["aif", "tune"], modelling_project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "history" in result.stderr and "split.train_start" in result.stderr
