@@ -6,7 +6,6 @@ figures, a segment table that shows where the model is weak, and a model card.""
 # %% ../nbs/08_evaluate.ipynb #2e45a6c3
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -14,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import (EvaluateParams, FeaturesParams, atomic_output, get_logger, load_params,
-                        project_paths)
+from .config import EvaluateParams, FeaturesParams, atomic_output, start_stage
 from .features.registry import build_registry, feature_names
 from .metrics import average_precision, card_precision_at_k, recall_at_budget, roc_auc
 from .model import Model
@@ -274,13 +272,8 @@ Calibration: expected calibration error {m['expected_calibration_error']:.4f}, B
 
 # %% ../nbs/08_evaluate.ipynb #a85bd95c
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aif evaluate",
-                                     description="Evaluate on the test week.")
-    parser.add_argument("--params", type=Path, help="params file (default: the project's)")
-    args = parser.parse_args(argv)
-    log = get_logger("evaluate")
-    paths = project_paths()
-    params = load_params(args.params)
+    stage = start_stage("evaluate", "Evaluate on the test week.", argv)
+    log, paths, params = stage.log, stage.paths, stage.params
     started = time.perf_counter()
     model = Model.load(paths.models)
     baseline_features = feature_names(build_registry(FeaturesParams(groups=("baseline",)),

@@ -7,7 +7,6 @@ and fails loudly, with one line naming file, column and rule, when too much brea
 # %% ../nbs/02_ingest.ipynb #7af74d0c
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ import pyarrow as pa_arrow
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from .config import (IngestParams, ParamsError, StageError, atomic_output, get_logger,
-                        load_params, project_paths)
+from .config import IngestParams, ParamsError, StageError, atomic_output, start_stage
 from .schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_KEYS,
                         arrow_schema, transaction_schema)
 
@@ -316,13 +314,8 @@ def write_outputs(result: IngestResult, transactions_path: Path, quarantine_path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aif ingest",
-                                     description="Validate the source into data/interim.")
-    parser.add_argument("--params", type=Path, help="params file (default: the project's)")
-    args = parser.parse_args(argv)
-    log = get_logger("ingest")
-    paths = project_paths()
-    params = load_params(args.params).ingest
+    stage = start_stage("ingest", "Validate the source into data/interim.", argv)
+    log, paths, params = stage.log, stage.paths, stage.params.ingest
     started = time.perf_counter()
     rows = read_source(paths.resolve(params.source), params)
     result = ingest_rows(rows, params)

@@ -6,7 +6,6 @@ Credit Card Fraud Detection*, chapter 3), vectorised, with three optional drift 
 # %% ../nbs/01_simulate.ipynb #e26dbafd
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import time
 from dataclasses import dataclass
@@ -17,8 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.spatial import cKDTree
 
-from .config import (SimulateParams, StageError, atomic_output, get_logger, load_params,
-                        project_paths)
+from .config import SimulateParams, StageError, atomic_output, start_stage
 from .schema import CANONICAL_COLUMNS, arrow_schema
 
 # %% auto #0
@@ -279,14 +277,10 @@ def write_landing_zone(tx: dict, out_dir: Path, start_date: str) -> int:
 
 # %% ../nbs/01_simulate.ipynb #e4ea975e
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aif simulate", description=__doc__ or
-                                     "Simulate card transactions into the landing zone.")
-    parser.add_argument("--params", type=Path, help="params file (default: the project's)")
-    parser.add_argument("--out", type=Path, help="output folder (default: data/raw/transactions)")
-    args = parser.parse_args(argv)
-    log = get_logger("simulate")
-    paths = project_paths()
-    params = load_params(args.params).simulate
+    stage = start_stage(
+        "simulate", "Simulate card transactions into the landing zone.", argv,
+        lambda p: p.add_argument("--out", type=Path, help="default: data/raw/transactions"))
+    args, log, paths, params = stage.args, stage.log, stage.paths, stage.params.simulate
     if params.n_customers < 1 or params.n_terminals < 1 or params.n_days < 1:
         raise StageError("simulate: n_customers, n_terminals and n_days must be at least 1")
     started = time.perf_counter()

@@ -7,7 +7,6 @@ saved as LightGBM text plus JSON metadata."""
 # %% ../nbs/07_train.ipynb #e3e413b5
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Params, StageError, get_logger, load_params, project_paths
+from .config import Params, StageError, start_stage
 from .features.registry import build_registry, feature_names
 from .model import Calibration, Model, files_digest, fit_booster, library_versions, lgbm_params
 from .split import Period, load_periods, prequential_folds, split_frame, test_protocol
@@ -50,12 +49,8 @@ def out_of_fold_calibration(frame: pd.DataFrame, params: Params, lgb_params: dic
 
 # %% ../nbs/07_train.ipynb #46739fcd
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aif train", description="Fit the final model.")
-    parser.add_argument("--params", type=Path, help="params file (default: the project's)")
-    args = parser.parse_args(argv)
-    log = get_logger("train")
-    paths = project_paths()
-    params = load_params(args.params)
+    stage = start_stage("train", "Fit the final model.", argv)
+    log, paths, params = stage.log, stage.paths, stage.params
     features = feature_names(build_registry(params.features, params.label_delay_days))
     if not paths.best_params.exists():
         raise StageError(f"train: {paths.best_params} is missing; run `dvc repro tune`")

@@ -7,7 +7,6 @@ budget grows and starts afresh when the problem changes."""
 # %% ../nbs/06_tune.ipynb #91b66f09
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
@@ -18,8 +17,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from .config import (Params, StageError, TuneParams, atomic_output, get_logger, load_params,
-                        project_paths)
+from .config import Params, StageError, TuneParams, atomic_output, start_stage
 from .features.engine import read_features
 from .features.registry import FeatureSpec, build_registry, feature_names
 from .metrics import average_precision
@@ -161,12 +159,8 @@ def write_history(study: optuna.Study, plot_json: Path, figure: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aif tune", description="Tune LightGBM with Optuna.")
-    parser.add_argument("--params", type=Path, help="params file (default: the project's)")
-    args = parser.parse_args(argv)
-    log = get_logger("tune")
-    paths = project_paths()
-    params = load_params(args.params)
+    stage = start_stage("tune", "Tune LightGBM with Optuna.", argv)
+    log, paths, params = stage.log, stage.paths, stage.params
     specs = build_registry(params.features, params.label_delay_days)
     features = feature_names(specs)
     protocols = prequential_folds(params.split, params.label_delay_days, params.tune.n_folds)
@@ -195,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
               "lightgbm_defaults_value": defaults,
               "lightgbm_defaults_iterations": default_iterations,
               "beats_defaults": best.value > defaults, "seconds": round(elapsed, 1),
+              "trial_seconds_total": round(sum(t["seconds"] or 0 for t in trials_table(study)), 1),
               "timeout_s": params.tune.timeout_s,
               "hit_timeout": len(study.trials) < params.tune.n_trials,
               "folds": [{"train": str(p.train), "assess": str(p.assess)} for p in protocols],

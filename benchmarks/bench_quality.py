@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 from common import make_project, measure, report, run, write_params
 
 SEEDS = (0, 1, 2)
@@ -44,12 +45,20 @@ def ablation(project: Path) -> dict[str, dict]:
     best = json.loads((project / "models/best_params.json").read_text())
     lgb_params, rounds = training_params(best, params)
     protocol = test_protocol(params.split, params.label_delay_days)
-    everything = feature_names(build_registry(params.features, params.label_delay_days))
-    frame = load_periods(project / "data/processed/features.parquet", [protocol], everything)
+    everything = feature_names(build_registry(replace(params.features, groups=FEATURE_GROUPS),
+                                              params.label_delay_days))
+    # Every group's features, computed beside the pipeline's (which holds the default set).
+    all_groups = project / "all_groups.yaml"
+    all_groups.write_text(yaml.safe_dump({**yaml.safe_load((project / "params.yaml").read_text()),
+                                          "features": {"groups": list(FEATURE_GROUPS)}}))
+    out = project / "ablation_features"
+    run(["aif", "featurize", "--params", str(all_groups), "--output", str(out)], project)
+    frame = load_periods(out, [protocol], everything)
     train, test = split_frame(frame, protocol)
     extra = [g for g in FEATURE_GROUPS if g != "baseline"]
     sets = {"baseline": ("baseline",), **{f"baseline + {g}": ("baseline", g) for g in extra},
             "all groups": FEATURE_GROUPS,
+            f"default: {' + '.join(params.features.groups)}": params.features.groups,
             **{f"all but {g}": tuple(x for x in FEATURE_GROUPS if x != g) for g in extra}}
     results = {}
     for name, groups in sets.items():

@@ -14,13 +14,13 @@ from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aif.config import FeaturesParams
+from aif.config import FEATURE_GROUPS, FeaturesParams
 from aif.features.engine import compute_features, read_features
 from aif.features.registry import FeatureSpec, build_registry, check_registry
 
 DELAY = 7
 DAY = 86_400 * 10**6
-PARAMS = FeaturesParams()
+PARAMS = FeaturesParams(groups=FEATURE_GROUPS)   # every feature, not only the default set
 SPECS = build_registry(PARAMS, DELAY)
 
 
@@ -190,7 +190,9 @@ def test_registry_refuses_a_label_feature_without_the_delay():
 def test_groups_switch_features_off():
     baseline = build_registry(FeaturesParams(groups=("baseline",)), DELAY)
     assert len(baseline) == 15 and {s.group for s in baseline} == {"baseline"}
-    assert len(SPECS) > len(baseline)
+    default = build_registry(FeaturesParams(), DELAY)
+    assert {s.group for s in default} == {"baseline", "amount_profile", "terminal_history"}
+    assert len(SPECS) > len(default) > len(baseline)
 
 
 def test_stage_writes_features_catalog_and_identical_bytes(small_project: Path):
@@ -208,7 +210,8 @@ def test_stage_writes_features_catalog_and_identical_bytes(small_project: Path):
                                           "terminal_id", "tx_fraud", "tx_fraud_scenario"]
     catalog = json.loads((small_project / "reports/features.json").read_text())
     names = [f["name"] for f in catalog["features"]]
-    assert names == [s.name for s in SPECS] and names == list(features.columns[6:])
+    default = build_registry(FeaturesParams(), DELAY)
+    assert names == [s.name for s in default] and names == list(features.columns[6:])
     risk = next(f for f in catalog["features"] if f["name"] == "terminal_risk_7d")
     assert risk["uses_labels"] and risk["label_delay_days"] == DELAY
     assert all(f["description"] and f["entity"] for f in catalog["features"])

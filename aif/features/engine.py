@@ -19,8 +19,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from ..config import (FeaturesParams, StageError, atomic_output, get_logger, load_params,
-                        project_paths)
+from ..config import FeaturesParams, StageError, atomic_output, start_stage
 from .kernels import (entity_order, is_first_in_history, seconds_since_previous,
                                   stable_argsort, window_counts, window_ends,
                                   window_float_sums, window_int_sums, window_label_times,
@@ -424,15 +423,14 @@ def featurize_out_of_core(path: Path, specs: tuple[FeatureSpec, ...], params: Fe
 
 # %% ../../nbs/03b_featurize.ipynb #b69d367b
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aif featurize",
-                                     description="Compute point-in-time features.")
-    parser.add_argument("--params", type=Path, help="params file (default: the project's)")
-    parser.add_argument("--input", type=Path, help="default: data/interim/transactions.parquet")
-    parser.add_argument("--output", type=Path, help="default: data/processed/features.parquet")
-    args = parser.parse_args(argv)
-    log = get_logger("featurize")
-    paths = project_paths()
-    params = load_params(args.params)
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input", type=Path,
+                            help="default: data/interim/transactions.parquet")
+        parser.add_argument("--output", type=Path,
+                            help="default: data/processed/features.parquet")
+
+    stage = start_stage("featurize", "Compute point-in-time features.", argv, add_arguments)
+    args, log, paths, params = stage.args, stage.log, stage.paths, stage.params
     specs = build_registry(params.features, params.label_delay_days)
     started = time.perf_counter()
     source = args.input or paths.interim_transactions
