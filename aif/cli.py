@@ -25,6 +25,7 @@ COMMANDS = {
     "tune": ("aif.tune", "Optuna search over LightGBM on prequential folds"),
     "train": ("aif.train", "fit, calibrate and save the model in models/"),
     "evaluate": ("aif.evaluate", "test metrics, plots, segments and the model card"),
+    "monitor": ("aif.monitor.report", "run the drift report notebook with papermill"),
 }
 EXIT_USER_ERROR = 2
 

@@ -21,6 +21,7 @@ SMALL_MODELLING = {
     "split": {"train_start": "2018-06-10", "train_days": 7, "test_days": 7},
     "tune": {"n_folds": 2, "n_trials": 3, "max_boost_rounds": 60, "early_stopping_rounds": 10},
     "evaluate": {"k": 10, "alert_budget": 20, "shap_sample": 500},
+    "monitor": {"reference": "2018-06-24:2018-07-01", "current": "2018-07-01:2018-07-10"},
 }
 
 
@@ -69,6 +70,7 @@ def make_project(dest: Path) -> Path:
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, dest / name)
     shutil.copytree(REPO / "aif", dest / "aif", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "nbs" / "monitoring", dest / "nbs" / "monitoring")
     (dest / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / "config", dest / ".dvc" / "config")
     shutil.copy(REPO / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
@@ -89,4 +91,15 @@ def small_project(tmp_path: Path) -> Path:
 def modelling_project(tmp_path: Path) -> Path:
     project = make_project(tmp_path / "project")
     write_params(project, **SMALL_MODELLING)
+    return project
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    "One full `dvc repro` on the small modelling config (W&B offline), for read-mostly tests."
+    project = make_project(tmp_path_factory.mktemp("trained") / "project")
+    write_params(project, **SMALL_MODELLING)
+    run(["dvc", "repro"], project, WANDB_MODE="offline", WANDB_API_KEY="not-a-real-key-9f3b2c")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "pipeline"], project)
     return project

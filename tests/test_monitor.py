@@ -1,0 +1,77 @@
+"""The drift report: papermill on a real kernel, HTML without code, summary, history, exit
+codes; bad parameters fail with a clear message and the failure code."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run
+
+LEVELS = {"ok", "warn", "alert"}
+
+
+def monitor(project: Path, *args: str):
+    return run(["aif", "monitor", *args], project, check=False)
+
+
+def test_report_runs_and_writes_everything(trained_project: Path):
+    result = monitor(trained_project, "--run-id", "t1")
+    assert result.returncode in (0, 3), result.stderr
+    folder = trained_project / "reports/monitoring/t1"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] in LEVELS
+    assert (result.returncode == 3) == (summary["status"] == "alert")
+    assert summary["recommended_action"] in {"none", "investigate", "retrain"}
+    assert summary["calendar_features_left_out"] == ["tx_during_night", "tx_during_weekend"]
+    assert len(summary["chunks"]) == 9 and summary["features"]
+    labelled = [c["labelled"] for c in summary["performance"]["chunks"]]
+    assert labelled[0] and not labelled[-1]   # labels known only up to 7 days before the end
+    html = (folder / "drift_report.html").read_text()
+    assert "Data drift per feature" in html and "numeric_profile(" not in html  # no code cells
+    executed = json.loads((folder / "drift_report.ipynb").read_text())
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
+    history = (trained_project / "reports/monitoring/history.jsonl").read_text().splitlines()
+    assert json.loads(history[-1])["run_id"] == "t1"
+
+
+def test_dvc_stage_keeps_latest_and_does_not_fail_on_alert(trained_project: Path):
+    status = json.loads(run(["dvc", "status", "--json", "monitor"], trained_project).stdout)
+    assert status == {}   # ran in `dvc repro` with the rest
+    summary = json.loads((trained_project / "reports/monitoring/latest/summary.json").read_text())
+    assert summary["run_id"] == "latest"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reference", "2018-06-24:2018-07-01", "--current", "2018-06-20:2018-06-30"],
+     "starts before the reference"),
+    (["--reference", "2018-06-24:2018-06-24", "--current", "2018-07-01:2018-07-10"], "is empty"),
+])
+def test_bad_windows_fail_with_a_clear_message(trained_project: Path, args, message):
+    result = monitor(trained_project, "--run-id", "bad", *args)
+    assert result.returncode == 4 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (trained_project / "reports/monitoring/bad/drift_report.ipynb").exists()  # kept
+
+
+def test_missing_model_and_malformed_window(trained_project: Path, tmp_path: Path):
+    malformed = monitor(trained_project, "--reference", "last week")
+    assert malformed.returncode == 2 and "START:END" in malformed.stderr
+    (trained_project / "models/model.txt").rename(tmp_path / "model.txt")
+    try:
+        missing = monitor(trained_project, "--run-id", "nomodel2")
+        assert missing.returncode == 4 and "no model here" in missing.stderr
+    finally:
+        (tmp_path / "model.txt").rename(trained_project / "models/model.txt")
+
+
+def test_scheduled_workflow_is_valid_github_actions():
+    from conftest import REPO
+    workflow = REPO / ".github/workflows/drift-report.yml"
+    result = run(["check-jsonschema", "--builtin-schema", "vendor.github-workflows",
+                  str(workflow)], REPO, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    import yaml
+    spec = yaml.safe_load(workflow.read_text())
+    assert spec[True]["schedule"][0]["cron"]   # YAML reads the key `on` as True
+    assert "aif monitor" in workflow.read_text()
