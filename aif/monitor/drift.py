@@ -14,7 +14,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['EPSILON', 'GRID', 'THRESHOLDS', 'LEVELS', 'psi', 'level', 'NumericProfile', 'CategoricalProfile', 'numeric_profile',
-           'categorical_profile', 'chunk_histograms', 'chunk_quantiles', 'numeric_drift', 'categorical_drift']
+           'categorical_profile', 'chunk_histograms', 'chunk_quantiles', 'numeric_drift', 'categorical_drift',
+           'chunk_means', 'outside_band']
 
 # %% ../../nbs/09_monitor_drift.ipynb #4692f7bf
 EPSILON = 1e-4
@@ -141,3 +142,21 @@ def categorical_drift(profile: CategoricalProfile, values: np.ndarray, chunk: np
         js = np.sqrt(np.maximum((kl(shares) + kl(profile.shares[None, :])) / 2, 0.0))
     return {"psi": psi(profile.shares, shares), "jensen_shannon": js,
             "unseen_share": shares[:, -1]}
+
+# %% ../../nbs/09_monitor_drift.ipynb #b2f696a6
+def chunk_means(values: np.ndarray, chunk: np.ndarray, n_chunks: int) -> np.ndarray:
+    "Mean of the non-missing values per chunk (NaN for a chunk without any)."
+    values = np.asarray(values, float)
+    present = ~np.isnan(values)
+    sums = np.bincount(chunk[present], weights=values[present], minlength=n_chunks)
+    counts = np.bincount(chunk[present], minlength=n_chunks)
+    return np.divide(sums, counts, out=np.full(n_chunks, np.nan), where=counts > 0)
+
+
+def outside_band(current: np.ndarray, reference: np.ndarray, width: float) -> np.ndarray:
+    "True where a chunk statistic leaves mean ± width sd of the reference chunks' statistics."
+    reference = reference[~np.isnan(reference)]
+    if len(reference) < 2:
+        return np.zeros(len(current), bool)
+    mean, sd = reference.mean(), reference.std(ddof=1)
+    return np.abs(np.asarray(current) - mean) > width * max(sd, 1e-12)
