@@ -90,13 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as err:
         print(str(err), file=sys.stderr)
         return EXIT_FAILED
-    history = paths.reports / "monitoring" / "history.jsonl"
-    history.parent.mkdir(parents=True, exist_ok=True)
-    with (open("/dev/null", "a") if args.no_history else history.open("a")) as lines:
-        lines.write(json.dumps({"run_id": run_id, "status": summary["status"],
-                                "action": summary["recommended_action"],
-                                "reference": reference, "current": current,
-                                "reasons": summary["reasons"], "folder": str(run_dir)}) + "\n")
+    if not args.no_history:
+        history = paths.reports / "monitoring" / "history.jsonl"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        with history.open("a") as lines:
+            lines.write(json.dumps({"run_id": run_id, "status": summary["status"],
+                                    "action": summary["recommended_action"],
+                                    "reference": reference, "current": current,
+                                    "reasons": summary["reasons"], "folder": str(run_dir)}) + "\n")
     log.info(f"{summary['status']} ({summary['recommended_action']}) in "
              f"{time.perf_counter() - started:.1f}s: {run_dir / 'drift_report.html'}")
     if summary["status"] == "alert" and not args.no_alert_exit:
