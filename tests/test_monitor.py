@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run
+from conftest import run, write_params
 
 LEVELS = {"ok", "warn", "alert"}
 
@@ -75,3 +75,23 @@ def test_scheduled_workflow_is_valid_github_actions():
     spec = yaml.safe_load(workflow.read_text())
     assert spec[True]["schedule"][0]["cron"]   # YAML reads the key `on` as True
     assert "aif monitor" in workflow.read_text()
+
+
+def test_thresholds_are_parameters_and_alert_exits_3(trained_project: Path):
+    params = trained_project / "params.yaml"
+    original = params.read_text()
+    try:
+        write_params(trained_project, monitor={"thresholds": {"psi": [0.0001, 0.0002],
+                                                              "wasserstein": [0.0001, 0.0002]}})
+        result = monitor(trained_project, "--run-id", "strict", "--no-history")
+        summary = json.loads(
+            (trained_project / "reports/monitoring/strict/summary.json").read_text())
+        assert result.returncode == 3 and summary["status"] == "alert"
+        assert summary["recommended_action"] == "retrain"
+        assert any(r.startswith("data drift:") for r in summary["reasons"])
+        assert summary["thresholds"]["psi"] == [0.0001, 0.0002]
+        relaxed = monitor(trained_project, "--run-id", "strict2", "--no-history",
+                          "--no-alert-exit")
+        assert relaxed.returncode == 0
+    finally:
+        params.write_text(original)

@@ -31,9 +31,9 @@ def psi(reference_share: np.ndarray, current_share: np.ndarray) -> np.ndarray:
     return np.sum((c - r) * np.log(c / r), axis=-1)
 
 
-def level(value: np.ndarray, statistic: str) -> np.ndarray:
-    "0 ok, 1 warn, 2 alert, per value, on the statistic's thresholds."
-    warn, alert = THRESHOLDS[statistic]
+def level(value: np.ndarray, statistic: str, thresholds: dict | None = None) -> np.ndarray:
+    "0 ok, 1 warn, 2 alert, per value, on the statistic's (warn, alert) thresholds."
+    warn, alert = {**THRESHOLDS, **(thresholds or {})}[statistic]
     value = np.asarray(value, float)
     return np.where(value >= alert, 2, np.where(value >= warn, 1, 0))
 

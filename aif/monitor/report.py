@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
                   "chunk_days": int(monitor.get("chunk_days", 1)),
                   "model_dir": str(paths.models), "features_path": str(paths.features),
                   "label_delay_days": params.label_delay_days, "card_k": params.evaluate.k,
-                  "band_width": float(monitor.get("band_width", 3.0))}
+                  "band_width": float(monitor.get("band_width", 3.0)),
+                  "mean_band_width": float(monitor.get("mean_band_width", 5.0)),
+                  "thresholds": monitor.get("thresholds",
+                                            {"psi": [0.1, 0.25], "wasserstein": [0.1, 0.2]})}
     started = time.perf_counter()
     try:
         summary = run_report(paths.root, parameters, run_dir)
