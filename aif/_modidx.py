@@ -49,6 +49,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'aif.config.get_logger': ('config.html#get_logger', 'aif/config.py'),
                             'aif.config.load_params': ('config.html#load_params', 'aif/config.py'),
                             'aif.config.project_paths': ('config.html#project_paths', 'aif/config.py'),
+                            'aif.config.save_figure': ('config.html#save_figure', 'aif/config.py'),
                             'aif.config.start_stage': ('config.html#start_stage', 'aif/config.py')},
             'aif.evaluate': { 'aif.evaluate.baseline_scores': ('evaluate.html#baseline_scores', 'aif/evaluate.py'),
                               'aif.evaluate.calibration_error': ('evaluate.html#calibration_error', 'aif/evaluate.py'),

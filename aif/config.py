@@ -25,7 +25,7 @@ __all__ = ['PARAMS_FILE', 'FEATURE_GROUPS', 'DEFAULT_FEATURE_GROUPS', 'DEFAULT_S
            'project_paths', 'ParamsError', 'StageError', 'from_dict', 'FraudScenarios', 'SpendShift', 'CardTesting',
            'ActivitySurge', 'DriftScenarios', 'SimulateParams', 'IngestParams', 'FeaturesParams', 'SplitParams',
            'TuneParams', 'TrainParams', 'EvaluateParams', 'Params', 'load_params', 'atomic_output', 'get_logger',
-           'Stage', 'start_stage']
+           'Stage', 'start_stage', 'save_figure']
 
 # %% ../nbs/00_config.ipynb #06cd4aee
 PARAMS_FILE = "params.yaml"
@@ -382,3 +382,13 @@ def start_stage(name: str, description: str, argv: list[str] | None,
         add_arguments(parser)
     args = parser.parse_args(argv)
     return Stage(args, get_logger(name), project_paths(), load_params(args.params))
+
+# %% ../nbs/00_config.ipynb #ad6bece5
+def save_figure(fig, path: Path, dpi: int = 110) -> None:
+    "Save a matplotlib figure as PNG atomically and close it."
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import EvaluateParams, FeaturesParams, atomic_output, start_stage
+from .config import (EvaluateParams, FeaturesParams, atomic_output, save_figure,
+                        start_stage)
 from .features.registry import build_registry, feature_names
 from .metrics import average_precision, card_precision_at_k, recall_at_budget, roc_auc
 from .model import Model
@@ -148,10 +149,7 @@ def write_figures(folder: Path, y: np.ndarray, scores: dict[str, np.ndarray],
     written = []
 
     def save(fig, name):
-        fig.tight_layout()
-        with atomic_output(folder / name) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, folder / name)
         written.append(folder / name)
 
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.5))

@@ -17,7 +17,8 @@ import pandas as pd
 from .config import Params, StageError, start_stage
 from .features.registry import build_registry, feature_names
 from .model import Calibration, Model, files_digest, fit_booster, library_versions, lgbm_params
-from .split import Period, load_periods, prequential_folds, split_frame, test_protocol
+from .split import (Period, Protocol, load_periods, prequential_folds, split_frame,
+                       test_protocol)
 from .tracking import tracked_run
 
 # %% auto #0
@@ -38,9 +39,9 @@ def alert_threshold(scores: np.ndarray, n_days: int, budget: int) -> float:
     return float(np.sort(scores)[::-1][k - 1])
 
 
-def out_of_fold_calibration(frame: pd.DataFrame, params: Params, lgb_params: dict,
+def out_of_fold_calibration(frame: pd.DataFrame, fold: Protocol, lgb_params: dict,
                             rounds: int, features: list[str]) -> Calibration:
-    fold = prequential_folds(params.split, params.label_delay_days, 1)[0]
+    "Isotonic map fitted on `fold`'s assessment scores from a model fitted on its training window."
     train, assess = split_frame(frame, fold)
     booster = fit_booster(train[features].to_numpy(np.float64), train.tx_fraud.to_numpy(),
                           lgb_params, rounds)
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                        & (frame.tx_datetime < pd.Timestamp(delay.end))]
     threshold = alert_threshold(booster.predict(delay_rows[features].to_numpy(np.float64)),
                                 delay.days, params.evaluate.alert_budget)
-    calibration = out_of_fold_calibration(frame, params, lgb_params, rounds, features)
+    calibration = out_of_fold_calibration(frame, calibration_fold, lgb_params, rounds, features)
     info = {
         "features": features, "params": lgb_params, "num_boost_round": rounds,
         "tuned": {"study": best["study"], "trial": best["trial"],

@@ -17,7 +17,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from .config import Params, StageError, TuneParams, atomic_output, start_stage
+from .config import (Params, StageError, TuneParams, atomic_output, save_figure,
+                        start_stage)
 from .features.engine import read_features
 from .features.registry import FeatureSpec, build_registry, feature_names
 from .metrics import average_precision
@@ -152,10 +153,7 @@ def write_history(study: optuna.Study, plot_json: Path, figure: Path) -> None:
     ax.set_ylabel("mean AP over folds")
     ax.set_title("Optuna optimisation history")
     ax.legend()
-    fig.tight_layout()
-    with atomic_output(figure) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, figure)
 
 
 def main(argv: list[str] | None = None) -> int:
