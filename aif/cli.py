@@ -26,6 +26,9 @@ COMMANDS = {
     "train": ("aif.train", "fit, calibrate and save the model in models/"),
     "evaluate": ("aif.evaluate", "test metrics, plots, segments and the model card"),
     "monitor": ("aif.monitor.report", "run the drift report notebook with papermill"),
+    "registry": ("aif.registry", "model versions and stages (GTO): list, show, promote, ..."),
+    "retrain": ("aif.retrain", "retrain as of a date and promote through the gate"),
+    "score": ("aif.score", "score a batch of transactions with a model folder"),
 }
 EXIT_USER_ERROR = 2
 

@@ -24,8 +24,8 @@ import yaml
 __all__ = ['PARAMS_FILE', 'FEATURE_GROUPS', 'DEFAULT_FEATURE_GROUPS', 'DEFAULT_SEARCH_SPACE', 'find_project_root', 'ProjectPaths',
            'project_paths', 'ParamsError', 'StageError', 'from_dict', 'FraudScenarios', 'SpendShift', 'CardTesting',
            'ActivitySurge', 'DriftScenarios', 'SimulateParams', 'IngestParams', 'FeaturesParams', 'SplitParams',
-           'TuneParams', 'TrainParams', 'EvaluateParams', 'Params', 'load_params', 'atomic_output', 'get_logger',
-           'Stage', 'start_stage', 'save_figure']
+           'TuneParams', 'TrainParams', 'EvaluateParams', 'RegistryParams', 'Params', 'load_params', 'atomic_output',
+           'get_logger', 'Stage', 'start_stage', 'save_figure']
 
 # %% ../nbs/00_config.ipynb #06cd4aee
 PARAMS_FILE = "params.yaml"
@@ -85,6 +85,10 @@ class ProjectPaths:
     def plots(self) -> Path: return self.reports / "plots"
     @property
     def figures(self) -> Path: return self.reports / "figures"
+    @property
+    def segments(self) -> Path: return self.reports / "segments.csv"
+    @property
+    def lifecycle(self) -> Path: return self.reports / "lifecycle"
 
     def resolve(self, path: str | Path) -> Path:
         "A path from params.yaml: relative ones are relative to the project root."
@@ -301,7 +305,17 @@ class EvaluateParams:
     amount_bands: tuple[float, ...] = (20.0, 50.0, 100.0, 220.0)
     new_customer_days: int = 30     # a card first seen fewer days ago is "new"
 
-# %% ../nbs/00_config.ipynb #45c1a691
+# %% ../nbs/00_config.ipynb #21b3a35c
+@dataclass(frozen=True)
+class RegistryParams:
+    max_ap_drop: float = 0.0
+    max_calibration_error: float = 0.01
+    max_segment_recall_loss: float = 0.25
+    min_segment_frauds: int = 20
+    max_latency_ms_per_10k: float = 250.0
+    push: bool = False
+
+# %% ../nbs/00_config.ipynb #c4304388
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
@@ -313,9 +327,9 @@ class Params:
     tune: TuneParams = field(default_factory=TuneParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    # Sections whose stages arrive in later issues are carried as plain mappings for now.
+    registry: RegistryParams = field(default_factory=RegistryParams)
+    # Sections read by notebooks or later issues are carried as plain mappings for now.
     monitor: dict = field(default_factory=dict)
-    registry: dict = field(default_factory=dict)
     serve: dict = field(default_factory=dict)
 
 
@@ -330,7 +344,7 @@ def load_params(path: Path | str | None = None) -> Params:
         raise ParamsError(f"{path}: not valid YAML ({err})") from None
     return from_dict(Params, raw)
 
-# %% ../nbs/00_config.ipynb #710d8c5e
+# %% ../nbs/00_config.ipynb #7d9ec80c
 @contextlib.contextmanager
 def atomic_output(final: Path | str):
     "Yield a temporary path beside `final`; on success it replaces `final` (file or folder)."
@@ -352,7 +366,7 @@ def atomic_output(final: Path | str):
         elif tmp.exists():
             tmp.unlink()
 
-# %% ../nbs/00_config.ipynb #d2cad603
+# %% ../nbs/00_config.ipynb #76de7c13
 def get_logger(name: str) -> logging.Logger:
     "A logger writing `aif.<stage>: message` lines to stderr."
     logger = logging.getLogger(f"aif.{name}")
@@ -364,7 +378,7 @@ def get_logger(name: str) -> logging.Logger:
         root.setLevel(os.environ.get("AIF_LOG_LEVEL", "INFO"))
     return logger
 
-# %% ../nbs/00_config.ipynb #626cb218
+# %% ../nbs/00_config.ipynb #dfd794c0
 @dataclass
 class Stage:
     args: argparse.Namespace
@@ -383,7 +397,7 @@ def start_stage(name: str, description: str, argv: list[str] | None,
     args = parser.parse_args(argv)
     return Stage(args, get_logger(name), project_paths(), load_params(args.params))
 
-# %% ../nbs/00_config.ipynb #ad6bece5
+# %% ../nbs/00_config.ipynb #6b6a2c18
 def save_figure(fig, path: Path, dpi: int = 110) -> None:
     "Save a matplotlib figure as PNG atomically and close it."
     import matplotlib.pyplot as plt

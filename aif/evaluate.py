@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     # A card's first appearance: looked up over all data before the test, not just the window.
     first_seen = first_appearance(paths.features)
     segments = segment_table(test, model_score, threshold, first_seen, params.evaluate)
-    with atomic_output(paths.reports / "segments.csv") as tmp:
+    with atomic_output(paths.segments) as tmp:
         segments.to_csv(tmp, index=False, float_format="%.6g")
     shap = shap_values(model, test[model.features].to_numpy(np.float64),
                        params.evaluate.shap_sample, params.seed)

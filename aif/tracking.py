@@ -37,6 +37,11 @@ def pipeline_group(root: Path) -> str:
     return f"pipeline-{digest.hexdigest()[:10]}"
 
 
+# Runs are written under the project (`wandb/`) unless `WANDB_DIR` says otherwise:
+# retraining runs its pipeline in a temporary copy and points `WANDB_DIR` back at the
+# project, so those runs are kept.
+
+# %% ../nbs/00_tracking.ipynb #cd8155c4
 @contextlib.contextmanager
 def tracked_run(stage: str, config: dict, root: Path):
     "A W&B run for one stage (a no-op run when disabled); finished on exit."
@@ -44,7 +49,7 @@ def tracked_run(stage: str, config: dict, root: Path):
 
     run = wandb.init(project=os.environ.get("WANDB_PROJECT", "aif-fraud"), job_type=stage,
                      group=pipeline_group(root), config=config, mode=wandb_mode(),
-                     dir=str(root), reinit="finish_previous",
+                     dir=os.environ.get("WANDB_DIR", str(root)), reinit="finish_previous",
                      settings=wandb.Settings(silent=True, console="off"))
     try:
         yield run

@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="exit 0 on alert too (the DVC stage uses this)")
         parser.add_argument("--no-history", action="store_true",
                             help="do not append to reports/monitoring/history.jsonl")
+        parser.add_argument("--retrain-on-alert", action="store_true",
+                            help="on alert, run `aif retrain --as-of` the current window's end")
 
     stage = start_stage("monitor", "Run the drift report with papermill.", argv, add_arguments)
     args, paths, params, log = stage.args, stage.paths, stage.params, stage.log
@@ -103,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
                                     "reasons": summary["reasons"], "folder": str(run_dir)}) + "\n")
     log.info(f"{summary['status']} ({summary['recommended_action']}) in "
              f"{time.perf_counter() - started:.1f}s: {run_dir / 'drift_report.html'}")
+    if summary["status"] == "alert" and args.retrain_on_alert:
+        from aif.retrain import retrain
+
+        try:
+            retrain(paths, params, current.split(":")[1], log)
+        except StageError as err:
+            print(str(err), file=sys.stderr)
+            return EXIT_FAILED
     if summary["status"] == "alert" and not args.no_alert_exit:
         return EXIT_ALERT
     return 0
