@@ -29,6 +29,7 @@ COMMANDS = {
     "registry": ("aif.registry", "model versions and stages (GTO): list, show, promote, ..."),
     "retrain": ("aif.retrain", "retrain as of a date and promote through the gate"),
     "score": ("aif.score", "score a batch of transactions with a model folder"),
+    "serve": ("aif.serve", "the online scoring service (FastAPI on uvicorn)"),
 }
 EXIT_USER_ERROR = 2
 

@@ -311,7 +311,7 @@ class RegistryParams:
     max_ap_drop: float = 0.0
     max_calibration_error: float = 0.01
     max_segment_recall_loss: float = 0.25
-    min_segment_frauds: int = 20
+    min_segment_frauds: int = 50
     max_latency_ms_per_10k: float = 250.0
     push: bool = False
 

@@ -16,7 +16,8 @@ import pandas as pd
 from .config import (EvaluateParams, FeaturesParams, atomic_output, save_figure,
                         start_stage)
 from .features.registry import build_registry, feature_names
-from .metrics import average_precision, card_precision_at_k, recall_at_budget, roc_auc
+from .metrics import (average_precision, budget_alerts, card_precision_at_k,
+                         recall_at_budget, roc_auc)
 from .model import Model
 from .split import load_periods, split_frame, test_protocol
 from .tracking import tracked_run
@@ -77,6 +78,8 @@ def segment_table(test: pd.DataFrame, score: np.ndarray, threshold: float,
         "card": np.where(age < params.new_customer_days, "new card", "established card"),
     }
     y, alert = test.tx_fraud.to_numpy(), score >= threshold
+    at_budget = budget_alerts(test.tx_datetime.dt.floor("D").to_numpy(), score,
+                              params.alert_budget)
     rows = []
     for segmentation, values in segmentations.items():
         values = np.asarray(values)
@@ -88,6 +91,8 @@ def segment_table(test: pd.DataFrame, score: np.ndarray, threshold: float,
                          "fraud_rate": frauds / m.sum(),
                          "average_precision": average_precision(y[m], score[m]),
                          "recall_at_threshold": float(alert[m][y[m] == 1].mean())
+                         if frauds else float("nan"),
+                         "recall_at_budget": float(at_budget[m][y[m] == 1].mean())
                          if frauds else float("nan"),
                          "alerts": int(alert[m].sum())})
     return pd.DataFrame(rows)

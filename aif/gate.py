@@ -7,7 +7,7 @@ fraud team would not trade away for a point of average precision."""
 # %% ../nbs/12_gate.ipynb #c18c3b1c
 from __future__ import annotations
 
-import json
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -93,10 +93,10 @@ def gate_checks(challenger: dict, champion: dict | None, rules) -> list[dict]:
         other = theirs.get((mine["segmentation"], mine["segment"]))
         if other is None or mine["frauds"] < rules.min_segment_frauds:
             continue
-        bound = other["recall_at_threshold"] * (1 - rules.max_segment_recall_loss)
+        bound = other["recall_at_budget"] * (1 - rules.max_segment_recall_loss)
         checks.append({"check": f"segment_recall: {mine['segmentation']} / {mine['segment']}",
-                       "value": mine["recall_at_threshold"], "bound": bound,
-                       "passed": bool(mine["recall_at_threshold"] >= bound)})
+                       "value": mine["recall_at_budget"], "bound": bound,
+                       "passed": bool(mine["recall_at_budget"] >= bound)})
     return checks
 
 # %% ../nbs/12_gate.ipynb #673cd318
@@ -123,7 +123,7 @@ def evaluate_gate(root: Path, commit: str, name: str | None, champion: Version |
             "challenger": {"version": name, "commit": commit, **figures["challenger"]},
             "champion": ({"version": champion.name, "commit": champion.commit,
                           **figures["champion"]} if champion else None),
-            "rules": json.loads(json.dumps(rules.__dict__)),
+            "rules": dataclasses.asdict(rules),
             "seconds": round(time.perf_counter() - started, 2)}
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 # %% auto #0
-__all__ = ['roc_auc', 'average_precision', 'card_precision_at_k', 'recall_at_budget']
+__all__ = ['roc_auc', 'average_precision', 'card_precision_at_k', 'budget_alerts', 'recall_at_budget']
 
 # %% ../nbs/00_metrics.ipynb #50c08001
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -60,11 +60,16 @@ def card_precision_at_k(day: np.ndarray, card: np.ndarray, label: np.ndarray,
             "k": k, "per_day": per_day, "fraud_amount_caught": amount_caught}
 
 
+def budget_alerts(day: np.ndarray, score: np.ndarray, budget: int) -> np.ndarray:
+    "True for each day's `budget` highest-scored transactions: the alerts a fixed capacity allows."
+    frame = pd.DataFrame({"day": day, "score": score})
+    rank = frame.sort_values(["day", "score"], ascending=[True, False]).groupby("day").cumcount()
+    return (rank.reindex(frame.index) < budget).to_numpy()
+
+
 def recall_at_budget(day: np.ndarray, label: np.ndarray, score: np.ndarray,
                      budget: int) -> float:
     "Share of fraudulent transactions among each day's `budget` highest-scored transactions."
-    frame = pd.DataFrame({"day": day, "label": label, "score": score})
-    rank = frame.sort_values(["day", "score"], ascending=[True, False]).groupby("day").cumcount()
-    alerted = rank.reindex(frame.index) < budget
-    total = frame.label.sum()
-    return float(frame.label[alerted].sum() / total) if total else float("nan")
+    label = np.asarray(label)
+    total = label.sum()
+    return float(label[budget_alerts(day, score, budget)].sum() / total) if total else float("nan")

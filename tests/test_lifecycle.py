@@ -179,7 +179,13 @@ def test_registry_rules(tmp_path: Path):
     again = aif(project, "registry", "register")
     assert again.returncode == 2 and "already" in again.stderr
     assert aif(project, "registry", "rollback").returncode == 2   # nothing in prod
-    aif(project, "registry", "promote", "v0.0.2", "--force", check=True)
+    # the decision is logged to W&B (offline here), and a key in the environment stays there
+    aif(project, "registry", "promote", "v0.0.2", "--force", check=True, WANDB_MODE="offline",
+        WANDB_API_KEY="not-a-real-key-5e1d")
+    [logged] = (project / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"lifecycle" in logged.read_bytes()
+    assert not any(b"not-a-real-key-5e1d" in f.read_bytes()
+                   for f in (project / "wandb").rglob("*") if f.is_file())
     older = aif(project, "registry", "promote", "v0.0.1", "--force")
     assert older.returncode == 2 and "rollback" in older.stderr
     missing = aif(project, "registry", "fetch", "--version", "v9.9.9", str(tmp_path / "x"))
@@ -209,3 +215,19 @@ def test_score_rejects_bad_arguments(trained_project: Path, tmp_path: Path):
                 "--output", str(tmp_path / "out.txt"))
     assert wrong.returncode == 2 and ".parquet or .csv" in wrong.stderr
     assert not (tmp_path / "out.txt").exists()
+
+
+@pytest.mark.parametrize("name, must_run", [
+    ("ci.yml", ["make test", "make lint", "dvc repro"]),
+    ("retrain.yml", ["aif retrain --as-of", "--push", "fetch-depth: 0"]),
+])
+def test_workflows_are_valid_github_actions(name: str, must_run: list[str]):
+    workflow = REPO / ".github/workflows" / name
+    result = run(["check-jsonschema", "--builtin-schema", "vendor.github-workflows",
+                  str(workflow)], REPO, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = workflow.read_text()
+    assert all(command in text for command in must_run)
+    if name == "retrain.yml":
+        on = yaml.safe_load(text)[True]   # YAML reads the key `on` as True
+        assert on["schedule"][0]["cron"] and "workflow_dispatch" in on

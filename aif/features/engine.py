@@ -29,10 +29,10 @@ from ..schema import SORT_KEYS, arrow_schema, column_to_numpy, numpy_to_arrow
 
 # %% auto #0
 __all__ = ['INPUT_COLUMNS', 'KEY_COLUMNS', 'LABEL_COLUMNS', 'WINDOWLESS', 'ROWS_PER_FILE', 'SPILL_SCHEMA', 'check_stream_order',
-           'StreamShape', 'entity_keys', 'partition_features', 'partition_features_sorted', 'n_partitions',
-           'transaction_features', 'is_windowed', 'compute_features', 'open_source', 'table_columns', 'read_columns',
-           'features_table', 'write_part', 'write_features', 'read_features', 'source_shape', 'exact_chunks',
-           'SortedRun', 'spill_partitions', 'run_partition', 'featurize_out_of_core', 'main']
+           'StreamShape', 'entity_keys', 'partition_features', 'partition_features_sorted', 'row_features', 'aggregate',
+           'n_partitions', 'transaction_features', 'is_windowed', 'compute_features', 'open_source', 'table_columns',
+           'read_columns', 'features_table', 'write_part', 'write_features', 'read_features', 'source_shape',
+           'exact_chunks', 'SortedRun', 'spill_partitions', 'run_partition', 'featurize_out_of_core', 'main']
 
 # %% ../../nbs/03b_featurize.ipynb #8c86990a
 INPUT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
@@ -97,25 +97,41 @@ def partition_features_sorted(key: np.ndarray, time_us: np.ndarray, amount: np.n
                               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     "Like `partition_features`, in (entity, time, id) order: returns that order and the values."
     eo = entity_order(key, time_us)
-    amount_s, label_s = amount[eo.order], label[eo.order]
+    return eo.order, aggregate(eo, amount[eo.order], label[eo.order], specs)
+
+
+def row_features(key: np.ndarray, time_us: np.ndarray, amount: np.ndarray, label: np.ndarray,
+                 specs: list[FeatureSpec], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Features of `specs` for rows `rows` (input positions) only, over the whole partition's
+    history: what online scoring asks for a few new transactions. Same code, same numbers."""
+    eo = entity_order(key, time_us)
+    sorted_position = np.empty(len(eo.order), np.int64)
+    sorted_position[eo.order] = np.arange(len(eo.order))
+    return aggregate(eo, amount[eo.order], label[eo.order], specs, sorted_position[rows])
+
+
+def aggregate(eo, amount_s: np.ndarray, label_s: np.ndarray, specs: list[FeatureSpec],
+              rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    "Every spec's values at sorted rows `rows` (default: all rows), in that order."
     starts, ends = {}, {}  # windows share edges: one search per distinct edge
+    at = slice(None) if rows is None else rows
 
     def window(spec):
         w = spec.window
         start_of, end_of = (w.length, w.lag), (w.lag, w.include_current)
         if start_of not in starts:
-            starts[start_of] = window_starts(eo, w)
+            starts[start_of] = window_starts(eo, w, rows)
         if end_of not in ends:
-            ends[end_of] = window_ends(eo, w)
+            ends[end_of] = window_ends(eo, w, rows)
         return starts[start_of], np.maximum(ends[end_of], starts[start_of])
 
     out = {}
     for spec in specs:
         agg = spec.aggregation
         if agg == "seconds_since_previous":
-            values = seconds_since_previous(eo)
+            values = seconds_since_previous(eo, rows)
         elif agg == "first_use":
-            values = is_first_in_history(eo)
+            values = is_first_in_history(eo, rows)
         else:
             start, end = window(spec)
             count = window_counts(start, end)
@@ -127,7 +143,7 @@ def partition_features_sorted(key: np.ndarray, time_us: np.ndarray, amount: np.n
             elif agg == "amount_to_mean":
                 with np.errstate(invalid="ignore", divide="ignore"):
                     mean = window_float_sums(amount_s, start, end) / count
-                    values = np.where(count > 0, amount_s / mean, np.nan)
+                    values = np.where(count > 0, amount_s[at] / mean, np.nan)
             elif agg == "fraud_count":
                 values = window_int_sums(label_s, start, end).astype(np.int32)
             elif agg == "fraud_rate":
@@ -137,17 +153,17 @@ def partition_features_sorted(key: np.ndarray, time_us: np.ndarray, amount: np.n
                 genuine = count - window_int_sums(label_s, start, end)
                 genuine_sum = window_float_sums(np.where(label_s == 0, amount_s, 0.0), start, end)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    values = np.where(genuine > 0, amount_s / (genuine_sum / genuine), np.nan)
+                    values = np.where(genuine > 0, amount_s[at] / (genuine_sum / genuine), np.nan)
             elif agg in ("days_since_first_fraud", "days_since_last_fraud"):
                 first, last, has = window_label_times(label_s, eo.time, start, end)
-                since = eo.time - (first if agg == "days_since_first_fraud" else last)
+                since = eo.time[at] - (first if agg == "days_since_first_fraud" else last)
                 values = np.where(has, since / MICROS_PER_DAY, np.nan)
             else:
                 raise ValueError(f"unknown aggregation {agg} ({spec.name})")
         out[spec.name] = values
-    return eo.order, out
+    return out
 
-# %% ../../nbs/03b_featurize.ipynb #89b955d3
+# %% ../../nbs/03b_featurize.ipynb #b8719582
 def n_partitions(entity: str, shape: StreamShape, params: FeaturesParams, windowed: bool) -> int:
     by_rows = max(1, -(-shape.n_rows // params.rows_per_partition))
     if not windowed:  # no (entity, time) key is built
@@ -214,7 +230,7 @@ def compute_features(columns: dict, specs: tuple[FeatureSpec, ...],
                     results.setdefault(name, np.empty(n, v.dtype))[targets] = v
     return {s.name: results[s.name] for s in specs}
 
-# %% ../../nbs/03b_featurize.ipynb #9f8d7d23
+# %% ../../nbs/03b_featurize.ipynb #8cef68a2
 def open_source(path: Path) -> tuple[pq.ParquetFile, list[str]]:
     "The interim file and the label columns it holds, or a one-line error."
     try:  # ParquetFile, not read_table: importing pyarrow.dataset alone costs about a second
@@ -277,7 +293,7 @@ def read_features(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise StageError(f"{path}: no feature files; run `dvc repro featurize`")
     return pa.concat_tables([pq.ParquetFile(f).read(columns=columns) for f in files])
 
-# %% ../../nbs/03b_featurize.ipynb #2300ff2f
+# %% ../../nbs/03b_featurize.ipynb #4eb624d7
 SPILL_SCHEMA = pa.schema([("position", pa.int64()), ("key", pa.int64()),
                           ("time_us", pa.int64()), ("amount", pa.float64()),
                           ("label", pa.int8())])
@@ -421,7 +437,7 @@ def featurize_out_of_core(path: Path, specs: tuple[FeatureSpec, ...], params: Fe
                 position += n
     return shape.n_rows
 
-# %% ../../nbs/03b_featurize.ipynb #b69d367b
+# %% ../../nbs/03b_featurize.ipynb #64223c18
 def main(argv: list[str] | None = None) -> int:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--input", type=Path,

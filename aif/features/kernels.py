@@ -77,27 +77,31 @@ def entity_order(entity: np.ndarray, time: np.ndarray) -> EntityOrder:
     return EntityOrder(order, rank, segment_start, time[order])
 
 
-def window_starts(eo: EntityOrder, window: Window) -> np.ndarray:
-    "For each sorted row, the first sorted row of its window."
+def window_starts(eo: EntityOrder, window: Window, rows: np.ndarray | None = None) -> np.ndarray:
+    "For each sorted row (or each of `rows`, sorted positions), the first sorted row of its window."
+    segment_start = eo.segment_start if rows is None else eo.segment_start[rows]
     if window.length is None:
-        return eo.segment_start
-    start = np.searchsorted(eo.key, eo.key - window.lag - window.length, side="right")
-    return np.maximum(start, eo.segment_start)
+        return segment_start
+    key = eo.key if rows is None else eo.key[rows]
+    start = np.searchsorted(eo.key, key - window.lag - window.length, side="right")
+    return np.maximum(start, segment_start)
 
 
-def window_ends(eo: EntityOrder, window: Window) -> np.ndarray:
-    "For each sorted row, one past the last sorted row of its window."
-    n = len(eo.time)
+def window_ends(eo: EntityOrder, window: Window, rows: np.ndarray | None = None) -> np.ndarray:
+    "For each sorted row (or each of `rows`), one past the last sorted row of its window."
     if window.lag == 0:
-        return np.arange(1, n + 1) if window.include_current else np.arange(n)
-    end = np.searchsorted(eo.key, eo.key - window.lag, side="right")
-    return np.maximum(end, eo.segment_start)
+        at = np.arange(len(eo.time)) if rows is None else rows
+        return at + 1 if window.include_current else at
+    key = eo.key if rows is None else eo.key[rows]
+    end = np.searchsorted(eo.key, key - window.lag, side="right")
+    return np.maximum(end, eo.segment_start if rows is None else eo.segment_start[rows])
 
 
-def window_bounds(eo: EntityOrder, window: Window) -> tuple[np.ndarray, np.ndarray]:
-    "For each sorted row, the half-open range [start, end) of sorted rows in its window."
-    start = window_starts(eo, window)
-    return start, np.maximum(window_ends(eo, window), start)
+def window_bounds(eo: EntityOrder, window: Window, rows: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    "For each sorted row (or each of `rows`), the half-open range [start, end) of its window."
+    start = window_starts(eo, window, rows)
+    return start, np.maximum(window_ends(eo, window, rows), start)
 
 # %% ../../nbs/03a_window_kernels.ipynb #22b051f1
 def window_counts(start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -135,14 +139,15 @@ def window_label_times(label: np.ndarray, time: np.ndarray, start: np.ndarray,
     return first, last, has
 
 # %% ../../nbs/03a_window_kernels.ipynb #70eae1f3
-def seconds_since_previous(eo: EntityOrder) -> np.ndarray:
+def seconds_since_previous(eo: EntityOrder, rows: np.ndarray | None = None) -> np.ndarray:
     "Seconds since the same entity's previous transaction (NaN for its first), sorted order."
-    out = np.full(len(eo.time), np.nan)
-    has_previous = np.arange(len(eo.time)) > eo.segment_start
-    previous = np.flatnonzero(has_previous)
-    out[previous] = (eo.time[previous] - eo.time[previous - 1]) / 1e6
+    at = np.arange(len(eo.time)) if rows is None else rows
+    out = np.full(len(at), np.nan)
+    has_previous = np.flatnonzero(at > eo.segment_start[at])
+    out[has_previous] = (eo.time[at[has_previous]] - eo.time[at[has_previous] - 1]) / 1e6
     return out
 
 
-def is_first_in_history(eo: EntityOrder) -> np.ndarray:
-    return (np.arange(len(eo.time)) == eo.segment_start).astype(np.int8)
+def is_first_in_history(eo: EntityOrder, rows: np.ndarray | None = None) -> np.ndarray:
+    at = np.arange(len(eo.time)) if rows is None else rows
+    return (at == eo.segment_start[at]).astype(np.int8)

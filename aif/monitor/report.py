@@ -46,8 +46,9 @@ def run_report(root: Path, parameters: dict, run_dir: Path) -> dict:
                                    parameters={**parameters, "output_dir": str(run_dir)},
                                    kernel_name="python3", cwd=str(root), progress_bar=False,
                                    log_output=False,
-                                   # the kernel's own start-up warnings are not the user's concern
-                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
+                                   # the kernel's own messages (start-up warnings, the interrupt
+                                   # papermill sends after a failed cell) are not the user's concern
+                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except PapermillExecutionError as err:
         raise StageError(f"monitor: the report failed ({err.ename}: {err.evalue}); "
                          f"see {executed}") from None

@@ -1,0 +1,223 @@
+"""The scoring service, run for real: `aif serve` on uvicorn in a child process, spoken to over
+loopback HTTP. Parity with the offline pipeline, validation, observability, hot reload."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run, run_env, write_params
+
+TEST_START = "2018-06-24"   # the small config's test week, which the replay scores
+KEY = "not-a-real-key-serve-7c1"
+
+
+@pytest.fixture
+def project(trained_project: Path, tmp_path: Path) -> Path:
+    "A private copy of the trained small project (the service writes logs and snapshots)."
+    copy = tmp_path / "project"
+    shutil.copytree(trained_project, copy, symlinks=True)
+    write_params(copy, serve={"poll_seconds": 0.5, "log_flush_seconds": 0.5})
+    return copy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def service(project: Path, *args: str, **env: str):
+    "Start `aif serve`, wait until ready, yield (client, process); stop it with SIGTERM."
+    port = free_port()
+    log = open(project / "serve.log", "w")
+    proc = subprocess.Popen(["aif", "serve", "--port", str(port), *args], cwd=project,
+                            env=run_env(**env), stdout=log, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError((project / "serve.log").read_text())
+            try:
+                if client.get("/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.2)
+        yield client, proc
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
+def interim(project: Path) -> pd.DataFrame:
+    return pd.read_parquet(project / "data/interim/transactions.parquet")
+
+
+def payload(rows: pd.DataFrame) -> list[dict]:
+    out = rows[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]].copy()
+    out["tx_datetime"] = out.tx_datetime.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return out.to_dict(orient="records")
+
+
+def test_replay_gives_the_offline_features_and_scores(project: Path):
+    rows = interim(project)
+    window = rows[(rows.tx_datetime >= TEST_START) & (rows.tx_datetime < "2018-07-01")]
+    with service(project, "--state-until", TEST_START) as (client, _):
+        for i, tx in enumerate(payload(window)[:200]):      # one at a time ...
+            r = client.post("/score", json=tx)
+            assert r.status_code == 200, r.text
+            client.post("/labels", json={"transaction_id": tx["transaction_id"],
+                                         "tx_fraud": int(window.tx_fraud.iloc[i])})
+        rest = window.iloc[200:]
+        for start in range(0, len(rest), 500):                # ... then in batches
+            chunk = rest.iloc[start:start + 500]
+            r = client.post("/score", json={"transactions": payload(chunk)})
+            assert r.status_code == 200, r.text
+            client.post("/labels", json={"labels": [
+                {"transaction_id": int(i), "tx_fraud": int(y)}
+                for i, y in zip(chunk.transaction_id, chunk.tx_fraud, strict=True)]})
+    logged = pd.read_parquet(project / "reports/predictions").sort_values("transaction_id")
+    assert len(logged) == len(window) and logged.transaction_id.is_unique
+
+    from aif.features.engine import read_features
+    from aif.model import Model
+    model = Model.load(project / "models")
+    offline = read_features(project / "data/processed/features.parquet").to_pandas()
+    offline = offline.set_index("transaction_id").loc[logged.transaction_id]
+    for name in model.features:
+        online, expected = logged[name].to_numpy(), offline[name].to_numpy()
+        if np.issubdtype(expected.dtype, np.integer):
+            assert np.array_equal(online, expected), name
+        else:
+            np.testing.assert_allclose(online, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+    scores = model.score(offline[model.features].to_numpy(np.float64))
+    np.testing.assert_allclose(logged.score.to_numpy(), scores, rtol=1e-9, atol=1e-12)
+    assert set(logged.model_version) == {"workspace"}
+
+
+def test_bad_requests_get_422_naming_the_field(project: Path):
+    tx = payload(interim(project).iloc[-1:])[0]
+    tx["transaction_id"] = 10**9
+    bad = [({**tx, "tx_amount": -1}, "tx_amount"),
+           ({k: v for k, v in tx.items() if k != "customer_id"}, "customer_id"),
+           ({**tx, "tx_datetime": "2018-07-09T10:00:00+02:00"}, "tx_datetime"),
+           ({**tx, "tx_datetime": "yesterday"}, "tx_datetime"),
+           ({**tx, "terminal_id": "T-12"}, "terminal_id"),
+           ({**tx, "tip": 3}, "tip"),
+           ({"transactions": []}, "transactions"),
+           ({"transactions": [tx, tx]}, "unique")]
+    with service(project) as (client, _):
+        for body, field in bad:
+            r = client.post("/score", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert field in r.text, (field, r.text)
+        assert client.post("/score", content=b"{not json").status_code == 422
+        assert client.post("/score", json=tx).status_code == 200
+        again = client.post("/score", json=tx)       # a transaction enters the state once
+        assert again.status_code == 409 and "already scored" in again.text
+        assert client.post("/labels", json={"transaction_id": 1, "tx_fraud": 2}).status_code \
+            == 422
+
+
+def test_health_version_metrics_explain_and_logs(project: Path):
+    tx = payload(interim(project).iloc[-1:])[0]
+    tx["transaction_id"] = 10**9
+    with service(project, WANDB_API_KEY=KEY, AIF_LOG_LEVEL="INFO") as (client, _):
+        assert client.get("/health").json() == {"status": "up"}
+        ready = client.get("/ready").json()
+        assert ready["status"] == "ready" and ready["state_rows"] > 0
+        version = client.get("/version").json()
+        assert version["model_version"] == "workspace" and version["features"]
+        r = client.post("/score?explain=true", json=tx, headers={"x-request-id": "req-42"})
+        assert r.headers["x-request-id"] == "req-42"
+        result = r.json()["results"][0]
+        assert 0 <= result["fraud_probability"] <= 1 and len(result["top_features"]) == 5
+        assert {f["feature"] for f in result["top_features"]} <= set(version["features"])
+        metrics = client.get("/metrics").text
+        assert 'aif_requests_total{endpoint="/score",status="200"} 1.0' in metrics
+        assert 'aif_model_info{version="workspace"} 1.0' in metrics
+        assert "aif_request_latency_seconds_bucket" in metrics and "aif_score_bucket" in metrics
+    lines = [json.loads(line) for line in (project / "serve.log").read_text().splitlines()
+             if line.startswith("{")]
+    requests = [e for e in lines if e["msg"] == "request"]
+    assert any(e["request_id"] == "req-42" and e["status"] == 200 for e in requests)
+    text = (project / "serve.log").read_text()
+    assert str(tx["tx_amount"]) not in text and KEY not in text   # no payload, no secret
+
+
+def test_promotion_and_rollback_switch_the_running_service(project: Path):
+    # two registered versions: the workspace model, and one trained with other parameters
+    run(["aif", "registry", "register"], project)
+    run(["aif", "registry", "promote", "v0.0.1", "--force"], project)
+    run(["dvc", "exp", "run", "--temp", "--name", "other", "-S", "train.num_leaves=5",
+         "train"], project)
+    other = run(["git", "for-each-ref", "--format=%(objectname)", "refs/exps/"],
+                project).stdout.split()[0]
+    run(["aif", "registry", "register", "--rev", other], project)
+    rows = payload(interim(project).iloc[-1:])[0]
+    seen, errors, stop = [], [], threading.Event()
+    with service(project) as (client, _):
+        assert client.get("/version").json()["model_version"] == "fraud-model@v0.0.1"
+
+        def fire():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                r = client.post("/score", json={**rows, "transaction_id": 10**9 + i})
+                if r.status_code != 200:
+                    errors.append(r.text)
+                else:
+                    seen.append(r.json()["model_version"])
+
+        def wait_for(version: str) -> None:
+            deadline = time.monotonic() + 60
+            while client.get("/version").json()["model_version"] != version:
+                assert time.monotonic() < deadline, f"never switched to {version}"
+                time.sleep(0.1)
+
+        firing = threading.Thread(target=fire)
+        firing.start()
+        try:
+            run(["aif", "registry", "promote", "v0.0.2", "--force"], project)
+            wait_for("fraud-model@v0.0.2")
+            run(["aif", "registry", "rollback"], project)
+            wait_for("fraud-model@v0.0.1")
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            firing.join()
+        metrics = client.get("/metrics").text
+    assert not errors and len(seen) > 20
+    switches = [v for i, v in enumerate(seen) if i == 0 or seen[i - 1] != v]
+    assert switches == ["fraud-model@v0.0.1", "fraud-model@v0.0.2", "fraud-model@v0.0.1"]
+    assert "aif_model_reloads_total 2.0" in metrics
+
+
+def test_sighup_reloads_at_once(project: Path):
+    write_params(project, serve={"poll_seconds": 3600})
+    run(["aif", "registry", "register"], project)
+    with service(project) as (client, proc):
+        assert client.get("/version").json()["model_version"] == "workspace"
+        run(["aif", "registry", "promote", "v0.0.1", "--force"], project)
+        os.kill(proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while client.get("/version").json()["model_version"] != "fraud-model@v0.0.1":
+            assert time.monotonic() < deadline, "SIGHUP did not reload"
+            time.sleep(0.1)
