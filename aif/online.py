@@ -148,6 +148,10 @@ class OnlineFeatures:
                                  strict=True):
             kept[k] = rows[start:end].copy()
 
+    def already_scored(self, ids: list[int]) -> list[int]:
+        "Those of `ids` already in the state (a transaction must enter it once)."
+        return [i for i in ids if i in self.entities_of]
+
     def label(self, transaction_id: int, fraud: int) -> bool:
         "Record a label that arrived; False when the transaction is unknown or forgotten."
         found = self.entities_of.get(int(transaction_id))

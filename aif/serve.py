@@ -29,7 +29,8 @@ from .config import Params, ProjectPaths, atomic_output, get_logger
 # %% auto #0
 __all__ = ['Loaded', 'prod_version', 'load_model', 'Transaction', 'Batch', 'Label', 'Labels', 'to_columns', 'PredictionLog',
            'JsonFormatter', 'json_logger', 'make_metrics', 'make_tracer', 'Service', 'explain_rows', 'warm_state',
-           'reload_if_changed', 'watch_registry', 'flush_log', 'create_app', 'build_service', 'main']
+           'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log', 'create_app', 'build_service',
+           'main']
 
 # %% ../nbs/15_serve.ipynb #dd91cc79
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class PredictionLog:
         if not self.pending:
             return 0
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         chunks, self.pending, self.rows_pending = self.pending, [], 0
@@ -140,7 +142,7 @@ class PredictionLog:
         day = table.column("tx_datetime").cast(pa.timestamp("us")).cast(pa.date32())
         stamp = f"{time.time():.6f}".replace(".", "")
         for d in sorted(set(day.to_pylist())):
-            part = table.filter(pa.compute.equal(day, pa.scalar(d, pa.date32())))
+            part = table.filter(pc.equal(day, pa.scalar(d, pa.date32())))
             path = self.folder / f"date={d}" / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
             with atomic_output(path) as tmp:
                 pq.write_table(part, tmp)
@@ -216,6 +218,7 @@ class Service:
     logger: logging.Logger
     fixed_model: bool = False
     ready: bool = False
+    last_flush: float = 0.0
 
     def score(self, columns: dict[str, np.ndarray], explain: bool) -> tuple[dict, list]:
         loaded = self.loaded   # one model for the whole request, even if a switch happens
@@ -228,7 +231,8 @@ class Service:
             probability = model.calibration.apply(score)
         alert = score >= model.info["alert"]["threshold"]
         explanations = explain_rows(model, X) if explain else []
-        logged = {**columns, **{n: values[n] for n in model.features}, "score": score,
+        logged = {**columns, "tx_datetime": columns["tx_datetime"].view("datetime64[us]"),
+                  **{n: values[n] for n in model.features}, "score": score,
                   "fraud_probability": probability, "alert": alert,
                   "model_version": np.full(len(score), loaded.version, dtype=object)}
         return logged, explanations
@@ -247,18 +251,35 @@ def explain_rows(model, X: np.ndarray, top: int = 5) -> list[list[dict]]:
 # %% ../nbs/15_serve.ipynb #fec1e1eb
 def warm_state(paths: ProjectPaths, params: Params, names: list[str], until: str | None,
                snapshot: Path | None):
-    from aif.features.engine import read_columns
     from aif.online import OnlineFeatures
     from aif.score import feature_specs
 
-    state = OnlineFeatures.empty(feature_specs(names, params))
+    specs = feature_specs(names, params)
+    url = str(params.serve.get("state") or "memory")
+    if url.startswith("redis://"):
+        from aif.online_redis import RedisFeatures
+
+        state = RedisFeatures.connect(url, specs)
+        if state.claim_warm_start():
+            fill_from_interim(state, paths, until)
+            state.warm_start_done()
+        return state
+    state = OnlineFeatures.empty(specs)
     if snapshot is not None and snapshot.exists() and until is None and (
             not paths.interim_transactions.exists()
             or snapshot.stat().st_mtime > paths.interim_transactions.stat().st_mtime):
         state.load(snapshot)
         return state
+    fill_from_interim(state, paths, until)
+    return state
+
+
+def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
+    "Feed the state the interim transactions (with labels) before `until`, within its horizon."
+    from aif.features.engine import read_columns
+
     if not paths.interim_transactions.exists():
-        return state
+        return
     columns, _ = read_columns(paths.interim_transactions)
     end = len(columns["tx_datetime"])
     if until is not None:
@@ -271,7 +292,6 @@ def warm_state(paths: ProjectPaths, params: Params, names: list[str], until: str
     state.observe({c: v[start:end] for c, v in columns.items()
                    if c in ("transaction_id", "tx_datetime", "customer_id", "terminal_id",
                             "tx_amount", "tx_fraud")}, compute=False)
-    return state
 
 # %% ../nbs/15_serve.ipynb #cb77170b
 async def reload_if_changed(service: Service) -> bool:
@@ -314,10 +334,10 @@ async def watch_registry(service: Service, wake: asyncio.Event, every: float) ->
 async def flush_log(service: Service, every: float, max_rows: int) -> None:
     while True:
         await asyncio.sleep(min(every, 0.5))
-        due = service.log.pending and (time.monotonic() - getattr(service, "_flushed", 0) >= every
+        due = service.log.pending and (time.monotonic() - service.last_flush >= every
                                        or service.log.rows_pending >= max_rows)
         if due:
-            service._flushed = time.monotonic()
+            service.last_flush = time.monotonic()
             await asyncio.to_thread(service.log.flush)
 
 # %% ../nbs/15_serve.ipynb #8836fdb8
@@ -347,7 +367,7 @@ def create_app(service: Service, serve_params: dict):
             task.cancel()
         service.log.flush()
         snapshot = serve_params.get("snapshot")
-        if snapshot:
+        if snapshot and not str(serve_params.get("state") or "").startswith("redis://"):
             service.features.save(service.paths.resolve(snapshot))
 
     app = FastAPI(title="aif scoring service", lifespan=lifespan,
@@ -376,8 +396,7 @@ def create_app(service: Service, serve_params: dict):
         started = time.perf_counter()
         items = payload.transactions if isinstance(payload, Batch) else [payload]
         columns = to_columns(items)
-        seen = [i for i in columns["transaction_id"].tolist()
-                if i in service.features.entities_of]
+        seen = service.features.already_scored(columns["transaction_id"].tolist())
         if seen:
             return ORJSONResponse(status_code=409, content={"detail": [{
                 "loc": ["body", "transaction_id"], "msg": f"transaction {seen[0]} was already "

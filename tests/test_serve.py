@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,7 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run, run_env, write_params
+from conftest import REPO, run, run_env, write_params
 
 TEST_START = "2018-06-24"   # the small config's test week, which the replay scores
 KEY = "not-a-real-key-serve-7c1"
@@ -111,6 +112,16 @@ def test_replay_gives_the_offline_features_and_scores(project: Path):
     np.testing.assert_allclose(logged.score.to_numpy(), scores, rtol=1e-9, atol=1e-12)
     assert set(logged.model_version) == {"workspace"}
 
+    # The monitor takes the log as its current window and sees what it sees offline.
+    windows = ["--reference", "2018-06-10:2018-06-24", "--current", f"{TEST_START}:2018-07-01",
+               "--no-history", "--no-alert-exit"]
+    run(["aif", "monitor", "--run-id", "served", "--current-log", "reports/predictions",
+         *windows], project)
+    run(["aif", "monitor", "--run-id", "offline", *windows], project)
+    served, batch = (json.loads((project / f"reports/monitoring/{r}/summary.json").read_text())
+                     for r in ("served", "offline"))
+    assert served["features"] == batch["features"] and served["status"] == batch["status"]
+
 
 def test_bad_requests_get_422_naming_the_field(project: Path):
     tx = payload(interim(project).iloc[-1:])[0]
@@ -152,6 +163,11 @@ def test_health_version_metrics_explain_and_logs(project: Path):
         assert {f["feature"] for f in result["top_features"]} <= set(version["features"])
         metrics = client.get("/metrics").text
         assert 'aif_requests_total{endpoint="/score",status="200"} 1.0' in metrics
+        # every series the Grafana dashboard queries is one the service exports
+        dashboard = json.loads((REPO / "deploy/grafana/aif-serve.json").read_text())
+        queried = {m for p in dashboard["panels"] for t in p["targets"]
+                   for m in re.findall(r"aif_[a-z_]+", t["expr"])}
+        assert queried and all(m in metrics for m in queried), queried
         assert 'aif_model_info{version="workspace"} 1.0' in metrics
         assert "aif_request_latency_seconds_bucket" in metrics and "aif_score_bucket" in metrics
     lines = [json.loads(line) for line in (project / "serve.log").read_text().splitlines()
@@ -221,3 +237,61 @@ def test_sighup_reloads_at_once(project: Path):
         while client.get("/version").json()["model_version"] != "fraud-model@v0.0.1":
             assert time.monotonic() < deadline, "SIGHUP did not reload"
             time.sleep(0.1)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path):
+    "A real redis-server on a free port, for this test only."
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; "
+                    ".ci/run installs it)")
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    import redis
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_two_replicas_share_the_feature_state_in_redis(project: Path, redis_url: str):
+    write_params(project, serve={"state": redis_url})
+    rows = interim(project)
+    window = rows[(rows.tx_datetime >= TEST_START) & (rows.tx_datetime < "2018-06-27")]
+    with service(project, "--state-until", TEST_START) as (one, _), \
+            service(project, "--state-until", TEST_START) as (two, _):
+        replicas = (one, two)
+        for i, tx in enumerate(payload(window)[:150]):      # alternate, one at a time
+            r = replicas[i % 2].post("/score", json=tx)
+            assert r.status_code == 200, r.text
+            replicas[(i + 1) % 2].post("/labels", json={
+                "transaction_id": tx["transaction_id"], "tx_fraud": int(window.tx_fraud.iloc[i])})
+        # a transaction scored by one replica is known to the other
+        assert two.post("/score", json=payload(window.iloc[:1])[0]).status_code == 409
+        rest = window.iloc[150:]
+        for j, start in enumerate(range(0, len(rest), 300)):
+            chunk = rest.iloc[start:start + 300]
+            r = replicas[j % 2].post("/score", json={"transactions": payload(chunk)})
+            assert r.status_code == 200, r.text
+    logged = pd.read_parquet(project / "reports/predictions").sort_values("transaction_id")
+    assert len(logged) == len(window) and logged.transaction_id.is_unique
+
+    from aif.features.engine import read_features
+    from aif.model import Model
+    model = Model.load(project / "models")
+    offline = read_features(project / "data/processed/features.parquet").to_pandas()
+    offline = offline.set_index("transaction_id").loc[logged.transaction_id]
+    for name in model.features:
+        np.testing.assert_allclose(logged[name].to_numpy(np.float64),
+                                   offline[name].to_numpy(np.float64), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)

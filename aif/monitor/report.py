@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                             help="exit 0 on alert too (the DVC stage uses this)")
         parser.add_argument("--no-history", action="store_true",
                             help="do not append to reports/monitoring/history.jsonl")
+        parser.add_argument("--current-log", type=Path,
+                            help="take the current window from a prediction log of `aif serve` "
+                            "(default: the processed features)")
         parser.add_argument("--retrain-on-alert", action="store_true",
                             help="on alert, run `aif retrain --as-of` the current window's end")
 
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {"reference": reference, "current": current, "run_id": run_id,
                   "chunk_days": int(monitor.get("chunk_days", 1)),
                   "model_dir": str(paths.models), "features_path": str(paths.features),
+                  "current_log": str(paths.resolve(args.current_log)) if args.current_log else "",
                   "label_delay_days": params.label_delay_days, "card_k": params.evaluate.k,
                   "band_width": float(monitor.get("band_width", 3.0)),
                   "mean_band_width": float(monitor.get("mean_band_width", 5.0)),

@@ -1,0 +1,171 @@
+"""Scoring service latency under an open-loop load, over loopback.
+
+Needs the workspace's data and model (`make repro`). The service (`aif serve`, one uvicorn
+process) starts with its feature state warmed up to 2018-09-24 and the workspace model; the
+last week's transactions, in time order, are the requests. The generator sends at a fixed
+rate whatever the replies do (open loop) over a pool of keep-alive connections, and measures
+each latency from the request's *intended* send time, so a stall shows in the tail instead of
+slowing the sender (wrk and hey wait for replies and hide it). Then 10,000-row batches.
+
+Targets: single transactions at 300/s for 60 s, p50 <= 3 ms, p99 <= 10 ms, no errors; a
+10,000-row batch in <= 150 ms.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from common import report, run_env
+
+REPO = Path(__file__).resolve().parents[1]
+STATE_UNTIL = "2018-09-24"
+RATE, SECONDS = 300, 60
+BATCH, BATCHES = 10_000, 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bodies(rows: pd.DataFrame) -> list[bytes]:
+    out = rows[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]].copy()
+    out["tx_datetime"] = out.tx_datetime.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return [json.dumps(r).encode() for r in out.to_dict(orient="records")]
+
+
+def request(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def exchange(conn, raw: bytes) -> int:
+    "Send one request on a keep-alive connection; read the reply; return its status."
+    reader, writer = conn
+    writer.write(raw)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    await reader.readexactly(length)
+    return status
+
+
+async def open_loop(port: int, payloads: list[bytes], rate: float) -> tuple[list, list]:
+    "Send payloads[i] at t0 + i / rate; latency from that intended time."
+    idle: list = []
+    latencies, errors = [], []
+
+    async def one(raw: bytes, intended: float) -> None:
+        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        try:
+            status = await exchange(conn, raw)
+            latencies.append(time.perf_counter() - intended)
+            if status != 200:
+                errors.append(status)
+            idle.append(conn)
+        except (OSError, asyncio.IncompleteReadError) as err:
+            errors.append(repr(err))
+
+    t0 = time.perf_counter() + 0.1
+    tasks = []
+    for i, body in enumerate(payloads):
+        intended = t0 + i / rate
+        delay = intended - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(request("/score", body), intended)))
+    await asyncio.gather(*tasks)
+    for _, writer in idle:
+        writer.close()
+    return latencies, errors
+
+
+async def batches(port: int, rows: pd.DataFrame) -> list[float]:
+    conn = await asyncio.open_connection("127.0.0.1", port)
+    times = []
+    for b in range(BATCHES):
+        chunk = rows.iloc[b * BATCH:(b + 1) * BATCH]
+        body = b'{"transactions": [' + b",".join(bodies(chunk)) + b"]}"
+        started = time.perf_counter()
+        status = await exchange(conn, request("/score", body))
+        times.append(time.perf_counter() - started)
+        assert status == 200, status
+    conn[1].close()
+    return times
+
+
+def main() -> bool:
+    interim = REPO / "data/interim/transactions.parquet"
+    if not interim.exists():
+        print("serve: run `make repro` first (needs the workspace's data and model)")
+        return False
+    rows = pd.read_parquet(interim)
+    rows = rows[rows.tx_datetime >= STATE_UNTIL].reset_index(drop=True)
+    singles = bodies(rows.iloc[:RATE * SECONDS])
+    rest = rows.iloc[RATE * SECONDS:]
+    with tempfile.TemporaryDirectory() as tmp:
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["serve"] = {**params["serve"], "prediction_log": f"{tmp}/predictions",
+                           "snapshot": None}
+        (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
+        port = free_port()
+        started = time.perf_counter()
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "aif"), "serve", "--port", str(port),
+             "--model", "models", "--state-until", STATE_UNTIL, "--params",
+             f"{tmp}/params.yaml"], cwd=REPO, env=run_env(AIF_LOG_LEVEL="WARNING"),
+            stderr=subprocess.PIPE, text=True)
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(server.stderr.read()) from None
+                time.sleep(0.2)
+        startup = time.perf_counter() - started
+        try:
+            asyncio.run(open_loop(port, singles[:300], 100))        # warm-up, not measured
+            latencies, errors = asyncio.run(open_loop(port, singles[300:], RATE))
+            batch_times = asyncio.run(batches(port, rest))
+            peak = next(int(line.split()[1]) for line in
+                        Path(f"/proc/{server.pid}/status").read_text().splitlines()
+                        if line.startswith("VmHWM"))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=60)
+        logged = len(pd.read_parquet(f"{tmp}/predictions"))
+    ms = np.array(latencies) * 1000
+    p50, p90, p99, p999 = np.percentile(ms, [50, 90, 99, 99.9])
+    batch_ms = np.array(batch_times) * 1000
+    ok = (not errors and p50 <= 3 and p99 <= 10 and np.median(batch_ms) <= 150)
+    print(f"serve: {len(ms):,} single-transaction requests at {RATE}/s open loop "
+          f"(python benchmarks/run.py serve)")
+    report("serve", {
+        "requests": len(ms), "rate_per_s": RATE, "errors": len(errors),
+        "p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "p99_ms": round(p99, 2),
+        "p99_9_ms": round(p999, 2), "max_ms": round(float(ms.max()), 2),
+        "batch_10k_ms_median": round(float(np.median(batch_ms)), 1),
+        "batch_10k_ms_all": [round(float(t), 1) for t in batch_ms],
+        "server_startup_s": round(startup, 1), "server_peak_rss_mb": round(peak / 1024),
+        "rows_in_prediction_log": logged,
+        "target": "p50 <= 3 ms, p99 <= 10 ms at 300/s, no errors; 10k batch <= 150 ms",
+        "meets_target": bool(ok)})
+    return bool(ok)
+
+
+if __name__ == "__main__":
+    raise SystemExit(0 if main() else 1)
