@@ -156,6 +156,7 @@ def main() -> bool:
           f"(python benchmarks/run.py serve)")
     report("serve", {
         "requests": len(ms), "rate_per_s": RATE, "errors": len(errors),
+        "error_samples": sorted({str(e) for e in errors})[:5],
         "p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "p99_ms": round(p99, 2),
         "p99_9_ms": round(p999, 2), "max_ms": round(float(ms.max()), 2),
         "batch_10k_ms_median": round(float(np.median(batch_ms)), 1),
