@@ -17,7 +17,10 @@ __all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'main']
 # %% ../nbs/99_cli.ipynb #478966ad
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
-# %% ../nbs/99_cli.ipynb #95bd80a7
+# %% ../nbs/99_cli.ipynb #5fd48ca5
+os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+
+# %% ../nbs/99_cli.ipynb #83077197
 COMMANDS = {
     "simulate": ("aif.simulate", "simulate card transactions into data/raw/transactions"),
     "ingest": ("aif.ingest", "validate the source into data/interim/transactions.parquet"),

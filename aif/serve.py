@@ -241,6 +241,7 @@ class Service:
     fixed_model: bool = False
     ready: bool = False
     last_flush: float = 0.0
+    writing: object = None    # the prediction-log write in progress, if any
 
     def score(self, columns: dict[str, np.ndarray], explain: bool) -> tuple[dict, list]:
         loaded = self.loaded   # one model for the whole request, even if a switch happens
@@ -361,7 +362,10 @@ async def flush_log(service: Service, every: float, max_rows: int) -> None:
                                             or service.log.rows_pending >= max_rows)
         if due:
             service.last_flush = time.monotonic()
-            await asyncio.to_thread(service.log.write, service.log.take())
+            # shielded: a shutdown waits for a write in progress instead of dropping its rows
+            service.writing = asyncio.ensure_future(
+                asyncio.to_thread(service.log.write, service.log.take()))
+            await asyncio.shield(service.writing)
 
 # %% ../nbs/15_serve.ipynb #8836fdb8
 def create_app(service: Service, serve_params: dict):
@@ -389,6 +393,8 @@ def create_app(service: Service, serve_params: dict):
         service.ready = False
         for task in tasks:
             task.cancel()
+        if service.writing is not None:
+            await service.writing
         service.log.flush()
         snapshot = serve_params.get("snapshot")
         if snapshot and not str(serve_params.get("state") or "").startswith("redis://"):

@@ -77,6 +77,27 @@ def payload(rows: pd.DataFrame) -> list[dict]:
     return out.to_dict(orient="records")
 
 
+def logged_matches_offline(project: Path, window: pd.DataFrame) -> pd.DataFrame:
+    """The prediction log holds each transaction of `window` once, with the offline features
+    (counts exact, the rest to 1e-9) and the offline model's scores (1e-9)."""
+    logged = pd.read_parquet(project / "reports/predictions").sort_values("transaction_id")
+    assert len(logged) == len(window) and logged.transaction_id.is_unique
+    from aif.features.engine import read_features
+    from aif.model import Model
+    model = Model.load(project / "models")
+    offline = read_features(project / "data/processed/features.parquet").to_pandas()
+    offline = offline.set_index("transaction_id").loc[logged.transaction_id]
+    for name in model.features:
+        online, expected = logged[name].to_numpy(), offline[name].to_numpy()
+        if np.issubdtype(expected.dtype, np.integer):
+            assert np.array_equal(online, expected), name
+        else:
+            np.testing.assert_allclose(online, expected, rtol=1e-9, atol=1e-12, err_msg=name)
+    scores = model.score(offline[model.features].to_numpy(np.float64))
+    np.testing.assert_allclose(logged.score.to_numpy(), scores, rtol=1e-9, atol=1e-12)
+    return logged
+
+
 def test_replay_gives_the_offline_features_and_scores(project: Path):
     rows = interim(project)
     window = rows[(rows.tx_datetime >= TEST_START) & (rows.tx_datetime < "2018-07-01")]
@@ -94,22 +115,7 @@ def test_replay_gives_the_offline_features_and_scores(project: Path):
             client.post("/labels", json={"labels": [
                 {"transaction_id": int(i), "tx_fraud": int(y)}
                 for i, y in zip(chunk.transaction_id, chunk.tx_fraud, strict=True)]})
-    logged = pd.read_parquet(project / "reports/predictions").sort_values("transaction_id")
-    assert len(logged) == len(window) and logged.transaction_id.is_unique
-
-    from aif.features.engine import read_features
-    from aif.model import Model
-    model = Model.load(project / "models")
-    offline = read_features(project / "data/processed/features.parquet").to_pandas()
-    offline = offline.set_index("transaction_id").loc[logged.transaction_id]
-    for name in model.features:
-        online, expected = logged[name].to_numpy(), offline[name].to_numpy()
-        if np.issubdtype(expected.dtype, np.integer):
-            assert np.array_equal(online, expected), name
-        else:
-            np.testing.assert_allclose(online, expected, rtol=1e-9, atol=1e-12, err_msg=name)
-    scores = model.score(offline[model.features].to_numpy(np.float64))
-    np.testing.assert_allclose(logged.score.to_numpy(), scores, rtol=1e-9, atol=1e-12)
+    logged = logged_matches_offline(project, window)
     assert set(logged.model_version) == {"workspace"}
 
     # The monitor takes the log as its current window and sees what it sees offline.
@@ -150,7 +156,8 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
 def test_health_version_metrics_explain_and_logs(project: Path):
     tx = payload(interim(project).iloc[-1:])[0]
     tx["transaction_id"] = 10**9
-    with service(project, WANDB_API_KEY=KEY, AIF_LOG_LEVEL="INFO") as (client, _):
+    with service(project, WANDB_API_KEY=KEY, AIF_LOG_LEVEL="INFO",
+                 OTEL_TRACES_EXPORTER="console") as (client, _):
         assert client.get("/health").json() == {"status": "up"}
         ready = client.get("/ready").json()
         assert ready["status"] == "ready" and ready["state_rows"] > 0
@@ -171,11 +178,13 @@ def test_health_version_metrics_explain_and_logs(project: Path):
         assert 'aif_model_info{version="workspace"} 1.0' in metrics
         assert "aif_request_latency_seconds_bucket" in metrics and "aif_score_bucket" in metrics
     lines = [json.loads(line) for line in (project / "serve.log").read_text().splitlines()
-             if line.startswith("{")]
+             if line.startswith('{"ts"')]
     requests = [e for e in lines if e["msg"] == "request"]
     assert any(e["request_id"] == "req-42" and e["status"] == 200 for e in requests)
     text = (project / "serve.log").read_text()
     assert str(tx["tx_amount"]) not in text and KEY not in text   # no payload, no secret
+    # OpenTelemetry spans around the feature lookup and the prediction (console exporter here)
+    assert '"name": "features"' in text and '"name": "predict"' in text
 
 
 def test_promotion_and_rollback_switch_the_running_service(project: Path):
@@ -283,15 +292,4 @@ def test_two_replicas_share_the_feature_state_in_redis(project: Path, redis_url:
             chunk = rest.iloc[start:start + 300]
             r = replicas[j % 2].post("/score", json={"transactions": payload(chunk)})
             assert r.status_code == 200, r.text
-    logged = pd.read_parquet(project / "reports/predictions").sort_values("transaction_id")
-    assert len(logged) == len(window) and logged.transaction_id.is_unique
-
-    from aif.features.engine import read_features
-    from aif.model import Model
-    model = Model.load(project / "models")
-    offline = read_features(project / "data/processed/features.parquet").to_pandas()
-    offline = offline.set_index("transaction_id").loc[logged.transaction_id]
-    for name in model.features:
-        np.testing.assert_allclose(logged[name].to_numpy(np.float64),
-                                   offline[name].to_numpy(np.float64), rtol=1e-9, atol=1e-12,
-                                   err_msg=name)
+    logged_matches_offline(project, window)
