@@ -140,7 +140,14 @@ class RedisFeatures(OnlineFeatures):
 
     @property
     def rows_kept(self) -> int:
-        return sum(len(h) for history in self.history.values() for h in history.values())
+        "Rows in Redis, recounted at most once a minute: a readiness probe must stay cheap."
+        import time
+
+        now = time.monotonic()
+        if now - getattr(self, "_counted_at", -60.0) >= 60.0:
+            self._rows = sum(len(h) for history in self.history.values() for h in history.values())
+            self._counted_at = now
+        return self._rows
 
     def claim_warm_start(self) -> bool:
         "True for the one replica that fills an empty state; the others wait for it."
