@@ -122,7 +122,7 @@ def retrain(paths: ProjectPaths, params: Params, as_of: str, log, push_tags: boo
     champion = in_stage(root, "prod")
     decision = evaluate_gate(root, commit, None, champion, params)
     log.info(summary_line(decision))
-    before = tags_of(root)
+    before, written = tags_of(root), None
     try:
         version = register(root, commit, f"aif retrain as of {plan['as_of']} "
                                          f"(experiment {name}, retrain key {key})")
@@ -132,12 +132,15 @@ def retrain(paths: ProjectPaths, params: Params, as_of: str, log, push_tags: boo
             assign(root, version, "prod", "passed the gate")
         body = {**plan, "key": key, "experiment": name, "version": version.name,
                 "previous_prod": champion.name if champion else None, **decision}
-        body["record"] = str(record(paths, "retrain-promote" if decision["promote"]
-                                    else "retrain-keep", body))
+        written = record(paths, "retrain-promote" if decision["promote"] else "retrain-keep",
+                         body)
+        body["record"] = str(written)
         if push_tags or params.registry.push:
             push(root, name, tags_of(root) - before)
     except BaseException:
         delete_tags(root, tags_of(root) - before)
+        if written is not None:   # no record of a decision that did not take effect
+            written.unlink(missing_ok=True)
         raise
     log.info(f"{version.name} {'promoted to prod' if decision['promote'] else 'kept in staging'}"
              f"; record {body['record']}")
