@@ -27,8 +27,8 @@ from .split import (Protocol, check_history, load_periods, prequential_folds, sp
 from .tracking import tracked_run
 
 # %% auto #0
-__all__ = ['study_name', 'lookback_days', 'suggest', 'Fold', 'make_folds', 'cross_validate', 'finished_trials', 'run_study',
-           'trials_table', 'write_history', 'main', 'log_trial']
+__all__ = ['study_name', 'lookback_days', 'suggest', 'Fold', 'make_folds', 'cross_validate', 'finished_trials', 'open_storage',
+           'shown_storage', 'run_study', 'trials_table', 'write_history', 'main', 'log_trial']
 
 # %% ../nbs/06_tune.ipynb #6fd5deb8
 def study_name(params: Params, features: list[str]) -> str:
@@ -105,11 +105,38 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(t.state in states for t in study.trials)
 
 
-def run_study(folds: list[Fold], params: Params, name: str, callbacks: list) -> optuna.Study:
+def open_storage(url: str):
+    """`tune.storage` as Optuna takes it: an SQLAlchemy URL (the SQLite default; PostgreSQL
+    for workers on several machines), or `journal:///path/to/file` for several processes on
+    one machine without a database server (Optuna's journal file)."""
+    if url.startswith("journal://"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url[len("journal://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return url
+
+
+def shown_storage(url: str) -> str:
+    "The storage URL for reports, without a password (keep passwords in PGPASSWORD or .pgpass)."
+    if url.startswith("journal://"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def run_study(folds: list[Fold], params: Params, name: str, callbacks: list,
+              worker: int = 0) -> optuna.Study:
+    """Run trials until the study holds `tune.n_trials` finished ones, counting those of every
+    process sharing it. Worker `n` samples with seed + n, so parallel workers explore
+    different points (parallel tuning is therefore not bit-reproducible; one process is)."""
     tune = params.tune
     study = optuna.create_study(
-        storage=tune.storage, study_name=name, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=params.seed),
+        storage=open_storage(tune.storage), study_name=name, direction="maximize",
+        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=params.seed + worker),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
 
     def objective(trial: optuna.Trial) -> float:
@@ -118,10 +145,12 @@ def run_study(folds: list[Fold], params: Params, name: str, callbacks: list) -> 
         trial.set_user_attr("mean_best_iteration", iterations)
         return value
 
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    budget = optuna.study.MaxTrialsCallback(tune.n_trials, states=states)
     remaining = tune.n_trials - finished_trials(study)
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, timeout=tune.timeout_s,
-                       callbacks=callbacks, gc_after_trial=False)
+                       callbacks=[*callbacks, budget], gc_after_trial=False)
     return study
 
 
@@ -157,7 +186,12 @@ def write_history(study: optuna.Study, plot_json: Path, figure: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    stage = start_stage("tune", "Tune LightGBM with Optuna.", argv)
+    def add_arguments(parser):
+        parser.add_argument("--worker", type=int, default=0, metavar="N",
+                            help="only run trials, as worker N (1, 2, ...) of a study shared "
+                            "through tune.storage; `aif tune` then writes the outputs")
+
+    stage = start_stage("tune", "Tune LightGBM with Optuna.", argv, add_arguments)
     log, paths, params = stage.log, stage.paths, stage.params
     specs = build_registry(params.features, params.label_delay_days)
     features = feature_names(specs)
@@ -170,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     name = study_name(params, features)
     config = {"study": name, "n_trials": params.tune.n_trials, "seed": params.seed,
               "n_folds": params.tune.n_folds, "search_space": params.tune.search_space}
+    if stage.args.worker:
+        with tracked_run("tune-worker", {**config, "worker": stage.args.worker}, paths.root) as run:
+            study = run_study(folds, params, name, [log_trial(run)], stage.args.worker)
+        log.info(f"worker {stage.args.worker}: study {name} holds {finished_trials(study)} "
+                 f"finished trials")
+        return 0
     with tracked_run("tune", config, paths.root) as run:
         study = run_study(folds, params, name, [log_trial(run)])
         run.summary["best_mean_average_precision"] = study.best_value
@@ -182,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                    "features": features}
     with atomic_output(paths.best_params) as tmp:
         tmp.write_text(json.dumps(best_params, indent=2, sort_keys=True) + "\n")
-    report = {"study": name, "storage": params.tune.storage, "n_trials": len(study.trials),
+    report = {"study": name, "storage": shown_storage(params.tune.storage),
+              "n_trials": len(study.trials),
               "best_value": best.value, "best_trial": best.number, "best_params": best.params,
               "lightgbm_defaults_value": defaults,
               "lightgbm_defaults_iterations": default_iterations,
