@@ -2,6 +2,7 @@
 
 Modules:
 
+- `aif.features.dask_engine`: `features.engine: dask` computes the features on whatever Dask cluster the environment names (`DASK_SCHEDULER_ADDRESS` or Dask's own configuration), else a `LocalCluster`. Each entity's rows are shuffled so a whole history lands in one partition, the same `partition_features` kernel runs on it, and the output is written part by part by the workers, in the local engine's layout and bytes.
 - `aif.monitor.drift`: Per-feature, per-chunk drift against a reference window, decided on effect sizes: the population stability index (PSI) on reference deciles and the Wasserstein distance in units of the reference's standard deviation (Jensen-Shannon for categories). Vectorised over rows and chunks; reference bins are computed once and reused.
 - `aif.monitor.performance`: Where labels are known, the fraud metrics per chunk against a band learned from the reference's own spread; where they are not yet known, an estimate from the calibrated probabilities (confidence-based performance estimation); and a streaming detector of concept drift over the labelled errors.
 - `aif.online`: The scoring service keeps, per card and per terminal, the recent history the features look at (times, amounts, known labels), and asks the offline kernels for the new transactions' values only (`row_features`). Same registry, same kernel, same numbers as `featurize`.

@@ -277,12 +277,12 @@ def write_part(table: pa.Table, folder: Path, i: int) -> None:
                    use_dictionary=[c for c in table.column_names if c not in floats])
 
 
-def write_features(table: pa.Table, path: Path) -> None:
-    starts = range(0, max(table.num_rows, 1), ROWS_PER_FILE)
+def write_features(table: pa.Table, path: Path, rows_per_file: int = ROWS_PER_FILE) -> None:
+    starts = range(0, max(table.num_rows, 1), rows_per_file)
     with atomic_output(path) as tmp:
         tmp.mkdir()
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(lambda i: write_part(table.slice(starts[i], ROWS_PER_FILE), tmp, i),
+            list(pool.map(lambda i: write_part(table.slice(starts[i], rows_per_file), tmp, i),
                           range(len(starts))))
 
 
@@ -452,7 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     source = args.input or paths.interim_transactions
     out = args.output or paths.features
     n_rows = open_source(source)[0].metadata.num_rows
-    if n_rows > params.features.max_rows_in_memory:
+    if params.features.engine == "dask":
+        from aif.features.dask_engine import featurize_dask
+
+        log.info("engine dask: features computed on the Dask cluster")
+        featurize_dask(source, specs, params.features, out)
+    elif n_rows > params.features.max_rows_in_memory:
         log.info(f"{n_rows:,} rows > features.max_rows_in_memory: partitions spill to disk")
         featurize_out_of_core(source, specs, params.features, out)
     else:
