@@ -390,6 +390,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'aif.train.training_params': ('train.html#training_params', 'aif/train.py')},
             'aif.tune': { 'aif.tune.Fold': ('tune.html#fold', 'aif/tune.py'),
                           'aif.tune.cross_validate': ('tune.html#cross_validate', 'aif/tune.py'),
+                          'aif.tune.database_storage': ('tune.html#database_storage', 'aif/tune.py'),
                           'aif.tune.finished_trials': ('tune.html#finished_trials', 'aif/tune.py'),
                           'aif.tune.log_trial': ('tune.html#log_trial', 'aif/tune.py'),
                           'aif.tune.lookback_days': ('tune.html#lookback_days', 'aif/tune.py'),

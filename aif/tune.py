@@ -28,7 +28,7 @@ from .tracking import tracked_run
 
 # %% auto #0
 __all__ = ['study_name', 'lookback_days', 'suggest', 'Fold', 'make_folds', 'cross_validate', 'finished_trials', 'open_storage',
-           'shown_storage', 'run_study', 'trials_table', 'write_history', 'main', 'log_trial']
+           'database_storage', 'shown_storage', 'run_study', 'trials_table', 'write_history', 'main', 'log_trial']
 
 # %% ../nbs/06_tune.ipynb #6fd5deb8
 def study_name(params: Params, features: list[str]) -> str:
@@ -116,7 +116,23 @@ def open_storage(url: str):
         path = Path(url[len("journal://"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    return url
+    return database_storage(url)
+
+
+def database_storage(url: str, attempts: int = 5):
+    """Optuna's RDBStorage, retried: workers started together on an empty database race to
+    create its tables, and all but one fail ("type studydirection already exists")."""
+    import random
+
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 + random.random())   # let the winner finish creating the schema
 
 
 def shown_storage(url: str) -> str:
