@@ -300,7 +300,7 @@ def warm_state(paths: ProjectPaths, params: Params, names: list[str], until: str
 
 def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
     "Feed the state the interim transactions (with labels) before `until`, within its horizon."
-    from aif.features.engine import read_columns
+    from aif.features.engine import INPUT_COLUMNS, read_columns
 
     if not paths.interim_transactions.exists():
         return
@@ -313,9 +313,7 @@ def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
     if state.horizon is not None and end:
         start = int(np.searchsorted(columns["tx_datetime"],
                                     columns["tx_datetime"][end - 1] - state.horizon))
-    state.observe({c: v[start:end] for c, v in columns.items()
-                   if c in ("transaction_id", "tx_datetime", "customer_id", "terminal_id",
-                            "tx_amount", "tx_fraud")}, compute=False)
+    state.observe({c: columns[c][start:end] for c in INPUT_COLUMNS}, compute=False)
 
 # %% ../nbs/15_serve.ipynb #cb77170b
 async def reload_if_changed(service: Service) -> bool:

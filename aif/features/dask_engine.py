@@ -20,6 +20,7 @@ from ..config import FeaturesParams, atomic_output
 from .engine import (INPUT_COLUMNS, ROWS_PER_FILE, features_table, open_source,
                                  partition_features, transaction_features, write_part)
 from .registry import FeatureSpec
+from ..online import PAIR_SHIFT, entity_key
 
 # %% auto #0
 __all__ = ['dask_client', 'to_columns', 'entity_part', 'sample', 'with_positions', 'write_output_part', 'featurize_dask']
@@ -48,10 +49,8 @@ def to_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 def entity_part(frame: pd.DataFrame, entity: str, specs: list[FeatureSpec]) -> pd.DataFrame:
     frame = frame.sort_values("position")
     c = to_columns(frame)
-    key = {"customer": c["customer_id"], "terminal": c["terminal_id"]}.get(entity)
-    if key is None:   # the card-terminal pair
-        key = (c["customer_id"] << 32) | c["terminal_id"]
-    values = partition_features(key, c["tx_datetime"], c["tx_amount"], c["tx_fraud"], specs)
+    values = partition_features(entity_key(c, entity), c["tx_datetime"], c["tx_amount"],
+                                c["tx_fraud"], specs)
     return pd.DataFrame({"position": c["position"], **values})
 
 
@@ -102,8 +101,8 @@ def featurize_dask(source: Path, specs: tuple[FeatureSpec, ...], params: Feature
         for entity in dict.fromkeys(s.entity for s in specs if s.entity != "transaction"):
             mine = [s for s in specs if s.entity == entity]
             key = {"customer": "customer_id", "terminal": "terminal_id"}.get(entity)
-            keyed = frame if key else frame.assign(
-                pair=frame.customer_id * (1 << 32) + frame.terminal_id)
+            keyed = frame if key else frame.assign(  # the pair key online scoring uses
+                pair=frame.customer_id * (1 << PAIR_SHIFT) + frame.terminal_id)
             shuffled = keyed.shuffle(key or "pair", npartitions=parts)
             values = shuffled.map_partitions(entity_part, entity, mine,
                                              meta=entity_part(sample(), entity, mine).iloc[:0])
