@@ -14,17 +14,32 @@ from pathlib import Path
 import numpy as np
 
 from .config import atomic_output
-from .features.engine import row_features, transaction_features
+from .features.engine import grouped_row_features, transaction_features
 from .features.registry import MICROS_PER_DAY, FeatureSpec
 
 # %% auto #0
-__all__ = ['HISTORY', 'PAIR_SHIFT', 'horizon_us', 'entity_key', 'Merged', 'merge', 'OnlineFeatures']
+__all__ = ['HISTORY', 'PAIR_SHIFT', 'RAW', 'take', 'place', 'horizon_us', 'entity_key', 'spans', 'Arena', 'Merged', 'merge',
+           'OnlineFeatures']
 
 # %% ../nbs/14_online_features.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
 # concatenation promotes fields array by array, ten times slower for thousands of keys).
 HISTORY = np.dtype([("time", "i8"), ("amount", "f8"), ("label", "i8"), ("id", "i8")])
 PAIR_SHIFT = 32   # card-terminal pair key: card << 32 | terminal
+RAW = np.dtype((np.void, HISTORY.itemsize))
+
+
+# Rows move as raw 32-byte records: numpy copies a structured dtype field by field, 3-5x
+# slower, and these moves are most of a batch's time.
+def take(rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    "rows[positions], fast."
+    words = np.take(rows.view(np.int64).reshape(-1, 4), positions, axis=0)
+    return words.view(HISTORY).reshape(-1)
+
+
+def place(into: np.ndarray, positions, rows: np.ndarray) -> None:
+    "into[positions] = rows, fast (positions: an index array or a slice)."
+    into.view(RAW)[positions] = rows.view(RAW)
 
 
 def horizon_us(specs: tuple[FeatureSpec, ...]) -> int | None:
@@ -46,58 +61,142 @@ def entity_key(rows: dict, entity: str) -> np.ndarray:
         return rows["terminal_id"]
     return (rows["customer_id"] << PAIR_SHIFT) | rows["terminal_id"]
 
-# %% ../nbs/14_online_features.ipynb #a2b885e8
+# %% ../nbs/14_online_features.ipynb #0c01513a
+def spans(start: np.ndarray, length: np.ndarray) -> np.ndarray:
+    "The positions start[i], ..., start[i] + length[i] - 1 of every span, concatenated."
+    offsets = np.cumsum(length) - length
+    return np.repeat(start - offsets, length) + np.arange(int(length.sum()))
+
+
+@dataclass
+class Arena:
+    "One entity's histories, all in one buffer (see above)."
+    keys: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    rows: np.ndarray      # the buffer; rows[:used] are written, some of them dead
+    used: int = 0
+
+    @classmethod
+    def empty(cls) -> Arena:
+        none = np.empty(0, np.int64)
+        return cls(none, none.copy(), none.copy(), np.empty(0, HISTORY))
+
+    @classmethod
+    def of(cls, keys: np.ndarray, rows: np.ndarray) -> Arena:
+        "An arena holding `rows`, each of key `keys[i]` (any order)."
+        order = np.lexsort((rows["id"], rows["time"], keys))
+        unique, first, counts = np.unique(keys[order], return_index=True, return_counts=True)
+        arena = cls(unique, first.astype(np.int64), counts.astype(np.int64), take(rows, order))
+        arena.used = len(rows)
+        return arena
+
+    @property
+    def live(self) -> int:
+        return int(self.length.sum())
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        "Index of each of `keys` in `self.keys`, -1 where it has no history."
+        at = np.searchsorted(self.keys, keys)
+        if len(self.keys) == 0:
+            return np.full(len(keys), -1)
+        found = self.keys[np.minimum(at, len(self.keys) - 1)] == keys
+        return np.where(found, at, -1)
+
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        "Each key's history length (0 if none) and their rows, concatenated in `keys`' order."
+        at = self.find(keys)
+        if len(self.keys) == 0:
+            return np.zeros(len(keys), np.int64), self.rows[:0]
+        has = at >= 0
+        length = np.where(has, self.length[at], 0)
+        return length, take(self.rows, spans(np.where(has, self.start[at], 0), length))
+
+    def put(self, keys: np.ndarray, rows: np.ndarray, bounds: np.ndarray) -> None:
+        "Make `rows[bounds[i]:bounds[i + 1]]` the history of `keys[i]` (sorted, unique)."
+        if self.used + len(rows) > len(self.rows):
+            self.compact(2 * (self.live + len(rows)) + 1024)
+        place(self.rows, slice(self.used, self.used + len(rows)), rows)
+        start, length = self.used + bounds[:-1], np.diff(bounds)
+        self.used += len(rows)
+        at = self.find(keys)
+        known = at >= 0
+        self.start[at[known]], self.length[at[known]] = start[known], length[known]
+        if not known.all():
+            where = np.searchsorted(self.keys, keys[~known])
+            self.keys = np.insert(self.keys, where, keys[~known])
+            self.start = np.insert(self.start, where, start[~known])
+            self.length = np.insert(self.length, where, length[~known])
+
+    def compact(self, capacity: int) -> None:
+        "Copy the live rows, in key order, to the front of a new buffer of `capacity` rows."
+        live = take(self.rows, spans(self.start, self.length))
+        self.rows = np.empty(max(capacity, len(live)), HISTORY)
+        place(self.rows, slice(0, len(live)), live)
+        self.start = np.cumsum(self.length) - self.length
+        self.used = len(live)
+
+    def everything(self) -> tuple[np.ndarray, np.ndarray]:
+        "The key of every live row, and the rows, in key order."
+        return np.repeat(self.keys, self.length), take(self.rows, spans(self.start, self.length))
+
+    def set_label(self, key: int, transaction_id: int, fraud: int) -> bool:
+        at = int(self.find(np.array([key], np.int64))[0])
+        if at < 0:
+            return False
+        history = self.rows[self.start[at]:self.start[at] + self.length[at]]   # a view
+        hit = np.flatnonzero(history["id"] == transaction_id)
+        history["label"][hit] = fraud
+        return len(hit) > 0
+
+# %% ../nbs/14_online_features.ipynb #3564a17a
 @dataclass
 class Merged:
-    key: np.ndarray       # per row
     rows: np.ndarray      # HISTORY rows, grouped by key, (time, id) order within
-    is_new: np.ndarray    # the batch's rows
+    source: np.ndarray    # the batch position of each new row, -1 for a kept one
     bounds: np.ndarray    # group i is rows[bounds[i]:bounds[i + 1]]
-    keys: np.ndarray      # key of each group
+    keys: np.ndarray      # key of each group, ascending
 
 
-def merge(kept: dict[int, np.ndarray], keys: np.ndarray, new: np.ndarray) -> Merged:
-    "Histories of `keys` followed by the `new` rows (same length as keys), grouped by key."
+def merge(store, keys: np.ndarray, new: np.ndarray) -> Merged:
+    "Histories of `keys` from `store` followed by the `new` rows (one per key), grouped by key."
     order = np.lexsort((new["id"], new["time"], keys))
-    keys, new = keys[order], new[order]
+    keys, new = keys[order], take(new, order)
     unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    old = [kept.get(k) for k in unique.tolist()]
-    old_len = np.array([0 if h is None else len(h) for h in old], np.int64)
+    old_len, old_rows = store.get(unique)
     sizes = old_len + counts
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     rows = np.empty(int(bounds[-1]), HISTORY)
-    is_new = np.zeros(len(rows), bool)
+    source = np.full(len(rows), -1)
     new_at = np.repeat(bounds[:-1] + old_len - first, counts) + np.arange(len(new))
-    rows[new_at], is_new[new_at] = new, True
-    if old_len.any():
-        old_at = np.repeat(bounds[:-1] - np.concatenate([[0], np.cumsum(old_len)[:-1]]),
-                           old_len) + np.arange(int(old_len.sum()))
-        rows[old_at] = np.concatenate([h.view(np.int64) for h in old if h is not None]
-                                      ).view(HISTORY)
+    place(rows, new_at, new)
+    source[new_at] = order
+    if len(old_rows):
+        place(rows, spans(bounds[:-1], old_len), old_rows)
         # a late arrival: a key's first new row sorts before its last kept row
         has_old = old_len > 0
         last_old = rows[(bounds[:-1] + old_len - 1)[has_old]]
         first_new = new[first[has_old]]
         if np.any((first_new["time"] < last_old["time"]) | (
                 (first_new["time"] == last_old["time"]) & (first_new["id"] < last_old["id"]))):
-            key_of_row = np.repeat(unique, sizes)
-            resort = np.lexsort((rows["id"], rows["time"], key_of_row))
-            rows, is_new = rows[resort], is_new[resort]
-    return Merged(np.repeat(unique, sizes), rows, is_new, bounds, unique)
+            resort = np.lexsort((rows["id"], rows["time"], np.repeat(unique, sizes)))
+            rows, source = take(rows, resort), source[resort]
+    return Merged(rows, source, bounds, unique)
 
 
 @dataclass
 class OnlineFeatures:
     specs: tuple[FeatureSpec, ...]
     horizon: int | None
-    history: dict[str, dict[int, np.ndarray]]
+    history: dict[str, Arena]                 # per entity (RedisHistory in online_redis)
     entities_of: dict[int, tuple[int, int]]   # transaction id -> (card, terminal), for labels
     batches: list[tuple[int, np.ndarray]]      # (latest time, ids) of each batch, to forget ids
 
     @classmethod
     def empty(cls, specs: tuple[FeatureSpec, ...]) -> OnlineFeatures:
         entities = {s.entity for s in specs if s.entity != "transaction"}
-        return cls(tuple(specs), horizon_us(specs), {e: {} for e in sorted(entities)}, {}, [])
+        return cls(tuple(specs), horizon_us(specs), {e: Arena.empty() for e in sorted(entities)},
+                   {}, [])
 
     def observe(self, rows: dict, compute: bool = True) -> dict[str, np.ndarray]:
         """Record the batch `rows` (numpy columns: ids, `tx_datetime` in microseconds, amount,
@@ -109,20 +208,20 @@ class OnlineFeatures:
         new["time"], new["amount"], new["id"] = (rows["tx_datetime"], rows["tx_amount"],
                                                  rows["transaction_id"])
         new["label"] = rows.get("tx_fraud", 0)
-        for entity, kept in self.history.items():
-            m = merge(kept, entity_key(rows, entity), new)
+        for entity, store in self.history.items():
+            m = merge(store, entity_key(rows, entity), new)
             if compute:
                 specs = [s for s in self.specs if s.entity == entity]
-                targets = np.flatnonzero(m.is_new)
-                values = row_features(m.key, m.rows["time"], m.rows["amount"], m.rows["label"],
-                                      specs, targets)
-                # targets are in (key, time, id) order: back to the batch's order by id
-                by_id = np.argsort(rows["transaction_id"])
-                where = by_id[np.searchsorted(rows["transaction_id"][by_id], m.rows["id"][targets])]
+                targets = np.flatnonzero(m.source >= 0)
+                values = grouped_row_features(
+                    m.bounds, np.ascontiguousarray(m.rows["time"]),
+                    np.ascontiguousarray(m.rows["amount"]), np.ascontiguousarray(m.rows["label"]),
+                    specs, targets)
+                where = m.source[targets]   # targets are in (key, time, id) order
                 for name, v in values.items():
                     out[name] = np.empty_like(v)
                     out[name][where] = v
-            self._keep(kept, m)
+            self._keep(store, m)
         self._remember(rows)
         return {s.name: out[s.name] for s in self.specs} if compute else {}
 
@@ -139,18 +238,16 @@ class OnlineFeatures:
                 for i in self.batches.pop(0)[1].tolist():
                     self.entities_of.pop(i, None)
 
-    def _keep(self, kept: dict, m: Merged) -> None:
+    def _keep(self, store, m: Merged) -> None:
         rows, bounds = m.rows, m.bounds
         if self.horizon is not None:  # drop rows past the horizon of their key's latest row
             latest = np.repeat(rows["time"][bounds[1:] - 1], np.diff(bounds))
             fresh = rows["time"] > latest - self.horizon
             if not fresh.all():
-                rows = rows[fresh]
+                rows = take(rows, np.flatnonzero(fresh))
                 kept_per_key = np.add.reduceat(fresh.astype(np.int64), bounds[:-1])
                 bounds = np.concatenate([[0], np.cumsum(kept_per_key)])
-        for k, start, end in zip(m.keys.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(),
-                                 strict=True):
-            kept[k] = rows[start:end].copy()
+        store.put(m.keys, rows, bounds)
 
     def already_scored(self, ids: list[int]) -> list[int]:
         "Those of `ids` already in the state (a transaction must enter it once)."
@@ -164,18 +261,13 @@ class OnlineFeatures:
         card, terminal = found
         keys = {"customer": card, "terminal": terminal,
                 "customer_terminal": (card << PAIR_SHIFT) | terminal}
-        hit = False
-        for entity, kept in self.history.items():
-            rows = kept.get(keys[entity])
-            if rows is not None:
-                at = np.flatnonzero(rows["id"] == transaction_id)
-                rows["label"][at] = fraud
-                hit |= len(at) > 0
-        return hit
+        hits = [store.set_label(keys[e], int(transaction_id), fraud)
+                for e, store in self.history.items()]
+        return any(hits)
 
     @property
     def rows_kept(self) -> int:
-        return sum(len(h) for kept in self.history.values() for h in kept.values())
+        return sum(store.live for store in self.history.values())
 
     # Snapshots: every kept row with its entity and key, one Parquet file.
 
@@ -183,13 +275,11 @@ class OnlineFeatures:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = [(entity, k, h) for entity, kept in self.history.items() for k, h in kept.items()]
-        rows = np.concatenate([h for _, _, h in parts]) if parts else np.empty(0, HISTORY)
-        sizes = [len(h) for _, _, h in parts]
-        table = pa.table({
-            "entity": np.repeat([e for e, _, _ in parts], sizes).astype(str),
-            "key": np.repeat(np.array([k for _, k, _ in parts], np.int64), sizes),
-            **{name: rows[name] for name in HISTORY.names}})
+        parts = [(entity, *store.everything()) for entity, store in self.history.items()]
+        table = pa.concat_tables([pa.table({
+            "entity": np.full(len(keys), entity), "key": keys,
+            **{name: rows[name] for name in HISTORY.names}}) for entity, keys, rows in parts]) \
+            if parts else pa.table({"entity": np.empty(0, str)})
         with atomic_output(path) as tmp:
             pq.write_table(table, tmp)
 
@@ -203,14 +293,13 @@ class OnlineFeatures:
             rows = np.empty(int(mine.sum()), HISTORY)
             for field_name in HISTORY.names:
                 rows[field_name] = table.column(field_name).to_numpy()[mine]
-            keys = table.column("key").to_numpy()[mine]
-            cuts = np.flatnonzero(np.diff(keys)) + 1
-            for group in np.split(np.arange(len(keys)), cuts):
-                if len(group):
-                    self.history[name][int(keys[group[0]])] = rows[group]
+            self.history[name] = Arena.of(table.column("key").to_numpy()[mine], rows)
         # which card and terminal each kept transaction had, so late labels still land
-        owner = {e: {i: k for k, h in self.history.get(e, {}).items() for i in h["id"].tolist()}
-                 for e in ("customer", "terminal")}
+        owner = {}
+        for e in ("customer", "terminal"):
+            keys, rows = self.history[e].everything() if e in self.history else ([], [])
+            owner[e] = dict(zip(np.asarray(rows["id"] if len(rows) else []).tolist(),
+                                np.asarray(keys).tolist(), strict=True))
         ids = owner["customer"].keys() | owner["terminal"].keys()
         self.entities_of = {i: (owner["customer"].get(i, -1), owner["terminal"].get(i, -1))
                             for i in ids}

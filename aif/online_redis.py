@@ -20,39 +20,43 @@ TX_TTL_SECONDS = 60 * 86_400
 
 
 class RedisHistory:
-    "One entity's histories, read in bulk before a batch and written back after it."
+    """One entity's histories, read in bulk before a batch and written back after it: the
+    `get`/`put` of `aif.online.Arena`, over Redis."""
 
     def __init__(self, client, entity: str):
         self.client, self.entity = client, entity
-        self.cache: dict[int, np.ndarray | None] = {}
-        self.writes: dict[int, np.ndarray] = {}
+        self.cache: dict[int, bytes | None] = {}
+        self.writes: dict[str, bytes] = {}
 
     def name(self, key: int) -> str:
         return f"aif:h:{self.entity}:{key}"
 
     def prefetch(self, reader, keys: list[int]) -> None:
         values = reader.mget([self.name(k) for k in keys]) if keys else []
-        self.cache = {k: None if v is None else np.frombuffer(v, HISTORY).copy()
-                      for k, v in zip(keys, values, strict=True)}
+        self.cache = dict(zip(keys, values, strict=True))
         self.writes = {}
 
-    def get(self, key: int):
-        if key not in self.cache:
-            value = self.client.get(self.name(key))
-            self.cache[key] = None if value is None else np.frombuffer(value, HISTORY).copy()
-        return self.cache[key]
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        found = [self.cache[k] if k in self.cache else self.client.get(self.name(k))
+                 for k in keys.tolist()]
+        length = np.array([0 if v is None else len(v) // HISTORY.itemsize for v in found],
+                          np.int64)
+        return length, np.frombuffer(b"".join(v for v in found if v is not None), HISTORY)
 
-    def __setitem__(self, key: int, rows: np.ndarray) -> None:
-        self.writes[key] = rows
+    def put(self, keys: np.ndarray, rows: np.ndarray, bounds: np.ndarray) -> None:
+        for k, lo, hi in zip(keys.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(),
+                             strict=True):
+            self.writes[self.name(k)] = rows[lo:hi].tobytes()
 
-    def values(self):
+    def everything(self) -> tuple[np.ndarray, np.ndarray]:
+        "The key of every row in Redis, and the rows (a scan: for counts, not for scoring)."
+        keys, parts = [], []
         for name in self.client.scan_iter(match=f"aif:h:{self.entity}:*", count=1000):
-            yield np.frombuffer(self.client.get(name) or b"", HISTORY)
-
-    def items(self):
-        for name in self.client.scan_iter(match=f"aif:h:{self.entity}:*", count=1000):
-            yield int(name.rsplit(b":", 1)[1]), np.frombuffer(self.client.get(name) or b"",
-                                                              HISTORY)
+            rows = np.frombuffer(self.client.get(name) or b"", HISTORY)
+            keys.append(np.full(len(rows), int(name.rsplit(b":", 1)[1])))
+            parts.append(rows)
+        return (np.concatenate(keys) if keys else np.empty(0, np.int64),
+                np.concatenate(parts) if parts else np.empty(0, HISTORY))
 
 # %% ../nbs/14a_online_redis.ipynb #07becec3
 class RedisFeatures(OnlineFeatures):
@@ -88,8 +92,7 @@ class RedisFeatures(OnlineFeatures):
                     pipe.multi()
                     for history in self.history.values():
                         if history.writes:
-                            pipe.mset({history.name(k): v.tobytes()
-                                       for k, v in history.writes.items()})
+                            pipe.mset(history.writes)
                     for name, value in self._pending_tx.items():
                         pipe.set(name, value, ex=TX_TTL_SECONDS)
                     pipe.execute()
@@ -145,7 +148,7 @@ class RedisFeatures(OnlineFeatures):
 
         now = time.monotonic()
         if now - getattr(self, "_counted_at", -60.0) >= 60.0:
-            self._rows = sum(len(h) for history in self.history.values() for h in history.values())
+            self._rows = sum(len(history.everything()[1]) for history in self.history.values())
             self._counted_at = now
         return self._rows
 

@@ -19,19 +19,23 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NaiveDatetime, TypeAdapter, ValidationError,
+                      model_validator)
+from typing_extensions import TypedDict
 
 from .config import Params, ProjectPaths, atomic_output, get_logger
 
 # %% auto #0
-__all__ = ['Loaded', 'prod_version', 'load_model', 'Transaction', 'Batch', 'Label', 'Labels', 'to_columns', 'PredictionLog',
-           'JsonFormatter', 'json_logger', 'make_metrics', 'make_tracer', 'Service', 'explain_rows', 'warm_state',
-           'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log', 'create_app', 'build_service',
-           'main']
+__all__ = ['SCORE_BODY', 'Loaded', 'compile_model', 'prod_version', 'load_model', 'load_folder', 'Transaction', 'Batch', 'Label',
+           'Labels', 'score_body', 'to_columns', 'PredictionLog', 'JsonFormatter', 'json_logger', 'make_metrics',
+           'make_tracer', 'Service', 'explain_rows', 'warm_state', 'fill_from_interim', 'reload_if_changed',
+           'watch_registry', 'flush_log', 'create_app', 'build_service', 'main']
 
 # %% ../nbs/15_serve.ipynb #dd91cc79
 @dataclass(frozen=True)
@@ -39,6 +43,31 @@ class Loaded:
     model: object          # aif.model.Model
     version: str
     folder: Path
+    compiled: object       # lleaves.Model of the same trees
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.compiled.predict(X, n_jobs=1)
+
+
+def compile_model(model_file: Path, cache: Path):
+    """The model compiled by lleaves, loaded from the cache when the same file was compiled
+    before by the same lleaves for the same CPU (the code is built for the host's CPU)."""
+    import hashlib
+    from importlib.metadata import version
+
+    import lleaves
+    import llvmlite.binding as llvm
+
+    host = f"{llvm.get_host_cpu_name()} {llvm.get_host_cpu_features().flatten()}"
+    key = hashlib.sha256(model_file.read_bytes() + f"{version('lleaves')} {host}".encode())
+    library = cache / f"{key.hexdigest()[:24]}.o"
+    compiled = lleaves.Model(model_file=str(model_file))
+    if library.exists():
+        compiled.compile(cache=str(library))
+    else:
+        with atomic_output(library) as tmp:   # a replica starting alongside never reads half
+            compiled.compile(cache=str(tmp))
+    return compiled
 
 
 def prod_version(root: Path) -> str | None:
@@ -49,7 +78,6 @@ def prod_version(root: Path) -> str | None:
 
 
 def load_model(paths: ProjectPaths, folder: Path | None = None) -> Loaded:
-    from aif.model import Model
     from aif.registry import ARTIFACT, find_version, materialise, model_version
 
     if folder is None:
@@ -59,25 +87,25 @@ def load_model(paths: ProjectPaths, folder: Path | None = None) -> Loaded:
             folder = paths.models / "serving" / name
             if not (folder / "model.txt").exists():
                 materialise(paths.root, version, version.commit, folder, "prod")
-            return Loaded(Model.load(folder), f"{ARTIFACT}@{name}", folder)
+            return load_folder(paths, folder, f"{ARTIFACT}@{name}")
         folder = paths.models
-    return Loaded(Model.load(folder), model_version(folder), folder)
+    return load_folder(paths, folder, model_version(folder))
 
-# %% ../nbs/15_serve.ipynb #2ffd5d17
-class Transaction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    transaction_id: int = Field(ge=0)
-    tx_datetime: datetime
-    customer_id: int = Field(ge=0, lt=2**31)
-    terminal_id: int = Field(ge=0, lt=2**31)
-    tx_amount: float = Field(ge=0, allow_inf_nan=False)
 
-    @field_validator("tx_datetime")
-    @classmethod
-    def naive(cls, value: datetime) -> datetime:
-        if value.tzinfo is not None:
-            raise ValueError("must be local time without a timezone (canonical schema)")
-        return value
+def load_folder(paths: ProjectPaths, folder: Path, version: str) -> Loaded:
+    from aif.model import Model
+
+    return Loaded(Model.load(folder), version, folder,
+                  compile_model(folder / "model.txt", paths.models / "serving" / "compiled"))
+
+# %% ../nbs/15_serve.ipynb #04ddc8d3
+class Transaction(TypedDict):
+    __pydantic_config__ = ConfigDict(extra="forbid")
+    transaction_id: Annotated[int, Field(ge=0)]
+    tx_datetime: NaiveDatetime    # local time without a timezone (canonical schema)
+    customer_id: Annotated[int, Field(ge=0, lt=2**31)]
+    terminal_id: Annotated[int, Field(ge=0, lt=2**31)]
+    tx_amount: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class Batch(BaseModel):
@@ -86,7 +114,7 @@ class Batch(BaseModel):
 
     @model_validator(mode="after")
     def unique_ids(self):
-        ids = [t.transaction_id for t in self.transactions]
+        ids = [t["transaction_id"] for t in self.transactions]
         if len(set(ids)) != len(ids):
             raise ValueError("transaction_id must be unique within a batch")
         return self
@@ -103,16 +131,36 @@ class Labels(BaseModel):
     labels: list[Label] = Field(min_length=1)
 
 
-def to_columns(transactions: list) -> dict[str, np.ndarray]:
+# A batch fails the first member at once (no "transactions" key) when it is a single one.
+SCORE_BODY = TypeAdapter(Annotated[Batch | Transaction, Field(union_mode="left_to_right")])
+
+
+def score_body(raw: bytes) -> list[Transaction]:
+    "The transactions of a /score body; RequestValidationError (422) naming field and rule."
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        payload = SCORE_BODY.validate_json(raw)
+    except ValidationError as err:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]) from None
+    return payload.transactions if isinstance(payload, Batch) else [payload]
+
+
+def to_columns(transactions: list[Transaction]) -> dict[str, np.ndarray]:
     "Validated transactions as the engine's numpy columns (times in microseconds)."
-    epoch = datetime(1970, 1, 1)
+    epoch, n = datetime(1970, 1, 1), len(transactions)
+
+    def column(name, dtype):
+        return np.fromiter(map(itemgetter(name), transactions), dtype, n)
+
     return {
-        "transaction_id": np.array([t.transaction_id for t in transactions], np.int64),
-        "tx_datetime": np.array([(t.tx_datetime - epoch) // _MICRO for t in transactions],
-                                np.int64),
-        "customer_id": np.array([t.customer_id for t in transactions], np.int64),
-        "terminal_id": np.array([t.terminal_id for t in transactions], np.int64),
-        "tx_amount": np.array([t.tx_amount for t in transactions], np.float64),
+        "transaction_id": column("transaction_id", np.int64),
+        "tx_datetime": np.fromiter(((t["tx_datetime"] - epoch) // _MICRO for t in transactions),
+                                   np.int64, n),
+        "customer_id": column("customer_id", np.int64),
+        "terminal_id": column("terminal_id", np.int64),
+        "tx_amount": column("tx_amount", np.float64),
     }
 
 
@@ -250,8 +298,7 @@ class Service:
             values = self.features.observe(columns)
         X = np.column_stack([values[n] for n in model.features]).astype(np.float64)
         with self.tracer.start_as_current_span("predict"):
-            # one thread for a few rows (no thread start-up), both cores for a batch
-            score = model.booster.predict(X, num_threads=1 if len(X) < 1000 else 2)
+            score = loaded.predict(X)
             probability = model.calibration.apply(score)
         alert = score >= model.info["alert"]["threshold"]
         explanations = explain_rows(model, X) if explain else []
@@ -400,6 +447,21 @@ def create_app(service: Service, serve_params: dict):
 
     app = FastAPI(title="aif scoring service", lifespan=lifespan)
 
+    def openapi() -> dict:
+        "FastAPI's schema, plus the /score body it does not parse itself (see above)."
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            body = SCORE_BODY.json_schema(ref_template="#/components/schemas/{model}")
+            known = schema.setdefault("components", {}).setdefault("schemas", {})
+            known.update(body.pop("$defs", {}))
+            known["ScoreBody"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
         started = time.perf_counter()
@@ -418,10 +480,11 @@ def create_app(service: Service, serve_params: dict):
                 "model_version": service.loaded.version}})
         return response
 
-    @app.post("/score")
-    async def score(payload: Transaction | Batch, request: Request, explain: bool = False):
+    @app.post("/score", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ScoreBody"}}}}})
+    async def score(request: Request, explain: bool = False):
         started = time.perf_counter()
-        items = payload.transactions if isinstance(payload, Batch) else [payload]
+        items = score_body(await request.body())
         columns = to_columns(items)
         seen = service.features.already_scored(columns["transaction_id"].tolist())
         if seen:
@@ -440,8 +503,8 @@ def create_app(service: Service, serve_params: dict):
         for s in logged["score"][:1000]:   # the histogram needs no more than a sample
             metrics["score"].observe(float(s))
         logger.debug("scored", extra={"fields": {"request_id": request.state.request_id,
-                                                 "transactions": [t.model_dump(mode="json")
-                                                                  for t in items[:10]]}})
+                                                 "transactions": [
+                         {**t, "tx_datetime": t["tx_datetime"].isoformat()} for t in items[:10]]}})
         results = [{"transaction_id": int(i), "score": float(s), "fraud_probability": float(p),
                     "alert": bool(a)} for i, s, p, a in zip(
                         logged["transaction_id"].tolist(), logged["score"].tolist(),

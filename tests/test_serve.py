@@ -146,6 +146,8 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
             assert r.status_code == 422, (body, r.text)
             assert field in r.text, (field, r.text)
         assert client.post("/score", content=b"{not json").status_code == 422
+        schemas = client.get("/openapi.json").json()["components"]["schemas"]
+        assert set(schemas["Transaction"]["properties"]) == set(tx)   # /score is documented
         assert client.post("/score", json=tx).status_code == 200
         again = client.post("/score", json=tx)       # a transaction enters the state once
         assert again.status_code == 409 and "already scored" in again.text

@@ -20,7 +20,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ..config import FeaturesParams, StageError, atomic_output, start_stage
-from .kernels import (entity_order, is_first_in_history, seconds_since_previous,
+from .kernels import (entity_order, grouped_order, is_first_in_history, seconds_since_previous,
                                   stable_argsort, window_counts, window_ends,
                                   window_float_sums, window_int_sums, window_label_times,
                                   window_starts)
@@ -29,10 +29,11 @@ from ..schema import SORT_KEYS, arrow_schema, column_to_numpy, numpy_to_arrow
 
 # %% auto #0
 __all__ = ['INPUT_COLUMNS', 'KEY_COLUMNS', 'LABEL_COLUMNS', 'WINDOWLESS', 'ROWS_PER_FILE', 'SPILL_SCHEMA', 'check_stream_order',
-           'StreamShape', 'entity_keys', 'partition_features', 'partition_features_sorted', 'row_features', 'aggregate',
-           'n_partitions', 'transaction_features', 'is_windowed', 'compute_features', 'open_source', 'table_columns',
-           'read_columns', 'features_table', 'write_part', 'write_features', 'read_features', 'source_shape',
-           'exact_chunks', 'SortedRun', 'spill_partitions', 'run_partition', 'featurize_out_of_core', 'main']
+           'StreamShape', 'entity_keys', 'partition_features', 'partition_features_sorted', 'row_features',
+           'grouped_row_features', 'aggregate', 'n_partitions', 'transaction_features', 'is_windowed',
+           'compute_features', 'open_source', 'table_columns', 'read_columns', 'features_table', 'write_part',
+           'write_features', 'read_features', 'source_shape', 'exact_chunks', 'SortedRun', 'spill_partitions',
+           'run_partition', 'featurize_out_of_core', 'main']
 
 # %% ../../nbs/03b_featurize.ipynb #8c86990a
 INPUT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
@@ -110,6 +111,14 @@ def row_features(key: np.ndarray, time_us: np.ndarray, amount: np.ndarray, label
     return aggregate(eo, amount[eo.order], label[eo.order], specs, sorted_position[rows])
 
 
+def grouped_row_features(bounds: np.ndarray, time_us: np.ndarray, amount: np.ndarray,
+                         label: np.ndarray, specs: list[FeatureSpec], rows: np.ndarray
+                         ) -> dict[str, np.ndarray]:
+    """`row_features` for input already grouped by entity (group i is `bounds[i]:bounds[i + 1]`,
+    each in (time, id) order), as the online state keeps it: no sort, same numbers."""
+    return aggregate(grouped_order(bounds, time_us), amount, label, specs, rows)
+
+
 def aggregate(eo, amount_s: np.ndarray, label_s: np.ndarray, specs: list[FeatureSpec],
               rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     "Every spec's values at sorted rows `rows` (default: all rows), in that order."
@@ -163,7 +172,7 @@ def aggregate(eo, amount_s: np.ndarray, label_s: np.ndarray, specs: list[Feature
         out[spec.name] = values
     return out
 
-# %% ../../nbs/03b_featurize.ipynb #b8719582
+# %% ../../nbs/03b_featurize.ipynb #ae703282
 def n_partitions(entity: str, shape: StreamShape, params: FeaturesParams, windowed: bool) -> int:
     by_rows = max(1, -(-shape.n_rows // params.rows_per_partition))
     if not windowed:  # no (entity, time) key is built
@@ -230,7 +239,7 @@ def compute_features(columns: dict, specs: tuple[FeatureSpec, ...],
                     results.setdefault(name, np.empty(n, v.dtype))[targets] = v
     return {s.name: results[s.name] for s in specs}
 
-# %% ../../nbs/03b_featurize.ipynb #8cef68a2
+# %% ../../nbs/03b_featurize.ipynb #934237af
 def open_source(path: Path) -> tuple[pq.ParquetFile, list[str]]:
     "The interim file and the label columns it holds, or a one-line error."
     try:  # ParquetFile, not read_table: importing pyarrow.dataset alone costs about a second
@@ -293,7 +302,7 @@ def read_features(path: Path, columns: list[str] | None = None) -> pa.Table:
         raise StageError(f"{path}: no feature files; run `dvc repro featurize`")
     return pa.concat_tables([pq.ParquetFile(f).read(columns=columns) for f in files])
 
-# %% ../../nbs/03b_featurize.ipynb #4eb624d7
+# %% ../../nbs/03b_featurize.ipynb #105a2e50
 SPILL_SCHEMA = pa.schema([("position", pa.int64()), ("key", pa.int64()),
                           ("time_us", pa.int64()), ("amount", pa.float64()),
                           ("label", pa.int8())])
@@ -437,7 +446,7 @@ def featurize_out_of_core(path: Path, specs: tuple[FeatureSpec, ...], params: Fe
                 position += n
     return shape.n_rows
 
-# %% ../../nbs/03b_featurize.ipynb #64223c18
+# %% ../../nbs/03b_featurize.ipynb #363101ba
 def main(argv: list[str] | None = None) -> int:
     def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--input", type=Path,
