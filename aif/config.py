@@ -292,9 +292,16 @@ class TrainParams:
     bagging_fraction: float | None = None
     lambda_l2: float | None = None
     num_boost_round: int | None = None
+    engine: str = "local"     # local | dask: LightGBM's Dask interface (nbs/07a_train_dask)
+
+    def __post_init__(self):
+        if self.engine not in ("local", "dask"):
+            raise ParamsError("params.yaml: train.engine must be local or dask")
 
     def overrides(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        "The LightGBM parameters set here (the tuned value for the others)."
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if v is not None and k != "engine"}
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,10 @@ class Arena:
     def put(self, keys: np.ndarray, rows: np.ndarray, bounds: np.ndarray) -> None:
         "Make `rows[bounds[i]:bounds[i + 1]]` the history of `keys[i]` (sorted, unique)."
         if self.used + len(rows) > len(self.rows):
-            self.compact(2 * (self.live + len(rows)) + 1024)
+            needed = self.live + len(rows)
+            # in place while the live rows fill at most half the buffer (its pages are
+            # already mapped: a fresh buffer costs page faults), else into one 4x as large
+            self.compact(len(self.rows) if 2 * needed <= len(self.rows) else 4 * needed + 1024)
         place(self.rows, slice(self.used, self.used + len(rows)), rows)
         start, length = self.used + bounds[:-1], np.diff(bounds)
         self.used += len(rows)
@@ -129,9 +132,10 @@ class Arena:
             self.length = np.insert(self.length, where, length[~known])
 
     def compact(self, capacity: int) -> None:
-        "Copy the live rows, in key order, to the front of a new buffer of `capacity` rows."
+        "Move the live rows, in key order, to the front of a buffer of `capacity` rows."
         live = take(self.rows, spans(self.start, self.length))
-        self.rows = np.empty(max(capacity, len(live)), HISTORY)
+        if capacity != len(self.rows):
+            self.rows = np.empty(max(capacity, len(live)), HISTORY)
         place(self.rows, slice(0, len(live)), live)
         self.start = np.cumsum(self.length) - self.length
         self.used = len(live)

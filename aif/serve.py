@@ -35,7 +35,7 @@ from .config import Params, ProjectPaths, atomic_output, get_logger
 __all__ = ['SCORE_BODY', 'Loaded', 'compile_model', 'prod_version', 'load_model', 'load_folder', 'Transaction', 'Batch', 'Label',
            'Labels', 'score_body', 'to_columns', 'PredictionLog', 'JsonFormatter', 'json_logger', 'make_metrics',
            'make_tracer', 'Service', 'explain_rows', 'warm_state', 'fill_from_interim', 'reload_if_changed',
-           'watch_registry', 'flush_log', 'create_app', 'build_service', 'main']
+           'watch_registry', 'flush_log', 'create_app', 'keep_freed_memory', 'build_service', 'main']
 
 # %% ../nbs/15_serve.ipynb #dd91cc79
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class PredictionLog:
             return 0
         day = table.column("tx_datetime").cast(pa.date32())
         stamp = f"{time.time():.6f}".replace(".", "")
-        for d in sorted(set(day.to_pylist())):
+        for d in pc.unique(day).sort().to_pylist():   # in Arrow: this runs beside requests
             part = table.filter(pc.equal(day, pa.scalar(d, pa.date32())))
             path = self.folder / f"date={d}" / f"part-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
             with atomic_output(path) as tmp:
@@ -546,7 +546,23 @@ def create_app(service: Service, serve_params: dict):
 
     return app
 
-# %% ../nbs/15_serve.ipynb #cdfeb42d
+# %% ../nbs/15_serve.ipynb #d274a352
+def keep_freed_memory() -> bool:
+    """Have glibc keep freed memory for reuse rather than hand it back to the system. A batch
+    allocates and frees arrays of tens of megabytes; memory fresh from the kernel costs a page
+    fault per page, 10-20 ms a 10,000-row batch here. True where it applied (glibc only)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        trim_threshold, top_pad, mmap_threshold = -1, -2, -3   # glibc's mallopt parameters
+        return all([libc.mallopt(mmap_threshold, 32 << 20),      # glibc's largest
+                    libc.mallopt(trim_threshold, 1 << 30), libc.mallopt(top_pad, 64 << 20)])
+    except (OSError, AttributeError):
+        return False
+
+
 def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                   until: str | None) -> Service:
     loaded = load_model(paths, model_dir)
@@ -578,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path)
     args = parser.parse_args(argv)
     paths, params = project_paths(), load_params(args.params)
+    keep_freed_memory()
     started = time.perf_counter()
     service = build_service(paths, params, args.model, args.state_until)
     get_logger("serve").info(f"{service.loaded.version} with {service.features.rows_kept:,} "

@@ -8,6 +8,7 @@ compromised are taken out of the assessment days."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ from .config import SplitParams, StageError
 
 # %% auto #0
 __all__ = ['Period', 'Protocol', 'test_protocol', 'prequential_folds', 'check_history', 'in_period', 'known_compromised_mask',
-           'split_frame', 'load_periods']
+           'split_frame', 'load_periods', 'load_span']
 
 # %% ../nbs/04_split.ipynb #f5a0db62
 @dataclass(frozen=True)
@@ -96,21 +97,28 @@ def split_frame(frame: pd.DataFrame, protocol: Protocol) -> tuple[pd.DataFrame, 
 # %% ../nbs/04_split.ipynb #629e1dd5
 def load_periods(path, protocols: list[Protocol], columns: list[str]) -> pd.DataFrame:
     "Rows of the features folder within the protocols' span, with `columns` and the keys."
-    import pyarrow as pa
+    return load_span(path, min(p.train.start for p in protocols),
+                     max(p.assess.end for p in protocols), columns)
 
-    from aif.features.engine import read_features
+
+def load_span(path, start: np.datetime64, end: np.datetime64, columns: list[str]
+              ) -> pd.DataFrame:
+    "Rows of the features folder with `start <= tx_datetime < end`, with `columns` and the keys."
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aif.features.engine import feature_files, read_features
     from aif.schema import column_to_numpy
 
     keys = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_fraud"]
     wanted = list(dict.fromkeys(keys + [c for c in columns if c not in keys]))
-    table = read_features(path)
-    wanted += [c for c in ("tx_fraud_scenario",) if c in table.column_names]
-    missing = [c for c in wanted if c not in table.column_names]
+    present = pq.read_schema(feature_files(Path(path))[0]).names
+    wanted += [c for c in ("tx_fraud_scenario",) if c in present]
+    missing = [c for c in wanted if c not in present]
     if missing:
         raise StageError(f"{path}: feature {missing[0]} is missing; run `dvc repro featurize` "
                          "(or check features.groups)")
+    table = read_features(Path(path), wanted)
     t = column_to_numpy(table.column("tx_datetime").cast(pa.timestamp("us"))).view("datetime64[us]")
-    start = min(p.train.start for p in protocols)
-    end = max(p.assess.end for p in protocols)
     mask = (t >= start) & (t < end)
-    return table.select(wanted).filter(pa.array(mask)).to_pandas()
+    return table.filter(pa.array(mask)).to_pandas()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,12 @@ import pandas as pd
 from .config import Params, StageError, start_stage
 from .features.registry import build_registry, feature_names
 from .model import Calibration, Model, files_digest, fit_booster, library_versions, lgbm_params
-from .split import (Period, Protocol, load_periods, prequential_folds, split_frame,
-                       test_protocol)
+from .split import (Period, Protocol, load_periods, load_span, prequential_folds,
+                       split_frame, test_protocol)
 from .tracking import tracked_run
 
 # %% auto #0
-__all__ = ['training_params', 'alert_threshold', 'out_of_fold_calibration', 'main']
+__all__ = ['training_params', 'alert_threshold', 'out_of_fold_calibration', 'Fitted', 'fit_local', 'fit_dask', 'main']
 
 # %% ../nbs/07_train.ipynb #549e2e40
 def training_params(best: dict, params: Params) -> tuple[dict, int]:
@@ -48,7 +49,59 @@ def out_of_fold_calibration(frame: pd.DataFrame, fold: Protocol, lgb_params: dic
     return Calibration.fit(booster.predict(assess[features].to_numpy(np.float64)),
                            assess.tx_fraud.to_numpy())
 
-# %% ../nbs/07_train.ipynb #46739fcd
+# %% ../nbs/07_train.ipynb #af81246f
+@dataclass
+class Fitted:
+    booster: object            # lightgbm.Booster
+    calibration: Calibration
+    delay_scores: np.ndarray   # the final model's scores over the delay period
+    rows: int
+    frauds: int
+    curves: dict
+
+
+def fit_local(paths, protocol: Protocol, calibration_fold: Protocol, delay: Period,
+              features: list[str], lgb_params: dict, rounds: int) -> Fitted:
+    frame = load_periods(paths.features, [protocol, calibration_fold], features)
+    train, _ = split_frame(frame, protocol)
+    if train.tx_fraud.sum() == 0:
+        raise StageError(f"train: no fraud in the training window {protocol.train}")
+    curves: dict = {}
+    X = train[features].to_numpy(np.float64)
+    booster = fit_booster(X, train.tx_fraud.to_numpy(), lgb_params, rounds,
+                          valid=(X, train.tx_fraud.to_numpy()), record=curves,
+                          feature_names=features)
+    delay_rows = frame[(frame.tx_datetime >= pd.Timestamp(delay.start))
+                       & (frame.tx_datetime < pd.Timestamp(delay.end))]
+    return Fitted(booster,
+                  out_of_fold_calibration(frame, calibration_fold, lgb_params, rounds, features),
+                  booster.predict(delay_rows[features].to_numpy(np.float64)),
+                  len(train), int(train.tx_fraud.sum()), curves)
+
+
+def fit_dask(paths, protocol: Protocol, calibration_fold: Protocol, delay: Period,
+             features: list[str], lgb_params: dict, rounds: int) -> Fitted:
+    from aif.features.dask_engine import dask_client
+    from aif.train_dask import fit_booster_dask
+
+    with dask_client() as client:
+        booster, rows, frauds = fit_booster_dask(client, paths.features, protocol.train,
+                                                 features, lgb_params, rounds)
+        if frauds == 0:
+            raise StageError(f"train: no fraud in the training window {protocol.train}")
+        fold_booster, _, _ = fit_booster_dask(client, paths.features, calibration_fold.train,
+                                              features, lgb_params, rounds)
+    _, assess_keys = split_frame(load_periods(paths.features, [calibration_fold], []),
+                                 calibration_fold)
+    scored = load_span(paths.features, calibration_fold.assess.start, delay.end, features)
+    assess = scored[scored.transaction_id.isin(assess_keys.transaction_id)]
+    delay_rows = scored[scored.tx_datetime >= pd.Timestamp(delay.start)]
+    calibration = Calibration.fit(fold_booster.predict(assess[features].to_numpy(np.float64)),
+                                  assess.tx_fraud.to_numpy())
+    return Fitted(booster, calibration,
+                  booster.predict(delay_rows[features].to_numpy(np.float64)), rows, frauds, {})
+
+# %% ../nbs/07_train.ipynb #7fb79f04
 def main(argv: list[str] | None = None) -> int:
     stage = start_stage("train", "Fit the final model.", argv)
     log, paths, params = stage.log, stage.paths, stage.params
@@ -62,31 +115,23 @@ def main(argv: list[str] | None = None) -> int:
     protocol = test_protocol(params.split, params.label_delay_days)
     calibration_fold = prequential_folds(params.split, params.label_delay_days, 1)[0]
     delay = Period(protocol.train.end, params.label_delay_days)
+    # the calibration fold's assessment window ends where the delay period starts
+    assert calibration_fold.assess.end == delay.start
     started = time.perf_counter()
-    frame = load_periods(paths.features, [protocol, calibration_fold], features)
-    train, _ = split_frame(frame, protocol)
-    if train.tx_fraud.sum() == 0:
-        raise StageError(f"train: no fraud in the training window {protocol.train}")
-    curves: dict = {}
-    X = train[features].to_numpy(np.float64)
-    booster = fit_booster(X, train.tx_fraud.to_numpy(), lgb_params, rounds,
-                          valid=(X, train.tx_fraud.to_numpy()), record=curves,
-                          feature_names=features)
-    delay_rows = frame[(frame.tx_datetime >= pd.Timestamp(delay.start))
-                       & (frame.tx_datetime < pd.Timestamp(delay.end))]
-    threshold = alert_threshold(booster.predict(delay_rows[features].to_numpy(np.float64)),
-                                delay.days, params.evaluate.alert_budget)
-    calibration = out_of_fold_calibration(frame, calibration_fold, lgb_params, rounds, features)
+    fit = fit_dask if params.train.engine == "dask" else fit_local
+    fitted = fit(paths, protocol, calibration_fold, delay, features, lgb_params, rounds)
+    threshold = alert_threshold(fitted.delay_scores, delay.days, params.evaluate.alert_budget)
     info = {
         "features": features, "params": lgb_params, "num_boost_round": rounds,
+        "engine": params.train.engine,
         "tuned": {"study": best["study"], "trial": best["trial"],
                   "mean_average_precision": best["mean_average_precision"]},
         "overrides": params.train.overrides(),
         "training_window": {"start": str(protocol.train.start), "end": str(protocol.train.end),
                             "label_delay_days": params.label_delay_days},
-        "rows": {"train": int(len(train)), "train_frauds": int(train.tx_fraud.sum())},
-        "calibration": {"scores": calibration.scores,
-                        "probabilities": calibration.probabilities,
+        "rows": {"train": fitted.rows, "train_frauds": fitted.frauds},
+        "calibration": {"scores": fitted.calibration.scores,
+                        "probabilities": fitted.calibration.probabilities,
                         "fitted_on": str(calibration_fold.assess)},
         "alert": {"threshold": threshold, "budget_per_day": params.evaluate.alert_budget,
                   "set_on": str(delay)},
@@ -94,14 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         "code_sha256": files_digest(list((Path(__file__).parent).rglob("*.py"))),
         "versions": library_versions(),
     }
-    model = Model(booster, info)
+    model = Model(fitted.booster, info)
     model.save(paths.models)
     with tracked_run("train", {"params": lgb_params, "num_boost_round": rounds,
-                               "features": features}, paths.root) as run:
-        for i, loss in enumerate(curves.get("valid_0", {}).get("binary_logloss", [])):
+                               "features": features, "engine": params.train.engine},
+                     paths.root) as run:
+        for i, loss in enumerate(fitted.curves.get("valid_0", {}).get("binary_logloss", [])):
             run.log({"iteration": i + 1, "train_binary_logloss": loss})
-        run.summary.update({"train_rows": len(train), "alert_threshold": threshold})
-    log.info(f"trained on {len(train):,} rows ({int(train.tx_fraud.sum())} frauds) for "
-             f"{rounds} rounds in {time.perf_counter() - started:.1f}s; alert threshold "
-             f"{threshold:.4f}")
+        run.summary.update({"train_rows": fitted.rows, "alert_threshold": threshold})
+    log.info(f"trained on {fitted.rows:,} rows ({fitted.frauds} frauds) for {rounds} rounds "
+             f"with the {params.train.engine} engine in {time.perf_counter() - started:.1f}s; "
+             f"alert threshold {threshold:.4f}")
     return 0

@@ -1,8 +1,8 @@
 """Scoring service latency under an open-loop load, over loopback.
 
 Needs the workspace's data and model (`make repro`). The service (`aif serve`, one uvicorn
-process) starts with its feature state warmed up to 2018-09-24 and the workspace model; the
-last week's transactions, in time order, are the requests. The generator sends at a fixed
+process) starts with its feature state warmed up to 2018-09-17 and the workspace model; the
+last two weeks' transactions, in time order, are the requests. The generator sends at a fixed
 rate whatever the replies do (open loop) over a pool of keep-alive connections, and measures
 each latency from the request's *intended* send time, so a stall shows in the tail instead of
 slowing the sender (wrk and hey wait for replies and hide it). Then 10,000-row batches.
@@ -28,9 +28,9 @@ import yaml
 from common import report, run_env
 
 REPO = Path(__file__).resolve().parents[1]
-STATE_UNTIL = "2018-09-24"
+STATE_UNTIL = "2018-09-17"
 RATE, SECONDS = 300, 60
-BATCH, BATCHES = 10_000, 5
+BATCH, BATCHES = 10_000, 10
 
 
 def free_port() -> int:
@@ -151,7 +151,7 @@ def main() -> bool:
     ms = np.array(latencies) * 1000
     p50, p90, p99, p999 = np.percentile(ms, [50, 90, 99, 99.9])
     batch_ms = np.array(batch_times) * 1000
-    ok = (not errors and p50 <= 3 and p99 <= 10 and np.median(batch_ms) <= 150)
+    ok = (not errors and p50 <= 3 and p99 <= 10 and batch_ms.max() <= 150)
     print(f"serve: {len(ms):,} single-transaction requests at {RATE}/s open loop "
           f"(python benchmarks/run.py serve)")
     report("serve", {
@@ -160,10 +160,11 @@ def main() -> bool:
         "p50_ms": round(p50, 2), "p90_ms": round(p90, 2), "p99_ms": round(p99, 2),
         "p99_9_ms": round(p999, 2), "max_ms": round(float(ms.max()), 2),
         "batch_10k_ms_median": round(float(np.median(batch_ms)), 1),
+        "batch_10k_ms_max": round(float(batch_ms.max()), 1),
         "batch_10k_ms_all": [round(float(t), 1) for t in batch_ms],
         "server_startup_s": round(startup, 1), "server_peak_rss_mb": round(peak / 1024),
         "rows_in_prediction_log": logged,
-        "target": "p50 <= 3 ms, p99 <= 10 ms at 300/s, no errors; 10k batch <= 150 ms",
+        "target": "p50 <= 3 ms, p99 <= 10 ms at 300/s, no errors; every 10k batch <= 150 ms",
         "meets_target": bool(ok)})
     return bool(ok)
 

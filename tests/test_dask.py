@@ -1,9 +1,13 @@
-"""The Dask engine on a real LocalCluster (two worker processes) gives the local engine's
-output byte for byte, across several output parts and kernel partitions."""
+"""The Dask engines on a real LocalCluster (two worker processes): featurize gives the local
+engine's output byte for byte, across several output parts and kernel partitions; train fits
+with LightGBM's Dask interface a model in the same format, scoring like the local one."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
+import lightgbm as lgb
 from conftest import SMALL_SIMULATION, make_project, run, write_params
 
 from aif.config import FeaturesParams
@@ -47,3 +51,24 @@ def test_dask_engine_from_params(tmp_path: Path):
     result = run(["dvc", "repro", "featurize"], project)
     assert "engine dask" in result.stdout + result.stderr
     assert (project / "data/processed/features.parquet/part-00000.parquet").read_bytes() == local
+
+
+def test_dask_training_trains_and_scores(trained_project: Path, tmp_path: Path):
+    "train.engine: dask through DVC: a LightGBM text model that evaluate scores like the local one."
+    project = tmp_path / "project"
+    shutil.copytree(trained_project, project)
+    local = json.loads((project / "reports/metrics.json").read_text())["model"]
+    write_params(project, train={"engine": "dask"})
+    result = run(["dvc", "repro", "evaluate"], project, WANDB_MODE="offline")
+    assert "with the dask engine" in result.stdout + result.stderr
+    assert "Running stage 'featurize'" not in result.stdout   # only train and evaluate rerun
+    info = json.loads((project / "models/model.json").read_text())
+    assert info["engine"] == "dask" and info["rows"]["train_frauds"] > 0
+    booster = lgb.Booster(model_file=str(project / "models/model.txt"))   # LightGBM's text
+    assert booster.num_trees() == info["num_boost_round"]
+    assert booster.feature_name() == info["features"]
+    assert 0 < info["alert"]["threshold"] < 1 and info["calibration"]["scores"]
+    dask = json.loads((project / "reports/metrics.json").read_text())["model"]
+    # comparable, not equal: the small test week has few frauds (see README for the default data)
+    for metric in ("average_precision", "roc_auc", "card_precision_at_k"):
+        assert abs(dask[metric] - local[metric]) < 0.1, (metric, dask, local)

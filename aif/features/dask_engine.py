@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,10 @@ from ..online import PAIR_SHIFT, entity_key
 # %% auto #0
 __all__ = ['dask_client', 'to_columns', 'entity_part', 'sample', 'with_positions', 'write_output_part', 'featurize_dask']
 
-# %% ../../nbs/03c_featurize_dask.ipynb #8b0d740a
+# %% ../../nbs/03c_featurize_dask.ipynb #95548bcd
+@contextmanager
 def dask_client():
+    "A client of the configured scheduler, else of a local cluster closed on exit."
     import dask
     from distributed import Client, LocalCluster
 
@@ -35,9 +38,12 @@ def dask_client():
     address = os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get(
         "scheduler-address", None)
     if address:
-        return Client(address)
-    return Client(LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None))
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
 
 # %% ../../nbs/03c_featurize_dask.ipynb #a438c539
 def to_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:

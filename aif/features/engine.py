@@ -32,8 +32,8 @@ __all__ = ['INPUT_COLUMNS', 'KEY_COLUMNS', 'LABEL_COLUMNS', 'WINDOWLESS', 'ROWS_
            'StreamShape', 'entity_keys', 'partition_features', 'partition_features_sorted', 'row_features',
            'grouped_row_features', 'aggregate', 'n_partitions', 'transaction_features', 'is_windowed',
            'compute_features', 'open_source', 'table_columns', 'read_columns', 'features_table', 'write_part',
-           'write_features', 'read_features', 'source_shape', 'exact_chunks', 'SortedRun', 'spill_partitions',
-           'run_partition', 'featurize_out_of_core', 'main']
+           'write_features', 'feature_files', 'read_features', 'source_shape', 'exact_chunks', 'SortedRun',
+           'spill_partitions', 'run_partition', 'featurize_out_of_core', 'main']
 
 # %% ../../nbs/03b_featurize.ipynb #8c86990a
 INPUT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
@@ -295,12 +295,18 @@ def write_features(table: pa.Table, path: Path, rows_per_file: int = ROWS_PER_FI
                           range(len(starts))))
 
 
-def read_features(path: Path, columns: list[str] | None = None) -> pa.Table:
-    "The features folder (or a single file) as one Arrow table, rows in stream order."
+def feature_files(path: Path) -> list[Path]:
+    "The parts of the features folder (or the single file), in stream order."
     files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
     if not files:
         raise StageError(f"{path}: no feature files; run `dvc repro featurize`")
-    return pa.concat_tables([pq.ParquetFile(f).read(columns=columns) for f in files])
+    return files
+
+
+def read_features(path: Path, columns: list[str] | None = None) -> pa.Table:
+    "The features folder (or a single file) as one Arrow table, rows in stream order."
+    return pa.concat_tables([pq.ParquetFile(f).read(columns=columns)
+                             for f in feature_files(path)])
 
 # %% ../../nbs/03b_featurize.ipynb #105a2e50
 SPILL_SCHEMA = pa.schema([("position", pa.int64()), ("key", pa.int64()),
