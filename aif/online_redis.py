@@ -48,6 +48,14 @@ class RedisHistory:
                              strict=True):
             self.writes[self.name(k)] = rows[lo:hi].tobytes()
 
+    def rows(self) -> int:
+        "How many rows Redis holds for this entity, from the values' lengths (no transfer)."
+        names = list(self.client.scan_iter(match=f"aif:h:{self.entity}:*", count=1000))
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.strlen(name)
+            return sum(pipe.execute()) // HISTORY.itemsize
+
     def everything(self) -> tuple[np.ndarray, np.ndarray]:
         "The key of every row in Redis, and the rows (a scan: for counts, not for scoring)."
         keys, parts = [], []
@@ -112,14 +120,12 @@ class RedisFeatures(OnlineFeatures):
     def label(self, transaction_id: int, fraud: int) -> bool:
         import redis
 
-        from aif.online import PAIR_SHIFT
+        from aif.online import keys_of
 
         owner = self.client.get(f"aif:tx:{int(transaction_id)}")
         if owner is None:
             return False
-        card, terminal = (int(x) for x in owner.split(b":"))
-        keys = {"customer": card, "terminal": terminal,
-                "customer_terminal": (card << PAIR_SHIFT) | terminal}
+        keys = keys_of(*(int(x) for x in owner.split(b":")))
         with self.client.pipeline() as pipe:
             while True:
                 try:
@@ -148,7 +154,7 @@ class RedisFeatures(OnlineFeatures):
 
         now = time.monotonic()
         if now - getattr(self, "_counted_at", -60.0) >= 60.0:
-            self._rows = sum(len(history.everything()[1]) for history in self.history.values())
+            self._rows = sum(history.rows() for history in self.history.values())
             self._counted_at = now
         return self._rows
 

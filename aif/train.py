@@ -84,11 +84,11 @@ def fit_dask(paths, protocol: Protocol, calibration_fold: Protocol, delay: Perio
     from aif.features.dask_engine import dask_client
     from aif.train_dask import fit_booster_dask
 
+    if calibration_fold.assess.end != delay.start:   # the one span read below covers both
+        raise StageError("train: the calibration fold must end where the delay period starts")
     with dask_client() as client:
         booster, rows, frauds = fit_booster_dask(client, paths.features, protocol.train,
                                                  features, lgb_params, rounds)
-        if frauds == 0:
-            raise StageError(f"train: no fraud in the training window {protocol.train}")
         fold_booster, _, _ = fit_booster_dask(client, paths.features, calibration_fold.train,
                                               features, lgb_params, rounds)
     _, assess_keys = split_frame(load_periods(paths.features, [calibration_fold], []),
@@ -115,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
     protocol = test_protocol(params.split, params.label_delay_days)
     calibration_fold = prequential_folds(params.split, params.label_delay_days, 1)[0]
     delay = Period(protocol.train.end, params.label_delay_days)
-    # the calibration fold's assessment window ends where the delay period starts
-    assert calibration_fold.assess.end == delay.start
     started = time.perf_counter()
     fit = fit_dask if params.train.engine == "dask" else fit_local
     fitted = fit(paths, protocol, calibration_fold, delay, features, lgb_params, rounds)

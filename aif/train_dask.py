@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import StageError
 from .split import Period
 
 # %% auto #0
@@ -43,14 +44,21 @@ def window_frame(client, folder: Path, period: Period, columns: list[str]):
     worker, evenly sized, in stream order (see above)."""
     import dask.dataframe as dd
 
+    from aif.features.engine import feature_files
+
     workers = sorted(client.scheduler_info()["workers"])
-    parts = sorted(folder.glob("part-*.parquet"))
+    if not workers:
+        raise StageError("train: the Dask cluster has no workers")
+    parts = feature_files(folder)
     read = [client.submit(read_window, str(p), columns, period.start, period.end,
                           workers=[workers[i % len(workers)]], pure=False)
             for i, p in enumerate(parts)]
     sizes = client.gather([client.submit(len, f, pure=False) for f in read])
     offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     n = offsets[-1]
+    if n < len(workers):   # LightGBM needs rows on every worker it trains on
+        raise StageError(f"train: {n} rows in {period}, fewer than the {len(workers)} Dask "
+                         "workers; use train.engine: local")
     chunks = []
     for w, worker in enumerate(workers):
         lo, hi = w * n // len(workers), (w + 1) * n // len(workers)
@@ -68,9 +76,12 @@ def fit_booster_dask(client, folder: Path, period: Period, features: list[str], 
     import lightgbm as lgb
 
     frame, n = window_frame(client, folder, period, [*features, "tx_fraud"])
+    frauds = int(frame["tx_fraud"].sum().compute())
+    if frauds == 0:
+        raise StageError(f"train: no fraud in the training window {period}")
     model = lgb.DaskLGBMClassifier(client=client, n_estimators=num_boost_round,
                                    **{k: v for k, v in params.items() if k != "num_threads"})
     with warnings.catch_warnings():   # the estimator's own n_jobs default, set aside by design
         warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
         model.fit(frame[features], frame["tx_fraud"])
-    return model.booster_, n, int(frame["tx_fraud"].sum().compute())
+    return model.booster_, n, frauds

@@ -138,6 +138,7 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
            ({**tx, "tx_datetime": "yesterday"}, "tx_datetime"),
            ({**tx, "terminal_id": "T-12"}, "terminal_id"),
            ({**tx, "tip": 3}, "tip"),
+           ({**tx, "transaction_id": 2**63}, "transaction_id"),
            ({"transactions": []}, "transactions"),
            ({"transactions": [tx, tx]}, "unique")]
     with service(project) as (client, _):
@@ -146,6 +147,12 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
             assert r.status_code == 422, (body, r.text)
             assert field in r.text, (field, r.text)
         assert client.post("/score", content=b"{not json").status_code == 422
+        batch = [{**tx, "transaction_id": tx["transaction_id"] + i} for i in range(2000)]
+        batch[7]["tx_amount"] = -1
+        r = client.post("/score", json={"transactions": batch})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [
+            "body", "transactions", 7, "tx_amount"]
+        assert len(r.content) < 1000    # names the row and the rule, does not echo the batch
         schemas = client.get("/openapi.json").json()["components"]["schemas"]
         assert set(schemas["Transaction"]["properties"]) == set(tx)   # /score is documented
         assert client.post("/score", json=tx).status_code == 200
