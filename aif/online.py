@@ -113,9 +113,9 @@ class Arena:
 
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         "Each key's history length (0 if none) and their rows, concatenated in `keys`' order."
-        at = self.find(keys)
         if len(self.keys) == 0:
             return np.zeros(len(keys), np.int64), self.rows[:0]
+        at = self.find(keys)
         has = at >= 0
         length = np.where(has, self.length[at], 0)
         return length, take(self.rows, spans(np.where(has, self.start[at], 0), length))
@@ -305,11 +305,10 @@ class OnlineFeatures:
                 rows[field_name] = table.column(field_name).to_numpy()[mine]
             self.history[name] = Arena.of(table.column("key").to_numpy()[mine], rows)
         # which card and terminal each kept transaction had, so late labels still land
-        owner = {}
-        for e in ("customer", "terminal"):
-            keys, rows = self.history[e].everything() if e in self.history else ([], [])
-            owner[e] = dict(zip(np.asarray(rows["id"] if len(rows) else []).tolist(),
-                                np.asarray(keys).tolist(), strict=True))
+        owner = {e: {} for e in ("customer", "terminal")}
+        for e in owner.keys() & self.history.keys():
+            keys, rows = self.history[e].everything()
+            owner[e] = dict(zip(rows["id"].tolist(), keys.tolist(), strict=True))
         ids = owner["customer"].keys() | owner["terminal"].keys()
         self.entities_of = {i: (owner["customer"].get(i, -1), owner["terminal"].get(i, -1))
                             for i in ids}

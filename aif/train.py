@@ -18,12 +18,13 @@ import pandas as pd
 from .config import Params, StageError, start_stage
 from .features.registry import build_registry, feature_names
 from .model import Calibration, Model, files_digest, fit_booster, library_versions, lgbm_params
-from .split import (Period, Protocol, load_periods, load_span, prequential_folds,
-                       split_frame, test_protocol)
+from .split import (Period, Protocol, in_period, load_periods, load_span,
+                       prequential_folds, split_frame, test_protocol)
 from .tracking import tracked_run
 
 # %% auto #0
-__all__ = ['training_params', 'alert_threshold', 'out_of_fold_calibration', 'Fitted', 'fit_local', 'fit_dask', 'main']
+__all__ = ['training_params', 'alert_threshold', 'out_of_fold_calibration', 'calibration_on', 'scores_in', 'Fitted', 'fit_local',
+           'fit_dask', 'main']
 
 # %% ../nbs/07_train.ipynb #549e2e40
 def training_params(best: dict, params: Params) -> tuple[dict, int]:
@@ -46,8 +47,19 @@ def out_of_fold_calibration(frame: pd.DataFrame, fold: Protocol, lgb_params: dic
     train, assess = split_frame(frame, fold)
     booster = fit_booster(train[features].to_numpy(np.float64), train.tx_fraud.to_numpy(),
                           lgb_params, rounds)
+    return calibration_on(booster, assess, features)
+
+
+def calibration_on(booster, assess: pd.DataFrame, features: list[str]) -> Calibration:
+    "Isotonic map from `booster`'s scores on `assess`, rows it never saw, to their labels."
     return Calibration.fit(booster.predict(assess[features].to_numpy(np.float64)),
                            assess.tx_fraud.to_numpy())
+
+
+def scores_in(booster, frame: pd.DataFrame, period: Period, features: list[str]) -> np.ndarray:
+    "`booster`'s scores on the rows of `frame` within `period`."
+    rows = frame[in_period(frame.tx_datetime.to_numpy(), period)]
+    return booster.predict(rows[features].to_numpy(np.float64))
 
 # %% ../nbs/07_train.ipynb #af81246f
 @dataclass
@@ -71,11 +83,9 @@ def fit_local(paths, protocol: Protocol, calibration_fold: Protocol, delay: Peri
     booster = fit_booster(X, train.tx_fraud.to_numpy(), lgb_params, rounds,
                           valid=(X, train.tx_fraud.to_numpy()), record=curves,
                           feature_names=features)
-    delay_rows = frame[(frame.tx_datetime >= pd.Timestamp(delay.start))
-                       & (frame.tx_datetime < pd.Timestamp(delay.end))]
     return Fitted(booster,
                   out_of_fold_calibration(frame, calibration_fold, lgb_params, rounds, features),
-                  booster.predict(delay_rows[features].to_numpy(np.float64)),
+                  scores_in(booster, frame, delay, features),
                   len(train), int(train.tx_fraud.sum()), curves)
 
 
@@ -95,11 +105,8 @@ def fit_dask(paths, protocol: Protocol, calibration_fold: Protocol, delay: Perio
                                  calibration_fold)
     scored = load_span(paths.features, calibration_fold.assess.start, delay.end, features)
     assess = scored[scored.transaction_id.isin(assess_keys.transaction_id)]
-    delay_rows = scored[scored.tx_datetime >= pd.Timestamp(delay.start)]
-    calibration = Calibration.fit(fold_booster.predict(assess[features].to_numpy(np.float64)),
-                                  assess.tx_fraud.to_numpy())
-    return Fitted(booster, calibration,
-                  booster.predict(delay_rows[features].to_numpy(np.float64)), rows, frauds, {})
+    return Fitted(booster, calibration_on(fold_booster, assess, features),
+                  scores_in(booster, scored, delay, features), rows, frauds, {})
 
 # %% ../nbs/07_train.ipynb #7fb79f04
 def main(argv: list[str] | None = None) -> int:
