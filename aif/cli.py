@@ -9,10 +9,11 @@ import importlib
 import os
 import sys
 
-from .config import ParamsError, StageError
+from .config.params import ParamsError
+from .io import StageError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'main']
+__all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'hooks', 'main']
 
 # %% ../nbs/99_cli.ipynb #478966ad
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
@@ -22,17 +23,17 @@ os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 
 # %% ../nbs/99_cli.ipynb #83077197
 COMMANDS = {
-    "simulate": ("aif.simulate", "simulate card transactions into data/raw/transactions"),
-    "ingest": ("aif.ingest", "validate the source into data/interim/transactions.parquet"),
-    "featurize": ("aif.features.engine", "point-in-time features into data/processed"),
-    "tune": ("aif.tune", "Optuna search over LightGBM on prequential folds"),
-    "train": ("aif.train", "fit, calibrate and save the model in models/"),
-    "evaluate": ("aif.evaluate", "test metrics, plots, segments and the model card"),
+    "simulate": ("aif.data.simulate", "simulate card transactions into data/raw/transactions"),
+    "ingest": ("aif.data.ingest", "validate the source into data/interim/transactions.parquet"),
+    "featurize": ("aif.features.featurize", "point-in-time features into data/processed"),
+    "tune": ("aif.modelling.tune", "Optuna search over LightGBM on prequential folds"),
+    "train": ("aif.modelling.train", "fit, calibrate and save the model in models/"),
+    "evaluate": ("aif.modelling.evaluate", "test metrics, plots, segments and the model card"),
     "monitor": ("aif.monitor.report", "run the drift report notebook with papermill"),
-    "registry": ("aif.registry", "model versions and stages (GTO): list, show, promote, ..."),
-    "retrain": ("aif.retrain", "retrain as of a date and promote through the gate"),
-    "score": ("aif.score", "score a batch of transactions with a model folder"),
-    "serve": ("aif.serve", "the online scoring service (FastAPI on uvicorn)"),
+    "registry": ("aif.lifecycle.promote", "model versions and stages (GTO): list, show, promote, ..."),
+    "retrain": ("aif.lifecycle.retrain", "retrain as of a date and promote through the gate"),
+    "score": ("aif.serve.batch", "score a batch of transactions with a model folder"),
+    "serve": ("aif.serve.app", "the online scoring service (FastAPI on uvicorn)"),
 }
 EXIT_USER_ERROR = 2
 
@@ -42,6 +43,15 @@ def usage() -> str:
     lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     return "usage: aif <command> [options]\n\ncommands:\n" + "\n".join(lines) + \
         "\n\n`aif <command> --help` shows a command's options."
+
+
+def hooks(command: str) -> dict:
+    "What a command gets from the layers above it: the monitor may retrain on an alert."
+    if command == "monitor":
+        from aif.lifecycle.retrain import retrain
+
+        return {"on_alert": retrain}
+    return {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     module = importlib.import_module(COMMANDS[command][0])
     try:
-        return module.main(rest) or 0
+        return module.main(rest, **hooks(command)) or 0
     except (StageError, ParamsError) as err:
         print(str(err), file=sys.stderr)
         return EXIT_USER_ERROR

@@ -3,7 +3,7 @@ single-threaded worker processes) and with the local engine: test-window metrics
 model, wall time and peak memory of `aif train`.
 
 The Dask fit is run three times: its model depends on which rows land on which LightGBM rank,
-and that order varies between runs (nbs/07a_train_dask), so the spread is part of the result.
+and that order varies between runs (nbs/34_train_dask), so the spread is part of the result.
 
 Target: every Dask model's test average precision within 0.01 of the local model's.
 """

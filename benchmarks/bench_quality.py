@@ -34,18 +34,18 @@ def ablation(project: Path) -> dict[str, dict]:
     "Retrain with the tuned parameters on each feature-group set; score the same test week."
     import os
     os.chdir(project)
-    from aif.config import FEATURE_GROUPS, load_params
-    from aif.evaluate import score_metrics
-    from aif.features.registry import build_registry, feature_names
-    from aif.model import fit_booster
-    from aif.split import load_periods, split_frame, test_protocol
-    from aif.train import training_params
+    from aif.config.params import FEATURE_GROUPS, load_params
+    from aif.features.specs import feature_names, feature_specs
+    from aif.metrics import score_metrics
+    from aif.modelling.model import fit_booster
+    from aif.modelling.split import load_periods, split_frame, test_protocol
+    from aif.modelling.train import training_params
 
     params = load_params(project / "params.yaml")
     best = json.loads((project / "models/best_params.json").read_text())
     lgb_params, rounds = training_params(best, params)
     protocol = test_protocol(params.split, params.label_delay_days)
-    everything = feature_names(build_registry(replace(params.features, groups=FEATURE_GROUPS),
+    everything = feature_names(feature_specs(replace(params.features, groups=FEATURE_GROUPS),
                                               params.label_delay_days))
     # Every group's features, computed beside the pipeline's (which holds the default set).
     all_groups = project / "all_groups.yaml"
@@ -62,7 +62,7 @@ def ablation(project: Path) -> dict[str, dict]:
             **{f"all but {g}": tuple(x for x in FEATURE_GROUPS if x != g) for g in extra}}
     results = {}
     for name, groups in sets.items():
-        cols = feature_names(build_registry(replace(params.features, groups=groups),
+        cols = feature_names(feature_specs(replace(params.features, groups=groups),
                                             params.label_delay_days))
         booster = fit_booster(train[cols].to_numpy(np.float64), train.tx_fraud.to_numpy(),
                               lgb_params, rounds)

@@ -10,8 +10,8 @@ from pathlib import Path
 import lightgbm as lgb
 from conftest import SMALL_SIMULATION, make_project, run, write_params
 
-from aif.config import FeaturesParams
-from aif.features.registry import build_registry
+from aif.config.params import FeaturesParams
+from aif.features.specs import feature_specs
 
 ROWS_PER_FILE = 5_000   # several output parts from a small stream
 
@@ -22,12 +22,13 @@ def test_dask_engine_writes_the_local_bytes(tmp_path: Path):
     run(["dvc", "repro", "ingest"], project)
     source = project / "data/interim/transactions.parquet"
     from aif.features.dask_engine import featurize_dask
-    from aif.features.engine import compute_features, features_table, read_columns, write_features
+    from aif.features.engine import compute_features
+    from aif.features.store import features_table, read_columns, write_features
 
     params = FeaturesParams(groups=("baseline", "amount_profile", "velocity", "terminal_activity",
                                     "terminal_history", "card_history", "novelty"),
                             rows_per_partition=4_000)
-    specs = build_registry(params, 7)
+    specs = feature_specs(params, 7)
     columns, labels = read_columns(source)
     local = tmp_path / "local"
     write_features(features_table(columns, labels, compute_features(columns, specs, params)),

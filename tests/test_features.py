@@ -14,14 +14,15 @@ from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aif.config import FEATURE_GROUPS, FeaturesParams
-from aif.features.engine import compute_features, read_features
-from aif.features.registry import FeatureSpec, build_registry, check_registry
+from aif.config.params import FEATURE_GROUPS, FeaturesParams
+from aif.features.engine import compute_features
+from aif.features.specs import FeatureSpec, check_specs, feature_specs
+from aif.features.store import read_features
 
 DELAY = 7
 DAY = 86_400 * 10**6
 PARAMS = FeaturesParams(groups=FEATURE_GROUPS)   # every feature, not only the default set
-SPECS = build_registry(PARAMS, DELAY)
+SPECS = feature_specs(PARAMS, DELAY)
 
 
 def reference_features(tx: pd.DataFrame, specs) -> dict[str, np.ndarray]:
@@ -182,15 +183,15 @@ def test_labels_younger_than_the_delay_are_never_read(tx, cut):
 def test_registry_refuses_a_label_feature_without_the_delay():
     leaky = FeatureSpec("terminal_risk_now", "baseline", "terminal", "fraud_rate", "leaks", 7, 0)
     with pytest.raises(ValueError, match="label_delay_days=7"):
-        check_registry((leaky,), 7)
+        check_specs((leaky,), 7)
     assert all(s.lag_days >= DELAY for s in SPECS if s.uses_labels)
     assert "tx_fraud_scenario" not in {s.name for s in SPECS}
 
 
 def test_groups_switch_features_off():
-    baseline = build_registry(FeaturesParams(groups=("baseline",)), DELAY)
+    baseline = feature_specs(FeaturesParams(groups=("baseline",)), DELAY)
     assert len(baseline) == 15 and {s.group for s in baseline} == {"baseline"}
-    default = build_registry(FeaturesParams(), DELAY)
+    default = feature_specs(FeaturesParams(), DELAY)
     assert {s.group for s in default} == {"baseline", "amount_profile", "terminal_history"}
     assert len(SPECS) > len(default) > len(baseline)
 
@@ -210,7 +211,7 @@ def test_stage_writes_features_catalog_and_identical_bytes(small_project: Path):
                                           "terminal_id", "tx_fraud", "tx_fraud_scenario"]
     catalog = json.loads((small_project / "reports/features.json").read_text())
     names = [f["name"] for f in catalog["features"]]
-    default = build_registry(FeaturesParams(), DELAY)
+    default = feature_specs(FeaturesParams(), DELAY)
     assert names == [s.name for s in default] and names == list(features.columns[6:])
     risk = next(f for f in catalog["features"] if f["name"] == "terminal_risk_7d")
     assert risk["uses_labels"] and risk["label_delay_days"] == DELAY

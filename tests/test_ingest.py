@@ -14,8 +14,8 @@ from conftest import run, write_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aif.config import IngestParams
-from aif.ingest import SourceRows, ingest_rows
+from aif.config.params import IngestParams
+from aif.data.ingest import SourceRows, ingest_rows
 
 MAPPING = {"transaction_id": "TX_ID", "tx_datetime": "TX_TIME", "customer_id": "CARD",
            "terminal_id": "TERMINAL", "tx_amount": "AMOUNT_EUR", "tx_fraud": "IS_FRAUD"}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import REPO, SMALL_MODELLING, make_project, run, write_params
 
-from aif.registry import ARTIFACT
+from aif.lifecycle.registry import ARTIFACT
 
 # A small stream where card testing starts on day 86 (2018-06-25). The first model trains on
 # 2018-06-04..06-10 and is tested on 06-18..06-24, before the drift. As of 2018-08-14 (the
@@ -26,7 +26,7 @@ SCENARIO = {
                                             "cards_per_day": 1}}},
     "split": {"train_start": "2018-06-04", "train_days": 7, "test_days": 7},
     "evaluate": {**SMALL_MODELLING["evaluate"], "alert_budget": 30},
-    "registry": {"max_calibration_error": 0.05},
+    "gate": {"max_calibration_error": 0.05},
     "monitor": {"reference": "2018-06-18:2018-06-25", "current": "2018-06-25:2018-08-14"},
 }
 AS_OF = "2018-08-14"
@@ -126,8 +126,8 @@ def test_drift_alert_retrains_promotes_and_rolls_back(scenario_project: Path):
     aif(project, "score", "--model", str(fetched), "--input", "data/raw/transactions",
         "--output", str(scores), "--since", "2018-07-31", check=True)
     scored = pd.read_parquet(scores)
-    from aif.features.engine import read_features
-    from aif.model import Model
+    from aif.features.store import read_features
+    from aif.modelling.model import Model
     model = Model.load(fetched)
     offline = read_features(project / "data/processed/features.parquet").to_pandas()
     offline = offline[offline.tx_datetime >= pd.Timestamp("2018-07-31")].reset_index(drop=True)

@@ -44,6 +44,13 @@ def test_model_is_lightgbm_text_with_metadata(pipeline: Path):
     assert booster.feature_name() == info["features"]
     catalog = json.loads((pipeline / "reports/features.json").read_text())
     assert info["features"] == [f["name"] for f in catalog["features"]]
+    # the model carries each feature's full spec, as the catalog describes it
+    specs = {s["name"]: s for s in info["feature_specs"]}
+    assert list(specs) == info["features"]
+    for entry in catalog["features"]:
+        spec = specs[entry["name"]]
+        assert (spec["entity"], spec["aggregation"]) == (entry["entity"], entry["aggregation"])
+        assert spec["lag_days"] == (entry["label_delay_days"] or spec["lag_days"])
     assert info["training_window"] == {"start": "2018-06-10", "end": "2018-06-17",
                                        "label_delay_days": 7}
     assert info["rows"]["train"] > 0 and len(info["data_sha256"]) == 64

@@ -85,3 +85,28 @@ def test_push_then_pull_in_a_fresh_clone(small_project: Path, tmp_path: Path):
 def test_default_remote_is_a_local_folder_beside_the_repo(small_project: Path):
     url = run(["dvc", "remote", "list"], small_project).stdout.split()
     assert url[0] == "local" and not re.match(r"^\w+://", url[1])
+
+
+def test_a_fresh_clone_reproduces_the_committed_outputs_and_a_pulled_one_reruns_nothing(
+        trained_project: Path, tmp_path: Path):
+    """What a new user does: clone, `dvc repro` from nothing (no cache, no remote), and find
+    `git status` clean (every tracked output byte-identical, timings kept out of them); a
+    second `dvc repro` runs nothing; a clone that pulls from the remote runs nothing either."""
+    fresh = tmp_path / "fresh"
+    run(["git", "clone", "-q", str(trained_project), str(fresh)], tmp_path)
+    assert not (fresh / "models/model.txt").exists()
+    first = run(["dvc", "repro"], fresh)
+    assert len(ran_stages(first.stdout)) == 7
+    assert run(["git", "status", "--porcelain"], fresh).stdout == ""
+    assert (fresh / "reports/timings/tune.json").exists()    # kept, but outside git and DVC
+    assert ran_stages(run(["dvc", "repro"], fresh).stdout) == []
+
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], fresh)
+    run(["dvc", "push"], fresh)
+    pulled = tmp_path / "pulled"
+    run(["git", "clone", "-q", str(trained_project), str(pulled)], tmp_path)
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], pulled)
+    run(["dvc", "pull"], pulled)
+    assert ran_stages(run(["dvc", "repro"], pulled).stdout) == []
+    assert run(["git", "status", "--porcelain"], pulled).stdout == ""

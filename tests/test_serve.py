@@ -82,8 +82,8 @@ def logged_matches_offline(project: Path, window: pd.DataFrame) -> pd.DataFrame:
     (counts exact, the rest to 1e-9) and the offline model's scores (1e-9)."""
     logged = pd.read_parquet(project / "reports/predictions").sort_values("transaction_id")
     assert len(logged) == len(window) and logged.transaction_id.is_unique
-    from aif.features.engine import read_features
-    from aif.model import Model
+    from aif.features.store import read_features
+    from aif.modelling.model import Model
     model = Model.load(project / "models")
     offline = read_features(project / "data/processed/features.parquet").to_pandas()
     offline = offline.set_index("transaction_id").loc[logged.transaction_id]
@@ -302,3 +302,73 @@ def test_two_replicas_share_the_feature_state_in_redis(project: Path, redis_url:
             r = replicas[j % 2].post("/score", json={"transactions": payload(chunk)})
             assert r.status_code == 200, r.text
     logged_matches_offline(project, window)
+
+
+def test_a_model_scores_with_the_features_it_was_trained_with(project: Path, tmp_path: Path):
+    """Trained with a 7-day label delay; params.yaml now says 14. Batch scoring and the service
+    still give the model its training-time features (its specs are in model.json)."""
+    from aif.config.params import FeaturesParams
+    from aif.features.engine import compute_features
+    from aif.features.specs import feature_specs
+    from aif.features.store import read_columns, read_features
+    from aif.modelling.model import Model
+
+    write_params(project, label_delay_days=14)
+    model = Model.load(project / "models")
+    assert {s.lag_days for s in model.feature_specs(FeaturesParams()) if s.uses_labels} == {7.0}
+    offline = read_features(project / "data/processed/features.parquet").to_pandas()
+    window = offline[(offline.tx_datetime >= TEST_START) & (offline.tx_datetime < "2018-07-01")]
+    # the test can fail: under today's params the features would differ
+    columns, _ = read_columns(project / "data/interim/transactions.parquet")
+    today = compute_features(columns, feature_specs(FeaturesParams(), 14), FeaturesParams())
+    rows = window.index.to_numpy()
+    assert not np.allclose(today["terminal_risk_7d"][rows], window.terminal_risk_7d)
+
+    scores = tmp_path / "scores.parquet"
+    run(["aif", "score", "--input", "data/interim/transactions.parquet", "--output",
+         str(scores), "--since", TEST_START], project)
+    scored = pd.read_parquet(scores)
+    later = offline[offline.tx_datetime >= TEST_START]
+    np.testing.assert_allclose(scored.score, model.score(model.matrix(later)), rtol=0, atol=1e-12)
+
+    transactions = interim(project)
+    replay = transactions[(transactions.tx_datetime >= TEST_START)
+                          & (transactions.tx_datetime < "2018-07-01")].iloc[:500]
+    with service(project, "--state-until", TEST_START) as (client, _):
+        r = client.post("/score", json={"transactions": payload(replay)})
+        assert r.status_code == 200, r.text
+    logged_matches_offline(project, replay)
+
+
+def test_a_version_registered_before_feature_specs_serves_scores_and_rolls_back(
+        project: Path, tmp_path: Path):
+    "model.json without specs and params.yaml with the old `registry:` section, as committed."
+    info = json.loads((project / "models/model.json").read_text())
+    info.pop("feature_specs")
+    (project / "models/model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    params = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(params.replace("\ngate:", "\nregistry:"))
+    run(["git", "commit", "-q", "-am", "a version from before feature specs"], project)
+    run(["aif", "registry", "register"], project)
+    run(["aif", "registry", "promote", "v0.0.1", "--force"], project)
+    (project / "params.yaml").write_text(params)
+    run(["git", "checkout", "-q", "HEAD~1", "--", "models/model.json"], project)
+    run(["git", "commit", "-q", "-am", "the same model with its specs"], project)
+    run(["aif", "registry", "register"], project)
+    run(["aif", "registry", "promote", "v0.0.2", "--force"], project)
+    run(["aif", "registry", "rollback"], project)
+
+    rows = interim(project)
+    replay = rows[(rows.tx_datetime >= TEST_START) & (rows.tx_datetime < "2018-07-01")].iloc[:300]
+    with service(project, "--state-until", TEST_START) as (client, _):
+        assert client.get("/version").json()["model_version"] == "fraud-model@v0.0.1"
+        assert client.post("/score", json={"transactions": payload(replay)}).status_code == 200
+    logged_matches_offline(project, replay)
+
+    fetched = tmp_path / "v1"
+    run(["aif", "registry", "fetch", "--stage", "prod", str(fetched)], project)
+    assert "feature_specs" not in json.loads((fetched / "model.json").read_text())
+    run(["aif", "score", "--model", str(fetched), "--input", "data/interim/transactions.parquet",
+         "--output", str(tmp_path / "scores.parquet"), "--since", TEST_START], project)
+    assert set(pd.read_parquet(tmp_path / "scores.parquet").model_version) == {
+        "fraud-model@v0.0.1"}

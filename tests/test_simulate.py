@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SMALL_SIMULATION, run
 
-from aif.config import (
+from aif.config.params import (
     ActivitySurge,
     CardTesting,
     DriftScenarios,
@@ -19,14 +19,14 @@ from aif.config import (
     SpendShift,
     load_params,
 )
-from aif.schema import CANONICAL_COLUMNS
-from aif.simulate import (
+from aif.data.simulate import (
     compromised_terminal_days,
     generate_customers,
     generate_terminal_locations,
     simulate_transactions,
     terminals_in_reach,
 )
+from aif.schema import CANONICAL_COLUMNS
 
 SMALL = SimulateParams(**SMALL_SIMULATION)
 

@@ -31,7 +31,7 @@ def tune_in_parallel(project: Path, storage: str) -> optuna.Study:
     run(["aif", "tune"], project)
     run(["aif", "train"], project)
     best = json.loads((project / "models/best_params.json").read_text())
-    from aif.tune import open_storage
+    from aif.modelling.tune import open_storage
     return optuna.load_study(study_name=best["study"], storage=open_storage(storage))
 
 

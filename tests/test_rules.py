@@ -1,0 +1,166 @@
+"""The pure decision rules, on hand-made figures: the gate's checks, promotion ordering and
+rollback, the retraining plan, and the drift report's status. Milliseconds, no files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aif.config.params import DriftThresholds, GateParams, MonitorParams, Params, from_dict
+from aif.io import StageError
+from aif.lifecycle.gate import gate_checks
+from aif.lifecycle.promote import promotion_refusal, rollback_target
+from aif.lifecycle.registry import Version
+from aif.lifecycle.retrain import retrain_plan
+from aif.monitor.status import (
+    compared_features,
+    drift_levels,
+    first_alert_chunk,
+    performance_levels,
+    quality_levels,
+    reasons,
+    verdict,
+)
+
+
+def figures(ap: float, recall: float, frauds: int = 60, ece: float = 0.002,
+            latency: float = 20.0) -> dict:
+    return {"metrics": {"average_precision": ap, "expected_calibration_error": ece,
+                        "latency_ms_per_10k": latency},
+            "segments": [{"segmentation": "time", "segment": "night", "frauds": frauds,
+                          "recall_at_budget": recall}]}
+
+
+def failed(checks: list[dict]) -> list[str]:
+    return [c["check"] for c in checks if not c["passed"]]
+
+
+# --- the gate --------------------------------------------------------------------------------
+
+def test_gate_passes_a_better_challenger_and_names_what_a_worse_one_fails():
+    rules = GateParams()
+    assert failed(gate_checks(figures(0.62, 0.5), figures(0.60, 0.5), rules)) == []
+    assert failed(gate_checks(figures(0.59, 0.5), figures(0.60, 0.5), rules)) == [
+        "average_precision"]
+    assert failed(gate_checks(figures(0.61, 0.3), figures(0.60, 0.5), rules)) == [
+        "segment_recall: time / night"]
+    assert failed(gate_checks(figures(0.61, 0.5, ece=0.02), None, rules)) == [
+        "calibration_error"]
+    assert failed(gate_checks(figures(0.61, 0.5, latency=300), None, rules)) == [
+        "latency_ms_per_10k"]
+
+
+def test_gate_ignores_segments_with_too_few_frauds_to_judge():
+    rules = GateParams(min_segment_frauds=50)
+    assert failed(gate_checks(figures(0.61, 0.0, frauds=49), figures(0.60, 0.9), rules)) == []
+
+
+def test_first_model_is_judged_by_its_guardrails_only():
+    checks = gate_checks(figures(0.01, 0.0), None, GateParams())
+    assert [c["check"] for c in checks] == ["calibration_error", "latency_ms_per_10k"]
+
+
+@given(ap=st.floats(0, 1), recall=st.floats(0, 1), frauds=st.integers(0, 500))
+def test_a_challenger_equal_to_its_champion_always_passes(ap, recall, frauds):
+    same = figures(ap, recall, frauds)
+    assert failed(gate_checks(same, same, GateParams())) == []
+
+
+# --- promotion ordering and rollback ---------------------------------------------------------
+
+def version(name: str, *stages: str) -> Version:
+    return Version(name, "c" + name, "2026-01-01 00:00:00", stages, "")
+
+
+def test_prod_only_moves_upwards():
+    prod = version("v0.0.9", "prod")
+    assert promotion_refusal(version("v0.0.10"), prod) is None   # by number, not as text
+    assert "older than prod" in promotion_refusal(version("v0.0.8"), prod)
+    assert "already in prod" in promotion_refusal(version("v0.0.9"), prod)
+    assert promotion_refusal(version("v0.0.1"), None) is None
+
+
+def test_rollback_returns_to_the_previous_prod_version():
+    registered = [version("v0.0.1", "prod"), version("v0.0.2", "staging"),
+                  version("v0.0.3", "prod")]
+    current, target = rollback_target(registered)
+    assert (current.name, target.name) == ("v0.0.3", "v0.0.1")
+    with pytest.raises(StageError, match="first prod version"):
+        rollback_target([version("v0.0.1", "prod")])
+    with pytest.raises(StageError, match="nothing is in prod"):
+        rollback_target([version("v0.0.1")])
+
+
+# --- the retraining plan ---------------------------------------------------------------------
+
+def test_retrain_plan_places_the_gate_window_before_labels_run_out():
+    params = from_dict(Params, {"label_delay_days": 7, "split": {"train_days": 7,
+                                                                 "test_days": 7}})
+    assert retrain_plan("2018-10-01", params) == {
+        "as_of": "2018-10-01", "labels_known_before": "2018-09-24",
+        "gate_window": {"start": "2018-09-17", "days": 7}, "train_start": "2018-09-03"}
+    with pytest.raises(StageError, match="not a date"):
+        retrain_plan("next week", params)
+
+
+@given(delay=st.integers(1, 30), train=st.integers(1, 30), test=st.integers(1, 30))
+def test_retrain_plan_never_trains_or_gates_on_unknown_labels(delay, train, test):
+    params = from_dict(Params, {"label_delay_days": delay,
+                                "split": {"train_days": train, "test_days": test}})
+    plan = retrain_plan("2018-10-01", params)
+    gate_end = np.datetime64(plan["gate_window"]["start"]) + np.timedelta64(test, "D")
+    train_end = np.datetime64(plan["train_start"]) + np.timedelta64(train, "D")
+    assert gate_end == np.datetime64(plan["labels_known_before"])
+    assert train_end + np.timedelta64(delay, "D") == np.datetime64(plan["gate_window"]["start"])
+
+
+# --- the drift report's status ---------------------------------------------------------------
+
+def test_both_effect_sizes_must_agree_before_a_feature_drifts():
+    t = DriftThresholds()
+    psi, wasserstein = np.array([0.30, 0.30, 0.05, 0.12]), np.array([0.25, 0.05, 0.30, 0.15])
+    assert list(drift_levels(psi, wasserstein, t)) == [2, 0, 0, 1]
+    moved = np.array([False, False, True, False])
+    assert list(drift_levels(psi, wasserstein, t, moved)) == [2, 0, 2, 1]
+
+
+def test_quality_warns_on_volume_unseen_terminals_and_broken_rules():
+    rules = MonitorParams(volume_ratio_bounds=(0.5, 2.0), max_unseen_terminal_share=0.05)
+    volume = np.array([1.0, 0.49, 2.01, 1.0, 0.5])
+    unseen = np.array([0.0, 0.0, 0.0, 0.051, 0.05])
+    assert list(quality_levels(volume, unseen, False, rules)) == [0, 1, 1, 1, 0]
+    assert list(quality_levels(volume[:1], unseen[:1], True, rules)) == [1]
+
+
+def test_performance_alerts_on_realised_and_warns_on_estimated_drops():
+    labelled = np.array([True, True, False, False])
+    below = np.array([True, False, True, False])
+    assert list(performance_levels(labelled, below, below)) == [2, 0, 1, 0]
+
+
+def test_calendar_features_are_not_compared():
+    assert compared_features(["tx_amount", "tx_during_weekend", "tx_during_night"]) == [
+        "tx_amount"]
+
+
+@given(st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=5), min_size=1, max_size=4))
+def test_status_is_the_worst_level_of_any_section(sections):
+    status, action = verdict(*[np.array(s) for s in sections])
+    worst = max(max(s) for s in sections)
+    assert status == ("ok", "warn", "alert")[worst]
+    assert action == {"ok": "none", "warn": "investigate", "alert": "retrain"}[status]
+
+
+def test_reasons_and_onset_name_what_was_found():
+    row = {"feature": "tx_amount", "level": "alert", "max_psi": 0.41, "max_wasserstein": 0.3,
+           "chunks_mean_outside_band": 1, "chunks_alert": ["2018-09-02"]}
+    found = reasons([row, {**row, "feature": "quiet", "level": "ok"}], np.array([2]), 0.33,
+                    np.array([0]), ["2018-09-03 10:00:00"], np.array([1]))
+    assert found == [
+        "data drift: tx_amount (PSI 0.41, Wasserstein/sd 0.30, mean outside the band on 1 "
+        "chunk(s)) on 1 chunk(s)", "prediction drift: score PSI up to 0.33",
+        "concept drift: ADWIN fired 1 time(s), first at 2018-09-03 10:00:00",
+        "data quality: volume or unseen terminals out of range"]
+    assert first_alert_chunk(np.array([0, 1, 2, 2]), ["a", "b", "c", "d"]) == "c"
+    assert first_alert_chunk(np.array([0, 1]), ["a", "b"]) is None
