@@ -96,7 +96,9 @@ def test_a_fresh_clone_reproduces_the_committed_outputs_and_a_pulled_one_reruns_
     run(["git", "clone", "-q", str(trained_project), str(fresh)], tmp_path)
     assert not (fresh / "models/model.txt").exists()
     first = run(["dvc", "repro"], fresh)
-    assert len(ran_stages(first.stdout)) == 7
+    # evaluate's and monitor's outputs are in git: their inputs came out byte-identical, so
+    # DVC has nothing to rerun there
+    assert ran_stages(first.stdout) == ["simulate", "ingest", "featurize", "tune", "train"]
     assert run(["git", "status", "--porcelain"], fresh).stdout == ""
     assert (fresh / "reports/timings/tune.json").exists()    # kept, but outside git and DVC
     assert ran_stages(run(["dvc", "repro"], fresh).stdout) == []
