@@ -93,8 +93,8 @@ def numpy_to_arrow(values: np.ndarray, kind: pa_arrow.DataType | None = None
     return pa_arrow.Array.from_buffers(kind, len(values), [None, pa_arrow.py_buffer(values)])
 
 # %% ../nbs/03_schema.ipynb #3ba18883
-def transaction_schema(columns: list[str], latest_allowed: pd.Timestamp | None = None
-                       ) -> pa.DataFrameSchema:
+def transaction_schema(columns: list[str], latest_allowed: pd.Timestamp | None = None,
+                       max_amount: float | None = None) -> pa.DataFrameSchema:
     "The pandera schema for canonical transactions holding `columns`."
     import pandera.pandas as pa
 
@@ -109,6 +109,9 @@ def transaction_schema(columns: list[str], latest_allowed: pd.Timestamp | None =
                                                 error="known_scenario")],
         "tx_datetime": [],
     }
+    if max_amount is not None:
+        checks["tx_amount"].append(
+            pa.Check.le(max_amount, name="implausible_amount", error="implausible_amount"))
     if latest_allowed is not None:
         checks["tx_datetime"].append(
             pa.Check.le(latest_allowed, name="not_in_future", error="not_in_future"))

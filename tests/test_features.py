@@ -131,6 +131,21 @@ def test_fast_engine_equals_reference(tx, rows_per_partition):
     assert_equal_features(fast, reference_features(tx, SPECS), SPECS)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tx=transactions(), base=st.sampled_from([2**31, 2**32, 2**48, 2**62]))
+def test_features_do_not_depend_on_how_large_the_ids_are(tx, base):
+    """Any int64 ids key the same way: card and terminal ids moved to the top of the range
+    (past the old 2^31 cap and the 32-bit pair packing) give the same features, the pair
+    features included."""
+    params = replace(PARAMS, rows_per_partition=17)
+    small = compute_features(columns_of(tx), SPECS, params)
+    moved = columns_of(tx)
+    moved["customer_id"] = moved["customer_id"] + base
+    moved["terminal_id"] = (2**63 - 1) - moved["terminal_id"] * 3   # reversed and spread
+    large = compute_features(moved, SPECS, params)
+    assert_equal_features(small, large, SPECS)
+
+
 def test_windows_on_a_worked_example():
     # One card: payments at day 0, 0 (tie, higher id), 5 and 40; a label delay of 7 days.
     tx = pd.DataFrame({"transaction_id": [1, 2, 3, 4], "customer_id": 0, "terminal_id": 9,

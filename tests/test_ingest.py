@@ -131,7 +131,7 @@ def test_missing_source(small_project, tmp_path):
     ("AMOUNT_EUR", "twelve", "not_a_number"),
     ("AMOUNT_EUR", "-5", "non_negative"),
     ("CARD", "3.5", "not_an_integer"),
-    ("IS_FRAUD", "2", "binary"),
+    ("IS_FRAUD", "2", "unknown_label"),
     ("TX_TIME", "yesterday", "not_a_timestamp"),
     ("TX_TIME", "2999-01-01 00:00:00", "not_in_future"),
     ("TERMINAL", "", "missing"),
@@ -146,6 +146,7 @@ def test_bad_values_are_quarantined_with_their_rule(small_project, tmp_path, col
     assert code == 0, err
     quarantine = pd.read_parquet(outputs(small_project)["quarantine"])
     assert list(quarantine.source_row) == [8, 1042]  # 1-based data rows
+    assert list(quarantine.source_line) == [9, 1043]  # lines of the file, header = 1
     assert set(quarantine.rule) == {rule}
     report = json.loads(outputs(small_project)["report"].read_text())
     assert report["rows_written"] == len(frame) - 2 and report["rows_quarantined"] == 2
@@ -177,7 +178,7 @@ def test_too_many_bad_rows_fail_and_leave_previous_outputs(small_project, tmp_pa
     frame.to_csv(source, index=False)
     code, err = ingest_cli(small_project, source)
     assert code == 2 and "\n" not in err
-    assert "column tx_amount rule not_a_number" in err and f"row 4 of {source}" in err
+    assert "column tx_amount rule not_a_number" in err and f"line 5 of {source}" in err
     assert "max_invalid_fraction=0.001" in err
     assert {k: p.read_bytes() for k, p in outputs(small_project).items()} == before
     assert [p for p in small_project.rglob(".*tmp-*")] == []

@@ -198,6 +198,31 @@ def test_registry_rules(tmp_path: Path):
     [forced] = records(project, "promote")[:1]
     assert forced["forced"] is True and forced["checks"] == []
 
+    # HEAD must pin what the workspace holds: an uncommitted model.json is refused
+    (project / "models/model.json").write_text('{"changed": true}\n')
+    dirty = aif(project, "registry", "register")
+    assert dirty.returncode == 2 and "models/model.json" in dirty.stderr
+    assert len(dirty.stderr.strip().splitlines()) == 1
+    run(["git", "commit", "-q", "-am", "model 3"], project)
+    aif(project, "registry", "register", check=True)
+    aif(project, "registry", "promote", "v0.0.3", "--force", check=True)
+    # v0.0.2's prod assignment is still active in GTO; only the holder is listed in prod
+    listed = aif(project, "registry", "list", check=True).stdout
+    assert [line.split("\t")[1] for line in listed.splitlines()] == ["staging", "-", "prod"]
+    shown = json.loads(run(["gto", "show", "--json"], project).stdout)
+    assert shown[ARTIFACT]["stage"]["prod"] == "v0.0.3"
+
+    # a record that cannot be written is one line, and the promotion did not happen
+    before = tags(project)
+    (project / "reports/lifecycle").rename(project / "reports/lifecycle.kept")
+    (project / "reports/lifecycle").write_text("a file where the records folder should be\n")
+    run(["git", "commit", "-q", "-am", "model 4", "--allow-empty"], project)
+    aif(project, "registry", "register", check=True)
+    failed = aif(project, "registry", "promote", "v0.0.4", "--force")
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "lifecycle record" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    assert set(tags(project)) - set(before) == {f"{ARTIFACT}@v0.0.4"}   # registered, not promoted
+
 
 def test_artifact_is_declared_in_dvc_yaml():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())

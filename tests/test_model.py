@@ -50,7 +50,8 @@ def test_model_is_lightgbm_text_with_metadata(pipeline: Path):
     for entry in catalog["features"]:
         spec = specs[entry["name"]]
         assert (spec["entity"], spec["aggregation"]) == (entry["entity"], entry["aggregation"])
-        assert spec["lag_days"] == (entry["label_delay_days"] or spec["lag_days"])
+        if entry["uses_labels"]:   # the label delay the model was trained with
+            assert spec["lag_days"] == entry["label_delay_days"] == 7
     assert info["training_window"] == {"start": "2018-06-10", "end": "2018-06-17",
                                        "label_delay_days": 7}
     assert info["rows"]["train"] > 0 and len(info["data_sha256"]) == 64

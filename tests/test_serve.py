@@ -372,3 +372,63 @@ def test_a_version_registered_before_feature_specs_serves_scores_and_rolls_back(
          "--output", str(tmp_path / "scores.parquet"), "--since", TEST_START], project)
     assert set(pd.read_parquet(tmp_path / "scores.parquet").model_version) == {
         "fraud-model@v0.0.1"}
+
+
+def test_keys_scopes_loopback_and_tls(project: Path, tmp_path: Path):
+    "Tokens with scopes; a service other machines can reach needs them; TLS is uvicorn's."
+    tokens = tmp_path / "tokens"
+    made = run(["aif", "serve", "token", "add", "score"], project,
+               AIF_SERVE_TOKENS_FILE=str(tokens))
+    score_token = made.stdout.strip().splitlines()[-1]
+    labels_token = run(["aif", "serve", "token", "add", "labels"], project,
+                       AIF_SERVE_TOKENS_FILE=str(tokens)).stdout.strip().splitlines()[-1]
+    assert score_token not in tokens.read_text() and len(tokens.read_text().splitlines()) == 2
+
+    exposed = run(["aif", "serve", "--host", "0.0.0.0"], project, check=False)
+    assert exposed.returncode == 2 and "tokens" in exposed.stderr
+    assert len(exposed.stderr.strip().splitlines()) == 1
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    tx = payload(interim(project).iloc[-1:])[0]
+    tx["transaction_id"] = 10**9 + 7
+    port = free_port()
+    log = open(project / "serve.log", "w")
+    proc = subprocess.Popen(["aif", "serve", "--port", str(port), "--ssl-certfile", str(cert),
+                             "--ssl-keyfile", str(key)], cwd=project, stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=run_env(AIF_SERVE_TOKENS_FILE=str(tokens)))
+    client = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=str(cert), timeout=30)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if client.get("/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None, (project / "serve.log").read_text()
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.2)
+        assert client.get("/health").status_code == 200          # open, like /ready here
+        missing = client.post("/score", json=tx)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = client.post("/score", json=tx, headers={"authorization": f"Bearer {labels_token}"})
+        assert wrong.status_code == 403
+        ok = client.post("/score", json=tx, headers={"authorization": f"Bearer {score_token}"})
+        assert ok.status_code == 200, ok.text
+        labelled = client.post("/labels", json={"transaction_id": tx["transaction_id"],
+                                                "tx_fraud": 1},
+                               headers={"authorization": f"Bearer {labels_token}"})
+        assert labelled.status_code == 200 and labelled.json()["recorded"] == 1
+        metrics = client.get("/metrics").text
+        assert 'aif_requests_total{endpoint="/score",status="401"} 1.0' in metrics
+    finally:
+        client.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+    text = (project / "serve.log").read_text()
+    assert score_token not in text and labels_token not in text
+

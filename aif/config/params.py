@@ -21,7 +21,7 @@ from .paths import project_paths
 __all__ = ['FEATURE_GROUPS', 'DEFAULT_FEATURE_GROUPS', 'DEFAULT_SEARCH_SPACE', 'ParamsError', 'from_dict', 'FraudScenarios',
            'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios', 'SimulateParams', 'IngestParams',
            'FeaturesParams', 'SplitParams', 'TuneParams', 'TrainParams', 'EvaluateParams', 'GateParams',
-           'DriftThresholds', 'MonitorParams', 'ServeParams', 'Params', 'params_from_text', 'load_params']
+           'DriftThresholds', 'MonitorParams', 'ServeAuth', 'ServeParams', 'Params', 'params_from_text', 'load_params']
 
 # %% ../../nbs/01_params.ipynb #6c6369a9
 class ParamsError(ValueError):
@@ -145,6 +145,9 @@ class IngestParams:
     extra_columns: str = "drop"
     max_invalid_fraction: float = 0.001
     reject_future: bool = True
+    encoding: str = "utf-8"                  # of CSV sources
+    label_values: dict = field(default_factory=lambda: {1: [1], 0: [0]})
+    max_amount: float = 1_000_000.0          # above this an amount is implausible
 
 # %% ../../nbs/01_params.ipynb #c61dda51
 FEATURE_GROUPS = ("baseline", "amount_profile", "velocity", "terminal_activity",
@@ -266,6 +269,12 @@ class MonitorParams:
 
 # %% ../../nbs/01_params.ipynb #5e9f0d21
 @dataclass(frozen=True)
+class ServeAuth:
+    tokens_file: str | None = None   # token hashes and scopes; AIF_SERVE_TOKENS_FILE wins
+    open_probes: bool = True         # /ready, /metrics and /version without a token
+
+
+@dataclass(frozen=True)
 class ServeParams:
     poll_seconds: float = 10.0
     prediction_log: str = "reports/predictions"
@@ -274,6 +283,7 @@ class ServeParams:
     snapshot: str | None = "models/serving/state.parquet"
     state: str = "memory"
     keep_alive_seconds: int = 75
+    auth: ServeAuth = field(default_factory=ServeAuth)
 
     @property
     def shared_state(self) -> bool:

@@ -7,7 +7,9 @@ and fails loudly, with one line naming file, column and rule, when too much brea
 # %% ../../nbs/11_ingest.ipynb #7af74d0c
 from __future__ import annotations
 
+import csv
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +24,18 @@ import pyarrow.parquet as pq
 from ..config.params import IngestParams, ParamsError
 from ..io import StageError, atomic_output, start_stage
 from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_KEYS,
-                        arrow_schema, transaction_schema)
+                        TRANSACTION_FIELDS, arrow_schema, transaction_schema)
 
 # %% auto #0
-__all__ = ['SOURCE_SUFFIXES', 'SourceRows', 'source_files', 'read_file', 'read_source', 'map_columns', 'parse_columns',
-           'cast_canonical', 'validate_rows', 'IngestResult', 'ingest_rows', 'ingest_report', 'check_invalid_share',
-           'write_outputs', 'main']
+__all__ = ['SOURCE_SUFFIXES', 'EXACT_FIELDS', 'INTEGER_RANGES', 'SourceRows', 'source_files', 'record_lines', 'FileRows',
+           'read_csv', 'read_file', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers',
+           'parse_labels', 'parse_columns', 'cast_canonical', 'validate_rows', 'IngestResult', 'ingest_rows',
+           'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
+# canonical fields read from CSV as text and parsed exactly (the amount is a float anyway)
+EXACT_FIELDS = [f.name for f in TRANSACTION_FIELDS if not f.dtype.startswith("float")]
 
 
 @dataclass
@@ -38,11 +43,26 @@ class SourceRows:
     "Rows read from the source, with where each came from."
     frame: pd.DataFrame
     files: list[Path]
-    file_index: np.ndarray  # position in `files` of each row's file
-    row_number: np.ndarray  # 1-based row within its file
+    file_index: np.ndarray   # position in `files` of each row's file
+    row_number: np.ndarray   # 1-based record within its file
+    line_number: np.ndarray | None = None   # line in its CSV file (header = 1); -1: no lines
+    unreadable: pd.DataFrame | None = None  # records that could not be split into fields
+
+    def __post_init__(self):
+        if self.line_number is None:
+            self.line_number = np.full(len(self.frame), -1, np.int64)
+        if self.unreadable is None:
+            self.unreadable = pd.DataFrame(columns=["source_file", "source_row", "source_line",
+                                                    "rule"])
 
     def where(self, i: int) -> str:
-        return f"row {self.row_number[i]} of {self.files[self.file_index[i]]}"
+        line = int(self.line_number[i])
+        return (f"line {line}" if line > 0 else f"row {self.row_number[i]}") + \
+            f" of {self.files[self.file_index[i]]}"
+
+    @property
+    def rows_read(self) -> int:
+        return len(self.frame) + len(self.unreadable)
 
 
 def source_files(source: Path) -> list[Path]:
@@ -59,28 +79,99 @@ def source_files(source: Path) -> list[Path]:
     raise StageError(f"ingest: {source}: no such file or folder (ingest.source)")
 
 
-def read_file(path: Path, params: IngestParams) -> pa_arrow.Table:
-    "One source file as an Arrow table; unreadable files fail with the file named."
+def record_lines(path: Path) -> np.ndarray:
+    "The line number of each non-empty line of a text file (what CSV records stand on)."
+    data = np.frombuffer(path.read_bytes(), np.uint8)
+    ends = np.append(np.flatnonzero(data == 10), len(data))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    length = ends - starts
+    crlf = (length > 0) & (data[np.maximum(ends - 1, 0)] == 13)   # "\r\n" endings
+    return np.flatnonzero(length - crlf > 0) + 1
+
+
+@dataclass
+class FileRows:
+    table: pa_arrow.Table
+    line_number: np.ndarray   # -1 where unknown (Parquet, or quoted fields spanning lines)
+    unreadable: list[dict]    # CSV records with the wrong number of fields
+
+
+def read_csv(path: Path, params: IngestParams) -> FileRows:
+    if path.stat().st_size == 0:
+        raise StageError(f"ingest: {path}: file is empty")
+    wrong = []
+
+    def wrong_field_count(row) -> str:
+        wrong.append({"record": row.number, "fields": row.actual_columns,
+                      "expected": row.expected_columns})
+        return "skip"
+
+    with path.open(encoding=params.encoding, newline="") as text:
+        header = next(csv.reader([text.readline().lstrip("\ufeff")],
+                                 delimiter=params.csv_delimiter), [])
+    exact = {params.columns.get(n, n) for n in EXACT_FIELDS}
+    table = pa_csv.read_csv(
+        path, read_options=pa_csv.ReadOptions(encoding=params.encoding, use_threads=False),
+        parse_options=pa_csv.ParseOptions(delimiter=params.csv_delimiter,
+                                          invalid_row_handler=wrong_field_count),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={c: pa_arrow.string() for c in header if c in exact}))
+    lines = np.full(table.num_rows, -1, np.int64)
+    unreadable = [{"source_row": -1, "source_line": -1, "rule": "wrong_field_count"}
+                  for _ in wrong]
+    if params.encoding.replace("-", "").lower() in ("utf8", "latin1", "iso88591", "cp1252",
+                                                    "ascii"):
+        on_line = record_lines(path)   # record k (header = 1) is on line on_line[k - 1]
+        if len(on_line) == table.num_rows + len(wrong) + 1:   # no field spans two lines
+            skipped = np.array([w["record"] for w in wrong], np.int64)
+            kept = np.setdiff1d(np.arange(2, len(on_line) + 1), skipped)
+            lines = on_line[kept - 1]
+            for u, w in zip(unreadable, wrong, strict=True):
+                u["source_row"], u["source_line"] = w["record"] - 1, int(on_line[w["record"] - 1])
+    return FileRows(table, lines, unreadable)
+
+
+def read_file(path: Path, params: IngestParams) -> FileRows:
+    "One source file's rows; unreadable files fail with the file named."
     try:
         if path.suffix.lower() == ".csv":
-            if path.stat().st_size == 0:
-                raise StageError(f"ingest: {path}: file is empty")
-            table = pa_csv.read_csv(path, parse_options=pa_csv.ParseOptions(
-                delimiter=params.csv_delimiter))
+            rows = read_csv(path, params)
         else:
             table = pq.read_table(path)
+            rows = FileRows(table, np.full(table.num_rows, -1, np.int64), [])
     except StageError:
         raise
-    except (pa_arrow.ArrowInvalid, OSError, UnicodeDecodeError) as err:
+    except (pa_arrow.ArrowInvalid, OSError, UnicodeDecodeError, LookupError) as err:
         reason = str(err).splitlines()[0]
+        if "UTF8" in reason or "decode" in reason or isinstance(err, LookupError):
+            raise StageError(f"ingest: {path}: not valid {params.encoding} text ({reason}); "
+                             "set ingest.encoding to the file's encoding (e.g. latin-1)") from None
         raise StageError(
             f"ingest: {path}: cannot be read as {path.suffix[1:].upper()} ({reason})") from None
-    return table.replace_schema_metadata(None)
+    binary = [f.name for f in rows.table.schema if pa_arrow.types.is_binary(f.type)
+              or pa_arrow.types.is_large_binary(f.type)]
+    if binary and path.suffix.lower() == ".csv":
+        raise StageError(f"ingest: {path}: column {binary[0]!r} is not valid {params.encoding} "
+                         "text; set ingest.encoding to the file's encoding (e.g. latin-1)")
+    rows.table = rows.table.replace_schema_metadata(None)
+    return rows
+
+
+def _pandas_type(kind: pa_arrow.DataType):
+    "Arrow to pandas without detours: integers stay integers (nullable), text stays text."
+    if pa_arrow.types.is_integer(kind):
+        return pd.api.types.pandas_dtype(str(kind).replace("int", "Int").replace("uInt", "UInt"))
+    if pa_arrow.types.is_string(kind) or pa_arrow.types.is_large_string(kind):
+        return pd.StringDtype()
+    if pa_arrow.types.is_boolean(kind):
+        return pd.BooleanDtype()
+    return None
 
 
 def read_source(source: Path, params: IngestParams) -> SourceRows:
     files = source_files(source)
-    tables = [read_file(f, params) for f in files]
+    read = [read_file(f, params) for f in files]
+    tables = [r.table for r in read]
     sizes = [t.num_rows for t in tables]
     try:  # files of one source may differ in inferred types: widen, or keep text and parse later
         table = pa_arrow.concat_tables(tables, promote_options="permissive")
@@ -88,11 +179,15 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
         table = pa_arrow.concat_tables([t.cast(pa_arrow.schema(
             [(f.name, pa_arrow.string()) for f in t.schema])) for t in tables],
             promote_options="permissive")
-    frame = table.to_pandas(types_mapper={pa_arrow.string(): pd.StringDtype(),
-                                          pa_arrow.large_string(): pd.StringDtype()}.get)
+    frame = table.to_pandas(types_mapper=_pandas_type)
     file_index = np.repeat(np.arange(len(files)), sizes)
     row_number = np.concatenate([np.arange(1, n + 1) for n in sizes]) if sizes else np.array([])
-    return SourceRows(frame, files, file_index, row_number.astype(np.int64))
+    unreadable = pd.DataFrame([{"source_file": str(f), **u} for f, r in zip(files, read, strict=True)
+                               for u in r.unreadable],
+                              columns=["source_file", "source_row", "source_line", "rule"])
+    return SourceRows(frame, files, file_index, row_number.astype(np.int64),
+                      np.concatenate([r.line_number for r in read]).astype(np.int64)
+                      if read else np.array([], np.int64), unreadable)
 
 # %% ../../nbs/11_ingest.ipynb #4ca91019
 def map_columns(frame: pd.DataFrame, params: IngestParams, where: str) -> tuple[pd.DataFrame, list[str]]:
@@ -117,6 +212,9 @@ def map_columns(frame: pd.DataFrame, params: IngestParams, where: str) -> tuple[
     return frame[keep].rename(columns=present), extras if params.extra_columns == "keep" else []
 
 # %% ../../nbs/11_ingest.ipynb #182ee905
+_INTEGER_TEXT = r"[+-]?\d+(?:\.0*)?"      # 12, -3, +7, 0012, 12.0: an integer as text
+
+
 def _rule_of_rows(checks: list[tuple[str, np.ndarray]]) -> pd.Series:
     "The first rule each row broke, for the rows that broke one (checks in priority order)."
     broken = np.zeros(len(checks[0][1]), bool)
@@ -128,52 +226,178 @@ def _rule_of_rows(checks: list[tuple[str, np.ndarray]]) -> pd.Series:
     return pd.Series(rules, dtype=object).sort_index()
 
 
-def _parse_numeric(s: pd.Series, integral: bool) -> tuple[pd.Series, pd.Series]:
-    "Numbers from `s`, and the rule each unparseable row broke (only rows that broke one)."
+def _within(digits: pd.Series, negative: np.ndarray, low: int, high: int) -> np.ndarray:
+    "Whether each unsigned digit string (no leading zeros), with its sign, lies in [low, high]."
+    def at_most(limit: int) -> np.ndarray:
+        text, n = str(limit), digits.str.len().to_numpy()
+        return (n < len(text)) | ((n == len(text)) & (digits.to_numpy(dtype=object) <= text))
+    fits_high = at_most(high) if high >= 0 else np.zeros(len(digits), bool)
+    fits_low = at_most(-low) if low < 0 else (digits.to_numpy(dtype=object) == "0")
+    return np.where(negative, fits_low, fits_high | (digits.to_numpy(dtype=object) == "0"))
+
+
+def integer_text_values(text: pd.Series, low: int, high: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact integers from text (digit strings are compared and converted as text, never as
+    floats), with the rows that are integer-shaped, and those within [low, high]."""
+    shaped = text.str.fullmatch(_INTEGER_TEXT).fillna(False).to_numpy(bool)
+    core = text.str.replace(r"\.0*$", "", regex=True)
+    negative = core.str.startswith("-").fillna(False).to_numpy(bool)
+    digits = core.str.lstrip("+-").str.lstrip("0").replace("", "0")
+    ok = shaped.copy()
+    ok[shaped] = _within(digits[shaped], negative[shaped], low, high)
+    values = np.zeros(len(text), np.int64)
+    if ok.any():
+        signed = np.where(negative[ok], "-", "") + digits[ok].to_numpy(dtype=str)
+        values[ok] = pa_arrow.array(signed, pa_arrow.string()).cast(pa_arrow.int64()).to_numpy()
+    return values, shaped, ok
+
+
+def parse_integers(s: pd.Series, low: int, high: int) -> tuple[pd.Series, pd.Series]:
+    "Exact integers in [low, high] from `s` (never through float64), and the rule of bad rows."
+    missing = s.isna().to_numpy()
+    n = len(s)
+    values = np.zeros(n, np.int64)
+    if pd.api.types.is_bool_dtype(s):
+        return pd.Series(values, index=s.index), _rule_of_rows(
+            [("missing", missing), ("not_an_integer", ~missing)])
+    if pd.api.types.is_integer_dtype(s):
+        unsigned = pd.api.types.is_unsigned_integer_dtype(s)
+        raw = s.to_numpy(dtype="uint64" if unsigned else "int64", na_value=0)
+        if unsigned:
+            out = raw > np.uint64(high)
+        else:
+            out = (raw < low) | (raw > high)
+        out &= ~missing
+        values[~out] = raw[~out].astype(np.int64)
+        checks = [("missing", missing), ("out_of_range", out)]
+    elif pd.api.types.is_float_dtype(s):
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        present = ~missing
+        with np.errstate(invalid="ignore"):
+            fraction = present & np.isfinite(v) & (np.floor(v) != v)
+            # a float at or above 2^53 may not be the integer the source meant
+            inexact = present & ~fraction & ~(np.abs(v) < 2.0**53)
+            out = present & ~fraction & ~inexact & ((v < low) | (v > high))
+        good = present & ~fraction & ~inexact & ~out
+        values[good] = v[good].astype(np.int64)
+        checks = [("missing", missing), ("not_an_integer", fraction),
+                  ("inexact_float", inexact), ("out_of_range", out)]
+    else:
+        text = s.astype("string").str.strip()
+        values, shaped, ok = integer_text_values(text, low, high)
+        numeric = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+        present = ~missing & text.ne("").fillna(False).to_numpy(bool)
+        checks = [("missing", ~present),
+                  ("not_a_number", present & ~shaped & ~numeric),
+                  ("not_an_integer", present & ~shaped & numeric),
+                  ("out_of_range", present & shaped & ~ok)]
+    return pd.Series(values, index=s.index), _rule_of_rows(checks)
+
+
+def _label_text(value) -> str:
+    "A label value as one canonical text, whatever type the source gave it."
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if np.isfinite(value) and value == int(value) else repr(value)
+    text = str(value).strip().lower()
+    return str(int(text.split(".")[0])) if re.fullmatch(_INTEGER_TEXT, text) else text
+
+
+def parse_labels(s: pd.Series, label_values: dict) -> tuple[pd.Series, pd.Series]:
+    "Labels from `s` by `ingest.label_values` (label: accepted values), before any cast."
+    lookup = {}
+    for label, accepted in label_values.items():
+        for value in accepted if isinstance(accepted, list) else [accepted]:
+            if lookup.setdefault(_label_text(value), int(label)) != int(label):
+                raise ParamsError(f"params.yaml: ingest.label_values gives {value!r} two labels")
+    missing = s.isna().to_numpy()
+    uniques = pd.unique(s[~missing])
+    labels = s.map({u: lookup.get(_label_text(u), -1) for u in uniques})
+    values = labels.fillna(-1).to_numpy(dtype=np.int64)
+    return pd.Series(np.maximum(values, 0), index=s.index), _rule_of_rows(
+        [("missing", missing), ("unknown_label", ~missing & (values < 0))])
+
+
+# an offset after a time of day: ...10:00:00+02:00, ...10:00Z, ...10:00:00.5 -0500
+_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _to_local(values: pd.Series, params: IngestParams, where: str) -> pd.Series:
+    if params.timezone is None:
+        raise StageError(f"ingest: {where}: column tx_datetime is timezone-aware (values carry "
+                         "an offset); set ingest.timezone to the terminals' local zone "
+                         "(e.g. Europe/Brussels)")
+    return values.dt.tz_convert(params.timezone).dt.tz_localize(None)
+
+
+def _exact_us(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    "Naive timestamps at the schema's microseconds, and where that would cut a finer part."
+    finer = np.zeros(len(values), bool)
+    if np.datetime_data(values.dtype)[0] == "ns":
+        ticks = values.to_numpy().view(np.int64)
+        finer = values.notna().to_numpy() & (ticks % 1000 != 0)
+    return values.where(~finer).astype("datetime64[us]"), finer
+
+
+def _parse_datetime(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Series, pd.Series]:
+    "Local timestamps from `s`: naive ones as written, those with an offset in `ingest.timezone`."
+    missing = s.isna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(s):
+        aware = getattr(s.dt, "tz", None) is not None
+        values, finer = _exact_us(_to_local(s, params, where) if aware else s)
+    else:
+        text = s.astype("string").str.strip()
+        fmt = params.datetime_format or "ISO8601"
+        offset = text.str.contains(_OFFSET, regex=True).fillna(False).to_numpy(bool)
+        values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
+        finer = np.zeros(len(s), bool)
+        for rows, with_offset in ((~offset, False), (offset, True)):
+            if not rows.any():
+                continue
+            try:
+                part = pd.to_datetime(text[rows], errors="coerce", format=fmt, utc=with_offset)
+            except (ValueError, TypeError) as err:
+                raise StageError(f"ingest: {where}: column tx_datetime cannot be read "
+                                 f"({str(err).splitlines()[0]})") from None
+            part, part_finer = _exact_us(_to_local(part, params, where) if with_offset else part)
+            values.loc[rows] = part
+            finer[rows] = part_finer
+    unparsed = values.isna().to_numpy() & ~missing & ~finer
+    return values, _rule_of_rows([("missing", missing), ("not_a_timestamp", unparsed),
+                                  ("sub_microsecond", finer)])
+
+
+def _parse_amount(s: pd.Series) -> tuple[pd.Series, pd.Series]:
+    "Amounts as float64 (the canonical type), and the rule each unparseable row broke."
     missing = s.isna().to_numpy()
     numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
     values = s if numeric else pd.to_numeric(s.astype("string").str.strip(), errors="coerce")
     values = values.astype("float64")
-    v = values.to_numpy()
-    checks = [("missing", missing), ("not_a_number", np.isnan(v) & ~missing)]
-    if integral:
-        checks.append(("not_an_integer", np.isfinite(v) & (np.floor(v) != v)))
-    return values, _rule_of_rows(checks)
+    bad = np.isnan(values.to_numpy()) & ~missing
+    return values, _rule_of_rows([("missing", missing), ("not_a_number", bad)])
 
 
-def _parse_datetime(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Series, pd.Series]:
-    "Naive local timestamps from `s`; aware ones are converted to `ingest.timezone`."
-    missing = s.isna().to_numpy()
-    if pd.api.types.is_datetime64_any_dtype(s):
-        values = s
-    else:
-        try:
-            values = pd.to_datetime(s.astype("string").str.strip(), errors="coerce",
-                                    format=params.datetime_format or "ISO8601",
-                                    utc=params.timezone is not None)
-        except (ValueError, TypeError) as err:
-            raise StageError(f"ingest: {where}: column tx_datetime mixes timezone offsets "
-                             f"({err}); set ingest.timezone to the terminals' local zone") from None
-    if getattr(values.dt, "tz", None) is not None:
-        if params.timezone is None:
-            raise StageError(f"ingest: {where}: column tx_datetime is timezone-aware; set "
-                             "ingest.timezone to the terminals' local zone (e.g. Europe/Brussels)")
-        values = values.dt.tz_convert(params.timezone).dt.tz_localize(None)
-    values = values.astype("datetime64[us]")
-    unparsed = values.isna().to_numpy() & ~missing
-    return values, _rule_of_rows([("missing", missing), ("not_a_timestamp", unparsed)])
+INTEGER_RANGES = {"int64": (-2**63, 2**63 - 1), "int8": (-2**7, 2**7 - 1)}
 
 
 def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Canonical columns in float/timestamp form, and a (column, rule) table of rows that failed."
+    "Canonical columns in their exact values, and a (column, rule) table of rows that failed."
     parsed, failures = frame.copy(), []
     for name in [c for c in CANONICAL_COLUMNS if c in frame.columns]:
         dtype = FIELDS_BY_NAME[name].dtype
         if dtype.startswith("datetime"):
             parsed[name], rule = _parse_datetime(frame[name], params, where)
+        elif name == "tx_fraud":
+            parsed[name], rule = parse_labels(frame[name], params.label_values)
+        elif dtype in INTEGER_RANGES:
+            parsed[name], rule = parse_integers(frame[name], *INTEGER_RANGES[dtype])
         else:
-            parsed[name], rule = _parse_numeric(frame[name], integral=not dtype.startswith("float"))
+            parsed[name], rule = _parse_amount(frame[name])
         if len(rule):
             failures.append(pd.DataFrame({"column": name, "rule": rule}))
     return parsed, (pd.concat(failures) if failures else
@@ -188,9 +412,10 @@ def cast_canonical(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def validate_rows(frame: pd.DataFrame, latest_allowed: pd.Timestamp | None) -> pd.DataFrame:
+def validate_rows(frame: pd.DataFrame, latest_allowed: pd.Timestamp | None,
+                  max_amount: float | None = None) -> pd.DataFrame:
     "Run the pandera schema lazily; return one (column, rule) row per failing row index."
-    schema = transaction_schema(list(frame.columns), latest_allowed)
+    schema = transaction_schema(list(frame.columns), latest_allowed, max_amount)
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as err:
@@ -217,7 +442,7 @@ class IngestResult:
 def ingest_rows(rows: SourceRows, params: IngestParams,
                 now: pd.Timestamp | None = None) -> IngestResult:
     where = str(rows.files[0]) if len(rows.files) == 1 else f"{len(rows.files)} files"
-    if len(rows.frame) == 0:
+    if len(rows.frame) == 0 and len(rows.unreadable) == 0:
         raise StageError(f"ingest: {where}: no rows to ingest")
     mapped, extras = map_columns(rows.frame, params, where)
     mapped.index = pd.RangeIndex(len(mapped))
@@ -227,7 +452,7 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
     parsed_ok[parse_failures.index.to_numpy()] = False
     candidates = cast_canonical(parsed[parsed_ok])
     latest = (now or pd.Timestamp.now()).floor("s") if params.reject_future else None
-    rule_failures = validate_rows(candidates, latest)
+    rule_failures = validate_rows(candidates, latest, params.max_amount)
     failures = pd.concat([parse_failures, rule_failures])
     failures = failures[~failures.index.duplicated()].sort_index()
 
@@ -245,11 +470,16 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
     quarantine = pd.DataFrame({
         "source_file": [str(rows.files[i]) for i in rows.file_index[bad]] if len(bad) else [],
         "source_row": rows.row_number[bad],
+        "source_line": rows.line_number[bad],
         "column": failures["column"].to_numpy(dtype=str),
         "rule": failures["rule"].to_numpy(dtype=str),
     })
     for name in mapped.columns:  # raw values as text: some could not be parsed at all
-        quarantine[f"value_{name}"] = mapped[name].iloc[bad].astype("string").to_numpy()
+        quarantine[f"value_{name}"] = pd.array(mapped[name].iloc[bad].astype("string"))
+    if len(rows.unreadable):   # records the reader could not split into fields
+        records = rows.unreadable.assign(column="(record)")
+        quarantine = pd.concat([quarantine, records], ignore_index=True)
+        quarantine = quarantine.astype({"source_row": np.int64, "source_line": np.int64})
 
     report = ingest_report(rows, transactions, quarantine, extras, params)
     assert report["rows_read"] == report["rows_written"] + report["rows_quarantined"]
@@ -270,10 +500,10 @@ def ingest_report(rows: SourceRows, transactions: pd.DataFrame, quarantine: pd.D
     return {
         "source": params.source,
         "files": len(rows.files),
-        "rows_read": int(len(rows.frame)),
+        "rows_read": int(rows.rows_read),
         "rows_written": int(len(transactions)),
         "rows_quarantined": int(len(quarantine)),
-        "quarantined_share": float(len(quarantine) / max(len(rows.frame), 1)),
+        "quarantined_share": float(len(quarantine) / max(rows.rows_read, 1)),
         "quarantined_by_rule": {f"{c}:{r}": int(n) for (c, r), n in by_rule.items()},
         "extra_columns": {"policy": params.extra_columns, "kept": extras},
         "fraud_rate": float(transactions["tx_fraud"].mean()) if len(transactions) else 0.0,
@@ -290,11 +520,14 @@ def check_invalid_share(result: IngestResult, rows: SourceRows, params: IngestPa
     top = q.groupby(["column", "rule"]).size().sort_values(ascending=False).index[0]
     first = q[(q["column"] == top[0]) & (q["rule"] == top[1])].iloc[0]
     n_top = int(((q["column"] == top[0]) & (q["rule"] == top[1])).sum())
+    at = f"line {first['source_line']}" if first["source_line"] > 0 else f"row {first['source_row']}"
+    value = first.get(f"value_{top[0]}")
+    shown = f" (value {value!r})" if isinstance(value, str) else ""
     raise StageError(
         f"ingest: {report['rows_quarantined']:,} of {report['rows_read']:,} rows "
         f"({report['quarantined_share']:.2%}) broke rules, above ingest.max_invalid_fraction="
         f"{params.max_invalid_fraction}; column {top[0]} rule {top[1]}: {n_top:,} rows, first at "
-        f"row {first['source_row']} of {first['source_file']} (value {first[f'value_{top[0]}']!r})")
+        f"{at} of {first['source_file']}{shown}")
 
 # %% ../../nbs/11_ingest.ipynb #6c5b9902
 def write_outputs(result: IngestResult, transactions_path: Path, quarantine_path: Path,

@@ -47,6 +47,12 @@ class FeatureSpec:
         return self.aggregation in LABEL_AGGREGATIONS
 
     @property
+    def computation(self) -> tuple:
+        "What decides the feature's values (not its description or group)."
+        return (self.name, self.entity, self.aggregation, self.window_days, self.lag_days,
+                self.include_current)
+
+    @property
     def windowed(self) -> bool:
         "Does the feature aggregate the entity's transactions over a time window?"
         return self.entity != "transaction" and self.aggregation not in WINDOWLESS

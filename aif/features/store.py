@@ -19,8 +19,9 @@ from ..schema import (INPUT_COLUMNS, KEY_COLUMNS, LABEL_COLUMNS, SORT_KEYS, arro
                         column_to_numpy, numpy_to_arrow)
 
 # %% auto #0
-__all__ = ['ROWS_PER_FILE', 'check_stream_order', 'open_source', 'table_columns', 'read_columns', 'features_table', 'write_part',
-           'write_features', 'feature_files', 'read_features', 'read_span', 'read_part_window', 'frame_columns']
+__all__ = ['READ_ERRORS', 'ROWS_PER_FILE', 'check_stream_order', 'unreadable', 'open_source', 'table_columns', 'read_columns',
+           'features_table', 'write_part', 'write_features', 'feature_files', 'read_features', 'read_span',
+           'read_part_window', 'frame_columns']
 
 # %% ../../nbs/22_feature_store.ipynb #8c86990a
 def check_stream_order(time_us: np.ndarray, tx_id: np.ndarray, where: str) -> None:
@@ -30,17 +31,24 @@ def check_stream_order(time_us: np.ndarray, tx_id: np.ndarray, where: str) -> No
                          "with unique ids; run ingest")
 
 # %% ../../nbs/22_feature_store.ipynb #934237af
+READ_ERRORS = (OSError, pa.ArrowInvalid)   # what pyarrow raises on a damaged or cut file
+
+
+def unreadable(path: Path, err: Exception, fix: str) -> StageError:
+    "The one line a user sees for a damaged file: which, why, and what to run."
+    return StageError(f"{path}: cannot be read ({str(err).splitlines()[0]}); {fix}")
+
+
 def open_source(path: Path) -> tuple[pq.ParquetFile, list[str]]:
     "The interim file and the label columns it holds, or a one-line error."
     try:  # ParquetFile, not read_table: importing pyarrow.dataset alone costs about a second
         source = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise StageError(f"featurize: {path}: cannot be read ({str(err).splitlines()[0]}); "
-                         "run `dvc repro ingest`") from None
+    except READ_ERRORS as err:
+        raise unreadable(path, err, "run `dvc repro ingest`") from None
     names = source.schema_arrow.names
     missing = [c for c in INPUT_COLUMNS if c not in names]
     if missing:
-        raise StageError(f"featurize: {path}: column {missing[0]} is missing; run ingest")
+        raise StageError(f"{path}: column {missing[0]} is missing; run `dvc repro ingest`")
     return source, [c for c in LABEL_COLUMNS if c in names]
 
 
@@ -55,7 +63,11 @@ def table_columns(table: pa.Table | pa.RecordBatch, labels: list[str]) -> dict:
 def read_columns(path: Path) -> tuple[dict, list[str]]:
     "The whole interim file as numpy columns."
     source, labels = open_source(path)
-    return table_columns(source.read(columns=INPUT_COLUMNS + labels[1:]), labels), labels
+    try:
+        table = source.read(columns=INPUT_COLUMNS + labels[1:])
+    except READ_ERRORS as err:   # a file cut short opens, then fails here
+        raise unreadable(path, err, "run `dvc repro ingest`") from None
+    return table_columns(table, labels), labels
 
 
 def features_table(columns: dict, labels: list[str], features: dict) -> pa.Table:
@@ -95,8 +107,13 @@ def feature_files(path: Path) -> list[Path]:
 
 def read_features(path: Path, columns: list[str] | None = None) -> pa.Table:
     "The features folder (or a single file) as one Arrow table, rows in stream order."
-    return pa.concat_tables([pq.ParquetFile(f).read(columns=columns)
-                             for f in feature_files(path)])
+    parts = []
+    for part in feature_files(path):
+        try:
+            parts.append(pq.ParquetFile(part).read(columns=columns))
+        except READ_ERRORS as err:
+            raise unreadable(part, err, "run `dvc repro featurize`") from None
+    return pa.concat_tables(parts)
 
 # %% ../../nbs/22_feature_store.ipynb #629e1dd5
 def read_span(path: Path, start: np.datetime64, end: np.datetime64, columns: list[str]):

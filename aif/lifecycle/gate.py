@@ -33,9 +33,11 @@ def params_at(paths: ProjectPaths, commit: str) -> Params:
     return params_from_text(read_at(paths, commit, paths.in_repo(paths.params)))
 
 
-def window_rows(paths: ProjectPaths, commit: str, params: Params, models: dict[str, Model]
-                ) -> tuple[Protocol, dict[str, pd.DataFrame], pd.Series]:
-    "The protocol, each model's test rows with its own features, each card's first appearance."
+def window_rows(paths: ProjectPaths, commit: str, params: Params, models: dict[str, Model],
+                own_params: dict[str, Params]) -> tuple[Protocol, dict[str, pd.DataFrame],
+                                                        pd.Series]:
+    """The protocol, each model's test rows with its own features (a model without recorded
+    specs: those of its own commit's params), and each card's first appearance."""
     protocol = test_protocol(params.split, params.label_delay_days)
     with tempfile.TemporaryDirectory() as tmp:
         interim = get_output(paths, commit, paths.interim_transactions,
@@ -43,7 +45,7 @@ def window_rows(paths: ProjectPaths, commit: str, params: Params, models: dict[s
         columns, labels = read_columns(interim)
     tests, first_seen = {}, None
     for who, model in models.items():
-        frame = feature_frame(columns, labels, model.feature_specs(params.features),
+        frame = feature_frame(columns, labels, model.feature_specs(own_params[who].features),
                               params.features)
         if first_seen is None:
             first_seen = frame.groupby("customer_id").tx_datetime.min()
@@ -64,7 +66,8 @@ def latency_ms_per_10k(model: Model, X: np.ndarray, repeats: int = 5) -> float:
     return float(np.median(times) * 1000)
 
 
-def assess_model(model: Model, test: pd.DataFrame, first_seen: pd.Series, params: Params) -> dict:
+def assess_model(model: Model, test: pd.DataFrame, first_seen: pd.Series, params: Params,
+                 compiled: Path) -> dict:
     X = model.matrix(test)
     prediction = model.predict(X)
     metrics = score_metrics(test, prediction.score, params.evaluate)
@@ -74,7 +77,7 @@ def assess_model(model: Model, test: pd.DataFrame, first_seen: pd.Series, params
     return {"metrics": {**metrics,
                         "expected_calibration_error": calibration_error(
                             test.tx_fraud.to_numpy(), prediction.probability),
-                        "latency_ms_per_10k": latency_ms_per_10k(model, X)},
+                        "latency_ms_per_10k": latency_ms_per_10k(model.compile(compiled), X)},
             "segments": segments.to_dict(orient="records")}
 
 # %% ../../nbs/51_gate.ipynb #fcb4ad03
@@ -117,10 +120,13 @@ def evaluate_gate(paths: ProjectPaths, commit: str, name: str | None, champion: 
         wanted = {"challenger": (None, commit)}
         if champion is not None:
             wanted["champion"] = (champion, champion.commit)
-        models = {who: Model.load(materialise(paths, version, at, Path(tmp) / who)).compile(
-            paths.compiled_models) for who, (version, at) in wanted.items()}
-    protocol, tests, first_seen = window_rows(paths, commit, at_commit, models)
-    figures = {who: assess_model(m, tests[who], first_seen, at_commit) for who, m in models.items()}
+        models = {who: Model.load(materialise(paths, version, at, Path(tmp) / who))
+                  for who, (version, at) in wanted.items()}
+        own = {who: at_commit if who == "challenger" else params_at(paths, at)
+               for who, (_, at) in wanted.items()}
+        protocol, tests, first_seen = window_rows(paths, commit, at_commit, models, own)
+        figures = {who: assess_model(m, tests[who], first_seen, at_commit, paths.compiled_models)
+                   for who, m in models.items()}
     checks = gate_checks(figures["challenger"], figures.get("champion"), rules)
     test = tests["challenger"]
     return {"promote": all(c["passed"] for c in checks), "checks": checks,

@@ -16,8 +16,9 @@ from ..config.params import GateParams, load_params
 from ..config.paths import ProjectPaths, project_paths
 from ..io import StageError, atomic_output, get_logger
 from .registry import (ARTIFACT, STAGES, Version, assign, delete_tags, describe,
-                                    find_version, in_stage, materialise, register, show_table,
-                                    tags_of, unassign, versions)
+                                    find_version, held_stages, in_stage, materialise,
+                                    pinned_model_md5, register, show_table, tags_of, unassign,
+                                    versions)
 
 # %% auto #0
 __all__ = ['record', 'promotion_refusal', 'rollback_target', 'promote', 'rollback', 'parser', 'main']
@@ -30,8 +31,12 @@ def record(paths: ProjectPaths, action: str, body: dict) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
     path = paths.lifecycle / f"{stamp}Z-{action}.json"
     entry = {"action": action, "at": stamp + "Z", **body}
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(entry, indent=2, default=str) + "\n")
+    try:
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(entry, indent=2, default=str) + "\n")
+    except OSError as err:
+        raise StageError(f"registry: cannot write the lifecycle record {path} "
+                         f"({err.strerror or err}); nothing was changed") from None
     flat = {k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool))}
     with tracked_run("lifecycle", {"action": action}, paths.root) as run:
         run.summary.update(flat)
@@ -132,15 +137,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     log, paths = get_logger("registry"), project_paths()
     if args.action == "list":
-        for v in versions(paths):
-            print(f"{v.name}\t{','.join(v.stages) or '-'}\t{v.commit[:7]}\t{v.created_at}")
+        registered = versions(paths)
+        held = held_stages(registered)
+        for v in registered:
+            print(f"{v.name}\t{','.join(held[v.name]) or '-'}\t{v.commit[:7]}\t{v.created_at}")
     elif args.action == "show":
-        chosen = [find_version(paths, args.version)] if args.version else versions(paths)
-        rows = [describe(paths, v) for v in chosen]
+        registered = versions(paths)
+        held = held_stages(registered)
+        chosen = [find_version(paths, args.version)] if args.version else registered
+        rows = [{**describe(paths, v), "stages": held[v.name]} for v in chosen]
         print(json.dumps(rows, indent=2) if args.json else show_table(rows))
     elif args.action == "register":
         v = register(paths, args.rev, args.message)
         log.info(f"registered {ARTIFACT} {v.name} at {v.commit[:7]}")
+        md5 = pinned_model_md5(paths, v.commit)
+        same = [o.name for o in versions(paths) if md5 and o.name != v.name
+                and pinned_model_md5(paths, o.commit) == md5]
+        if same:
+            log.warning(f"{v.name}'s model.txt is byte-identical to {', '.join(same)}'s")
     elif args.action == "promote":
         outcome = promote(paths, find_version(paths, args.version), args.stage, args.force,
                           load_params(args.params).gate)

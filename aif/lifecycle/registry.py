@@ -19,9 +19,9 @@ from ..config.paths import MODEL_FILE, MODEL_INFO_FILE, VERSION_FILE, ProjectPat
 from ..io import StageError, atomic_output
 
 # %% auto #0
-__all__ = ['ARTIFACT', 'STAGES', 'pinned_files', 'Version', 'versions', 'in_stage', 'find_version', 'git', 'tags_of', 'register',
-           'assign', 'unassign', 'delete_tags', 'read_at', 'get_output', 'materialise', 'model_version', 'describe',
-           'show_table']
+__all__ = ['ARTIFACT', 'STAGES', 'pinned_files', 'Version', 'versions', 'in_stage', 'held_stages', 'find_version', 'git',
+           'tags_of', 'uncommitted', 'pinned_model_md5', 'register', 'assign', 'unassign', 'delete_tags', 'read_at',
+           'get_output', 'materialise', 'model_version', 'describe', 'show_table']
 
 # %% ../../nbs/50_registry.ipynb #f261c56b
 ARTIFACT = "fraud-model"
@@ -71,6 +71,17 @@ def in_stage(paths: ProjectPaths, stage: str) -> Version | None:
     return holding[-1] if holding else None
 
 
+def held_stages(registered: list[Version]) -> dict[str, tuple[str, ...]]:
+    """The stages each version holds by GTO's rule (what `gto show` prints): a stage is held
+    by the highest version with an active assignment, so one version per stage."""
+    held = {v.name: [] for v in registered}
+    for stage in STAGES:
+        holding = [v for v in registered if stage in v.stages]
+        if holding:
+            held[holding[-1].name].append(stage)
+    return {name: tuple(stages) for name, stages in held.items()}
+
+
 def find_version(paths: ProjectPaths, name: str) -> Version:
     name = name if name.startswith("v") else f"v{name}"
     for v in versions(paths):
@@ -91,10 +102,32 @@ def tags_of(paths: ProjectPaths) -> set[str]:
     return set(git(paths.root, "tag", "--list", f"{ARTIFACT}*").split())
 
 
+def uncommitted(paths: ProjectPaths) -> list[str]:
+    "Pinning files whose workspace copy differs from HEAD's (what registering HEAD would miss)."
+    changed = git(paths.root, "status", "--porcelain", "--", *pinned_files(paths))
+    return [line[3:] for line in changed.splitlines() if line.strip()]
+
+
+def pinned_model_md5(paths: ProjectPaths, commit: str) -> str | None:
+    "The md5 of models/model.txt that `dvc.lock` pins at `commit` (None if it pins none)."
+    import yaml
+
+    lock = yaml.safe_load(read_at(paths, commit, paths.in_repo(paths.dvc_lock))) or {}
+    model = paths.in_repo(paths.model_file)
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs", []) if isinstance(stage, dict) else []:
+            if isinstance(out, dict) and out.get("path") == model:
+                return out.get("md5")
+    return None
+
+
 def register(paths: ProjectPaths, rev: str, message: str) -> Version:
     "Register the model pinned at `rev` as the next version."
     import gto.api
 
+    if rev == "HEAD" and uncommitted(paths):
+        raise StageError(f"registry: {', '.join(uncommitted(paths))} differ from HEAD, so HEAD "
+                         "does not pin the workspace's model; commit them first")
     commit = git(paths.root, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
     for path in pinned_files(paths):
         read_at(paths, commit, path)  # each must be committed there

@@ -6,6 +6,7 @@ figures, a segment table that shows where the model is weak, and a model card.""
 # %% ../../nbs/35_evaluate.ipynb #2e45a6c3
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config.params import FeaturesParams
 from ..config.paths import ProjectPaths
 from ..io import atomic_output, save_figure, start_stage
 from ..features.specs import feature_specs, feature_names
@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     log, paths, params = stage.log, stage.paths, stage.params
     started = time.perf_counter()
     model = Model.load(paths.models)
-    baseline_features = feature_names(feature_specs(FeaturesParams(groups=("baseline",)),
-                                                     params.label_delay_days))
+    baseline_features = feature_names(feature_specs(
+        dataclasses.replace(params.features, groups=("baseline",)), params.label_delay_days))
     protocol = test_protocol(params.split, params.label_delay_days)
     columns = list(dict.fromkeys(model.features + baseline_features
                                  + ["tx_amount", "tx_during_night", "tx_during_weekend"]))

@@ -92,9 +92,11 @@ def files_digest(paths: list[Path]) -> str:
 
 
 def loaded_code_digest() -> str:
-    "SHA-256 of the aif modules this process has imported (the code that made a model)."
+    """SHA-256 of the aif modules this process has imported: the code that made a model (the
+    `aif` command's dispatcher aside, which only chose the stage)."""
     files = {Path(m.__file__) for name, m in list(sys.modules.items())
-             if (name == "aif" or name.startswith("aif.")) and getattr(m, "__file__", None)}
+             if (name == "aif" or name.startswith("aif.")) and name != "aif.cli"
+             and getattr(m, "__file__", None)}
     return files_digest(sorted(files))
 
 
@@ -195,8 +197,8 @@ def compile_trees(model_file: Path, cache: Path):
             done = subprocess.run([sys.executable, "-c", _COMPILE, str(model_file), str(tmp)],
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"{model_file}: lleaves could not compile it: "
-                                   f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
+                raise StageError(f"{model_file}: lleaves could not compile it: "
+                                 f"{(done.stderr.strip().splitlines() or ['?'])[-1]}")
     compiled = lleaves.Model(model_file=str(model_file))
     compiled.compile(cache=str(library))
     return compiled

@@ -19,17 +19,18 @@ import pandas as pd
 
 from ..config.params import Params, TuneParams
 from ..io import StageError, atomic_output, save_figure, start_stage, write_timings
-from ..features.store import read_features
+from ..features.store import feature_files, read_features
 from ..features.specs import feature_names, feature_specs, lookback_days
 from ..metrics import average_precision
-from .model import fit_booster, lgbm_params
+from .model import files_digest, fit_booster, lgbm_params, loaded_code_digest
 from .split import (Protocol, check_history, load_periods, prequential_folds,
                                  split_frame)
 from ..tracking import tracked_run
 
 # %% auto #0
 __all__ = ['study_name', 'suggest', 'Fold', 'make_folds', 'cross_validate', 'finished_trials', 'open_storage', 'database_storage',
-           'shown_storage', 'run_study', 'trials_table', 'trial_seconds', 'write_history', 'main', 'log_trial']
+           'shown_storage', 'open_study', 'run_study', 'trials_table', 'trial_seconds', 'write_history', 'main',
+           'log_trial']
 
 # %% ../../nbs/32_tune.ipynb #6fd5deb8
 def study_name(params: Params, features: list[str]) -> str:
@@ -139,16 +140,34 @@ def shown_storage(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def open_study(params: Params, name: str, provenance: str, worker: int = 0) -> optuna.Study:
+    """The study `name`, holding only trials scored on these features by this code: a study
+    of the same name whose trials saw other data or code (recorded as `provenance`) is
+    deleted and started again, so a resumed study never mixes the two."""
+    storage = open_storage(params.tune.storage)
+
+    def create():
+        return optuna.create_study(
+            storage=storage, study_name=name, direction="maximize", load_if_exists=True,
+            sampler=optuna.samplers.TPESampler(seed=params.seed + worker),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+
+    study = create()
+    if study.user_attrs.get("provenance") != provenance:
+        if study.trials:
+            optuna.delete_study(study_name=name, storage=storage)
+            study = create()
+        study.set_user_attr("provenance", provenance)
+    return study
+
+
 def run_study(folds: list[Fold], params: Params, name: str, callbacks: list,
-              worker: int = 0) -> optuna.Study:
+              provenance: str, worker: int = 0) -> optuna.Study:
     """Run trials until the study holds `tune.n_trials` finished ones, counting those of every
     process sharing it. Worker `n` samples with seed + n, so parallel workers explore
     different points (parallel tuning is therefore not bit-reproducible; one process is)."""
     tune = params.tune
-    study = optuna.create_study(
-        storage=open_storage(tune.storage), study_name=name, direction="maximize",
-        load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=params.seed + worker),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1))
+    study = open_study(params, name, provenance, worker)
 
     def objective(trial: optuna.Trial) -> float:
         value, iterations = cross_validate(lgbm_params(suggest(trial, tune.search_space),
@@ -217,16 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     folds = make_folds(load_periods(paths.features, protocols, features), protocols, features)
     paths.models.mkdir(exist_ok=True)
     name = study_name(params, features)
+    # the trials a study holds were scored on these feature files by this code
+    provenance = files_digest(feature_files(paths.features)) + loaded_code_digest()
     config = {"study": name, "n_trials": params.tune.n_trials, "seed": params.seed,
               "n_folds": params.tune.n_folds, "search_space": params.tune.search_space}
     if stage.args.worker:
         with tracked_run("tune-worker", {**config, "worker": stage.args.worker}, paths.root) as run:
-            study = run_study(folds, params, name, [log_trial(run)], stage.args.worker)
+            study = run_study(folds, params, name, [log_trial(run)], provenance,
+                              stage.args.worker)
         log.info(f"worker {stage.args.worker}: study {name} holds {finished_trials(study)} "
                  f"finished trials")
         return 0
     with tracked_run("tune", config, paths.root) as run:
-        study = run_study(folds, params, name, [log_trial(run)])
+        study = run_study(folds, params, name, [log_trial(run)], provenance)
         run.summary["best_mean_average_precision"] = study.best_value
     elapsed = time.perf_counter() - started
     defaults, default_iterations = cross_validate(lgbm_params({}, params.seed), folds, params.tune)

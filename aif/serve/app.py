@@ -15,7 +15,7 @@ import logging
 import signal
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,9 @@ from ..config.params import Params, ServeParams
 from ..config.paths import ProjectPaths
 from ..features.specs import FeatureSpec
 from ..features.store import read_columns
-from ..io import get_logger
+from ..io import StageError, get_logger
 from ..schema import INPUT_COLUMNS
+from .auth import Guard, is_loopback, token_main, tokens_path
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
 from .schema import SCORE_BODY, Label, Labels, request_columns, score_body
@@ -50,6 +51,7 @@ class Service:
     collector: object               # the Prometheus CollectorRegistry behind /metrics
     tracer: object
     logger: logging.Logger
+    guard: Guard = field(default_factory=lambda: Guard(None))   # bearer tokens (nbs/65a_auth)
     fixed_model: bool = False
     ready: bool = False
     last_flush: float = 0.0
@@ -96,8 +98,11 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
     if snapshot is not None and snapshot.exists() and until is None and (
             not paths.interim_transactions.exists()
             or snapshot.stat().st_mtime > paths.interim_transactions.stat().st_mtime):
-        state.load(snapshot)
-        return state
+        try:
+            state.load(snapshot)
+            return state
+        except ValueError:   # written by an older version: rebuild from the data instead
+            state = OnlineFeatures.empty(specs)
     fill_from_interim(state, paths, until)
     return state
 
@@ -131,7 +136,7 @@ async def reload_if_changed(service: Service) -> bool:
     except Exception as err:  # a broken registry must not take the service down
         service.logger.error("reload failed", extra={"fields": {"error": str(err)}})
         return False
-    if not set(specs) <= set(service.features.specs):
+    if not {s.computation for s in specs} <= {s.computation for s in service.features.specs}:
         service.features = await asyncio.to_thread(
             warm_state, service.paths, service.params.serve, specs, None, None)
     previous, service.loaded = service.loaded.version, loaded
@@ -215,10 +220,20 @@ def observe_requests(app, service: Service) -> None:
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
+        from fastapi.responses import JSONResponse
+
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
-        response = await call_next(request)
+        refused = service.guard.check(request.url.path, request.headers.get("authorization"))
+        if refused:   # the token itself is never logged, only the outcome
+            response = JSONResponse(status_code=refused, content={"detail": [{
+                "loc": ["header", "authorization"], "type": "unauthorized",
+                "msg": "a bearer token is needed" if refused == 401
+                else "this token's scope does not allow this endpoint"}]},
+                headers={"www-authenticate": "Bearer"} if refused == 401 else None)
+        else:
+            response = await call_next(request)
         elapsed = time.perf_counter() - started
         endpoint = request.url.path
         metrics["requests"].labels(endpoint, str(response.status_code)).inc()
@@ -344,7 +359,9 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
     metrics["model"].labels(loaded.version).set(1)
     return Service(paths, params, loaded, features,
                    PredictionLog(paths.resolve(serve.prediction_log)), metrics, collector,
-                   make_tracer(), json_logger(), fixed_model=model_dir is not None)
+                   make_tracer(), json_logger(),
+                   guard=Guard(tokens_path(paths, serve), serve.auth.open_probes),
+                   fixed_model=model_dir is not None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,14 +372,27 @@ def main(argv: list[str] | None = None) -> int:
     from aif.config.params import load_params
     from aif.config.paths import project_paths
 
-    parser = argparse.ArgumentParser(prog="aif serve", description="The scoring service.")
-    parser.add_argument("--host", default="127.0.0.1")
+    argv = list(argv or [])
+    if argv[:1] == ["token"]:
+        return token_main(argv[1:], project_paths(), load_params().serve)
+    parser = argparse.ArgumentParser(prog="aif serve", description="The scoring service.",
+                                     epilog="`aif serve token add SCOPE` makes an API token.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="anything but loopback needs a tokens file (serve.auth)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", type=Path, help="serve this model folder (no hot reload)")
     parser.add_argument("--state-until", help="warm the feature state up to this date only")
     parser.add_argument("--params", type=Path)
+    parser.add_argument("--ssl-certfile", type=Path, help="serve HTTPS with this certificate")
+    parser.add_argument("--ssl-keyfile", type=Path, help="and this private key")
     args = parser.parse_args(argv)
     paths, params = project_paths(), load_params(args.params)
+    if not is_loopback(args.host) and tokens_path(paths, params.serve) is None:
+        raise StageError(f"serve: --host {args.host} is reachable from other machines; set "
+                         "serve.auth.tokens_file (or AIF_SERVE_TOKENS_FILE) and add tokens with "
+                         "`aif serve token add score` first")
+    if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
+        raise StageError("serve: --ssl-certfile and --ssl-keyfile go together")
     keep_freed_memory()
     started = time.perf_counter()
     service = build_service(paths, params, args.model, args.state_until)
@@ -375,5 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 # longer than a load balancer's idle timeout, so it never reuses a closed socket
-                timeout_keep_alive=params.serve.keep_alive_seconds)
+                timeout_keep_alive=params.serve.keep_alive_seconds,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0

@@ -18,13 +18,17 @@ from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
 from ..io import atomic_output
 
 # %% auto #0
-__all__ = ['HISTORY', 'RAW', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge', 'OnlineFeatures']
+__all__ = ['HISTORY', 'RAW', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge',
+           'OnlineFeatures']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
 # concatenation promotes fields array by array, ten times slower for thousands of keys).
 HISTORY = np.dtype([("time", "i8"), ("amount", "f8"), ("label", "i8"), ("id", "i8")])
 RAW = np.dtype((np.void, HISTORY.itemsize))
+# Snapshots and shared state name their key format: version 2 keys card-terminal pairs with
+# `aif.features.specs.pair_key`; state kept under another format is rebuilt, never misread.
+STATE_FORMAT_KEY, STATE_FORMAT = "aif_state_format", "2"
 
 
 # Rows move as raw 32-byte records: numpy copies a structured dtype field by field, 3-5x
@@ -191,8 +195,10 @@ class OnlineFeatures:
         new["time"], new["amount"], new["id"] = (rows["tx_datetime"], rows["tx_amount"],
                                                  rows["transaction_id"])
         new["label"] = rows.get("tx_fraud", 0)
+        # every key first: a key that cannot be made fails the batch before any state changes
+        keys = {entity: entity_key(rows, entity) for entity in self.history}
         for entity, store in self.history.items():
-            m = merge(store, entity_key(rows, entity), new)
+            m = merge(store, keys[entity], new)
             if compute:
                 specs = [s for s in self.specs if s.entity == entity]
                 targets = np.flatnonzero(m.source >= 0)
@@ -261,13 +267,17 @@ class OnlineFeatures:
             "entity": np.full(len(keys), entity), "key": keys,
             **{name: rows[name] for name in HISTORY.names}}) for entity, keys, rows in parts]) \
             if parts else pa.table({"entity": np.empty(0, str)})
+        table = table.replace_schema_metadata({STATE_FORMAT_KEY: STATE_FORMAT})
         with atomic_output(path) as tmp:
             pq.write_table(table, tmp)
 
     def load(self, path: Path) -> None:
+        "Read a snapshot `save` wrote; ValueError for one in another format (older keys)."
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
+        if (table.schema.metadata or {}).get(STATE_FORMAT_KEY.encode()) != STATE_FORMAT.encode():
+            raise ValueError(f"{path}: a feature-state snapshot of another format")
         entity = table.column("entity").to_numpy(zero_copy_only=False)
         for name in self.history:
             mine = entity == name

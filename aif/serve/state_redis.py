@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
-from .state import HISTORY, OnlineFeatures
+from .state import HISTORY, STATE_FORMAT, OnlineFeatures
 
 # %% auto #0
-__all__ = ['TX_TTL_SECONDS', 'RedisHistory', 'RedisFeatures']
+__all__ = ['TX_TTL_SECONDS', 'PREFIX', 'RedisHistory', 'RedisFeatures']
 
 # %% ../../nbs/61_state_redis.ipynb #e698e321
 TX_TTL_SECONDS = 60 * 86_400
+PREFIX = f"aif:v{STATE_FORMAT}:"   # keys of another state format are never read
 
 
 class RedisHistory:
@@ -31,7 +32,7 @@ class RedisHistory:
         self.writes: dict[str, bytes] = {}
 
     def name(self, key: int) -> str:
-        return f"aif:h:{self.entity}:{key}"
+        return f"{PREFIX}h:{self.entity}:{key}"
 
     def prefetch(self, reader, keys: list[int]) -> None:
         values = reader.mget([self.name(k) for k in keys]) if keys else []
@@ -52,7 +53,7 @@ class RedisHistory:
 
     def rows(self) -> int:
         "How many rows Redis holds for this entity, from the values' lengths (no transfer)."
-        names = list(self.client.scan_iter(match=f"aif:h:{self.entity}:*", count=1000))
+        names = list(self.client.scan_iter(match=f"{PREFIX}h:{self.entity}:*", count=1000))
         with self.client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.strlen(name)
@@ -61,7 +62,7 @@ class RedisHistory:
     def everything(self) -> tuple[np.ndarray, np.ndarray]:
         "The key of every row in Redis, and the rows (a scan: for counts, not for scoring)."
         keys, parts = [], []
-        for name in self.client.scan_iter(match=f"aif:h:{self.entity}:*", count=1000):
+        for name in self.client.scan_iter(match=f"{PREFIX}h:{self.entity}:*", count=1000):
             rows = np.frombuffer(self.client.get(name) or b"", HISTORY)
             keys.append(np.full(len(rows), int(name.rsplit(b":", 1)[1])))
             parts.append(rows)
@@ -114,16 +115,16 @@ class RedisFeatures(OnlineFeatures):
     def _remember(self, rows: dict) -> None:
         for i, c, t in zip(rows["transaction_id"].tolist(), rows["customer_id"].tolist(),
                            rows["terminal_id"].tolist(), strict=True):
-            self.pending_tx[f"aif:tx:{i}"] = f"{c}:{t}"
+            self.pending_tx[f"{PREFIX}tx:{i}"] = f"{c}:{t}"
 
     def already_scored(self, ids: list[int]) -> list[int]:
-        found = self.client.mget([f"aif:tx:{i}" for i in ids]) if ids else []
+        found = self.client.mget([f"{PREFIX}tx:{i}" for i in ids]) if ids else []
         return [i for i, v in zip(ids, found, strict=True) if v is not None]
 
     def label(self, transaction_id: int, fraud: int) -> bool:
         import redis
 
-        owner = self.client.get(f"aif:tx:{int(transaction_id)}")
+        owner = self.client.get(f"{PREFIX}tx:{int(transaction_id)}")
         if owner is None:
             return False
         keys = keys_of(*(int(x) for x in owner.split(b":")))
@@ -163,11 +164,11 @@ class RedisFeatures(OnlineFeatures):
         "True for the one replica that fills an empty state; the others wait for it."
         import time
 
-        if self.client.set("aif:warm", "started", nx=True):
+        if self.client.set(f"{PREFIX}warm", "started", nx=True):
             return True
-        while self.client.get("aif:warm") != b"done":
+        while self.client.get(f"{PREFIX}warm") != b"done":
             time.sleep(0.2)
         return False
 
     def warm_start_done(self) -> None:
-        self.client.set("aif:warm", "done")
+        self.client.set(f"{PREFIX}warm", "done")

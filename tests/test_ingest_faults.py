@@ -1,0 +1,204 @@
+"""Hostile inputs for ingest: every value arrives exactly or is quarantined with a reason.
+Integers never pass through float64, labels are checked before any cast, naive local times
+stay as written, and errors name the file's line. Pure frames where possible (fast); the
+real CLI where the file itself is the point."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from conftest import run, write_params
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aif.config.params import IngestParams
+from aif.data.ingest import SourceRows, ingest_rows, read_source
+
+COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
+           "tx_fraud"]
+NOW = pd.Timestamp("2026-01-01")
+
+
+def rows_of(frame: pd.DataFrame) -> SourceRows:
+    return SourceRows(frame, [Path("x.csv")], np.zeros(len(frame), int),
+                      np.arange(1, len(frame) + 1))
+
+
+def text_frame(**overrides) -> pd.DataFrame:
+    "Rows as a CSV reader gives them for exact fields: text."
+    n = max(len(v) for v in overrides.values())
+    base = {"transaction_id": [str(i + 1) for i in range(n)],
+            "tx_datetime": [f"2018-04-01 10:00:{i:02d}" for i in range(n)],
+            "customer_id": ["1"] * n, "terminal_id": ["2"] * n, "tx_amount": [10.0] * n,
+            "tx_fraud": ["0"] * n}
+    base.update(overrides)
+    return pd.DataFrame({k: pd.array(v, dtype="string") if k != "tx_amount" else v
+                         for k, v in base.items()})
+
+
+def quarantined(result) -> dict[int, str]:
+    return dict(zip(result.quarantine.source_row, result.quarantine.rule, strict=True))
+
+
+def test_integer_ids_arrive_exactly_or_are_out_of_range():
+    ids = [str(2**53), str(2**53 + 1), str(2**63 - 1), str(2**63), str(2**64 - 1), "0042"]
+    result = ingest_rows(rows_of(text_frame(transaction_id=ids)), IngestParams(), now=NOW)
+    assert sorted(result.transactions.transaction_id.tolist()) == [42, 2**53, 2**53 + 1,
+                                                                    2**63 - 1]
+    assert quarantined(result) == {4: "out_of_range", 5: "out_of_range"}
+    assert result.transactions.transaction_id.dtype == np.int64
+
+
+def test_float_ids_are_kept_only_where_a_float_is_exact():
+    frame = text_frame(customer_id=["1"] * 3).assign(
+        customer_id=[12.0, float(2**53 + 2), 3.5])
+    result = ingest_rows(rows_of(frame), IngestParams(), now=NOW)
+    assert quarantined(result) == {2: "inexact_float", 3: "not_an_integer"}
+    assert result.transactions.customer_id.tolist() == [12]
+
+
+def test_labels_are_checked_before_any_cast():
+    labels = ["257", "256", "1024", "-255", "1", "0", "01", "1.0"]
+    result = ingest_rows(rows_of(text_frame(tx_fraud=labels)), IngestParams(), now=NOW)
+    assert quarantined(result) == {1: "unknown_label", 2: "unknown_label", 3: "unknown_label",
+                                   4: "unknown_label"}
+    assert sorted(result.transactions.tx_fraud.tolist()) == [0, 1, 1, 1]
+    spelled = IngestParams(label_values={1: [1, "yes", True], 0: [0, "no", False]})
+    frame = text_frame(tx_fraud=["yes", "No", " YES ", "maybe"])
+    result = ingest_rows(rows_of(frame), spelled, now=NOW)
+    assert quarantined(result) == {4: "unknown_label"}
+    assert result.transactions.sort_values("transaction_id").tx_fraud.tolist() == [1, 0, 1]
+
+
+def test_scenario_codes_do_not_wrap_around():
+    frame = text_frame(tx_fraud_scenario=["256", "-255", "5", "3"])
+    result = ingest_rows(rows_of(frame), IngestParams(), now=NOW)
+    assert quarantined(result) == {1: "out_of_range", 2: "out_of_range", 3: "known_scenario"}
+    assert result.transactions.tx_fraud_scenario.tolist() == [3]
+
+
+def test_naive_times_stay_as_written_and_offsets_are_converted():
+    times = ["2018-04-01 10:00:00", "2018-04-01T10:00:00+00:00", "2018-04-01 10:00:00Z"]
+    params = IngestParams(timezone="Europe/Brussels")
+    result = ingest_rows(rows_of(text_frame(tx_datetime=times)), params, now=NOW)
+    got = result.transactions.sort_values("transaction_id").tx_datetime.astype(str).tolist()
+    assert got == ["2018-04-01 10:00:00", "2018-04-01 12:00:00", "2018-04-01 12:00:00"]
+    # the same naive value read as a timestamp column gives the same result
+    parsed = text_frame(tx_datetime=times[:1]).assign(
+        tx_datetime=pd.to_datetime([times[0]]).astype("datetime64[us]"))
+    again = ingest_rows(rows_of(parsed), params, now=NOW)
+    assert again.transactions.tx_datetime.astype(str).tolist() == ["2018-04-01 10:00:00"]
+
+
+def test_sub_microsecond_times_are_not_truncated():
+    times = ["2018-04-01 10:00:00.123456", "2018-04-01 10:00:00.1234567"]
+    result = ingest_rows(rows_of(text_frame(tx_datetime=times)), IngestParams(), now=NOW)
+    assert quarantined(result) == {2: "sub_microsecond"}
+    assert str(result.transactions.tx_datetime.iloc[0]) == "2018-04-01 10:00:00.123456"
+
+
+def test_implausible_amounts_are_quarantined():
+    frame = text_frame(transaction_id=["1", "2", "3"]).assign(
+        tx_amount=[12.5, 1e308, float("inf")])
+    result = ingest_rows(rows_of(frame), IngestParams(max_amount=1e6), now=NOW)
+    assert quarantined(result) == {2: "implausible_amount", 3: "finite"}
+
+
+# --- the invariant, on hostile text ----------------------------------------------------------
+
+integer_text = st.one_of(
+    st.integers(-2**65, 2**65).map(str),
+    st.integers(0, 2**64).map(lambda i: f"00{i}"),
+    st.sampled_from(["", " ", "1.5", "1e3", "abc", "+7", "7.0", "-0", "nan", "∞"]))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ids=st.lists(integer_text, min_size=1, max_size=30), data=st.data())
+def test_every_row_is_written_exactly_or_quarantined(ids, data):
+    n = len(ids)
+    cards = data.draw(st.lists(integer_text, min_size=n, max_size=n))
+    labels = data.draw(st.lists(st.sampled_from(["0", "1", "2", "257", "-1", "x", "", "01"]),
+                                min_size=n, max_size=n))
+    frame = text_frame(transaction_id=ids, customer_id=cards, tx_fraud=labels)
+    result = ingest_rows(rows_of(frame), IngestParams(), now=NOW)
+    report = result.report
+    assert report["rows_written"] + report["rows_quarantined"] == n == report["rows_read"]
+    kept = sorted(set(range(1, n + 1)) - set(result.quarantine.source_row))
+    written = result.transactions.sort_values("transaction_id")
+    expected = sorted((int(float(ids[r - 1])) if "." in ids[r - 1] else int(ids[r - 1]),
+                       int(cards[r - 1].split(".")[0])) for r in kept)
+    assert sorted(zip(written.transaction_id.tolist(), written.customer_id.tolist(),
+                      strict=True)) == expected
+    for r in kept:   # what was written is what was there, to the last digit
+        assert 0 <= int(cards[r - 1].split(".")[0]) < 2**63
+        assert labels[r - 1] in ("0", "1", "01")
+
+
+# --- files: lines, field counts, encodings, damaged interim data -------------------------------
+
+def ingest_cli(project: Path, source: Path, **ingest) -> tuple[int, str]:
+    write_params(project, ingest={"source": str(source), "max_invalid_fraction": 0.5, **ingest})
+    result = run(["aif", "ingest"], project, check=False)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, result.stderr.strip()
+
+
+HEADER = ",".join(COLUMNS)
+
+
+def test_quarantine_names_file_lines_despite_blank_lines_and_bad_records(small_project,
+                                                                         tmp_path):
+    source = tmp_path / "export.csv"
+    source.write_text("\n".join([
+        HEADER,                                          # line 1
+        "1,2018-04-01 10:00:00,1,2,10.0,0",              # line 2
+        "",                                              # line 3: blank
+        "2,2018-04-01 10:01:00,1,2",                     # line 4: two fields short
+        "3,2018-04-01 10:02:00,1,2,-5.0,0",              # line 5: negative amount
+        "",
+        "4,2018-04-01 10:03:00,1,2,10.0,0,extra",        # line 7: one field too many
+        "5,2018-04-01 10:04:00,1,2,11.0,0",              # line 8
+    ]) + "\n")
+    code, err = ingest_cli(small_project, source, max_invalid_fraction=0.9)
+    assert code == 0, err
+    quarantine = pd.read_parquet(small_project / "data/interim/quarantine.parquet")
+    by_line = dict(zip(quarantine.source_line, quarantine.rule, strict=True))
+    assert by_line == {4: "wrong_field_count", 5: "non_negative", 7: "wrong_field_count"}
+    report = json.loads((small_project / "reports/ingest.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_quarantined"]) == (5, 2, 3)
+
+
+def test_text_in_another_encoding_is_refused_or_read_as_told(small_project, tmp_path):
+    source = tmp_path / "latin.csv"
+    source.write_bytes((HEADER + ",merchant\n1,2018-04-01 10:00:00,1,2,10.0,0,Café Müller\n")
+                       .encode("latin-1"))
+    code, err = ingest_cli(small_project, source, extra_columns="keep")
+    assert code == 2 and "\n" not in err and "utf-8" in err and "ingest.encoding" in err
+    assert not (small_project / "data/interim/transactions.parquet").exists()
+    code, err = ingest_cli(small_project, source, extra_columns="keep", encoding="latin-1")
+    assert code == 0, err
+    out = pd.read_parquet(small_project / "data/interim/transactions.parquet")
+    assert out.merchant.tolist() == ["Café Müller"]
+
+
+def test_a_damaged_interim_file_gives_one_line(small_project):
+    run(["aif", "simulate"], small_project)
+    run(["aif", "ingest"], small_project)
+    interim = small_project / "data/interim/transactions.parquet"
+    interim.write_bytes(interim.read_bytes()[: interim.stat().st_size // 2])
+    result = run(["aif", "featurize"], small_project, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot be read" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_parquet_integer_columns_keep_their_values(tmp_path):
+    table = pa.table({"transaction_id": pa.array([1, 2**63 - 1, None], pa.int64()),
+                      "customer_id": pa.array([5, 2**64 - 1, 7], pa.uint64())})
+    pq.write_table(table, tmp_path / "ids.parquet")
+    frame = read_source(tmp_path / "ids.parquet", IngestParams()).frame
+    assert frame.transaction_id.tolist()[:2] == [1, 2**63 - 1]   # no float64 on the way
+    assert frame.customer_id.tolist()[1] == 2**64 - 1
