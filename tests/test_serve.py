@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -146,7 +147,8 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
             r = client.post("/score", json=body)
             assert r.status_code == 422, (body, r.text)
             assert field in r.text, (field, r.text)
-        assert client.post("/score", content=b"{not json").status_code == 422
+        assert client.post("/score", content=b"{not json",
+                           headers={"content-type": "application/json"}).status_code == 422
         batch = [{**tx, "transaction_id": tx["transaction_id"] + i} for i in range(2000)]
         batch[7]["tx_amount"] = -1
         r = client.post("/score", json={"transactions": batch})
@@ -400,7 +402,8 @@ def test_keys_scopes_loopback_and_tls(project: Path, tmp_path: Path):
                              "--ssl-keyfile", str(key)], cwd=project, stdout=log,
                             stderr=subprocess.STDOUT,
                             env=run_env(AIF_SERVE_TOKENS_FILE=str(tokens)))
-    client = httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=str(cert), timeout=30)
+    client = httpx.Client(base_url=f"https://127.0.0.1:{port}", timeout=30,
+                          verify=ssl.create_default_context(cafile=str(cert)))
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -432,3 +435,39 @@ def test_keys_scopes_loopback_and_tls(project: Path, tmp_path: Path):
     text = (project / "serve.log").read_text()
     assert score_token not in text and labels_token not in text
 
+
+def test_hostile_requests_get_a_4xx_and_change_nothing(project: Path):
+    "Oversized, mistyped, over-nested and mislabelled bodies: never a 500, state unchanged."
+    write_params(project, serve={"max_body_bytes": 200_000, "max_explain_rows": 3})
+    tx = payload(interim(project).iloc[-1:])[0]
+    tx["transaction_id"] = 10**9 + 11
+    json_header = {"content-type": "application/json"}
+    with service(project) as (client, _):
+        rows_before = client.get("/ready").json()["state_rows"]
+        huge = json.dumps({"transactions": [{**tx, "transaction_id": 10**9 + i}
+                                            for i in range(3000)]})
+        assert client.post("/score", content=huge, headers=json_header).status_code == 413
+        assert client.post("/score", content=json.dumps(tx),
+                           headers={"content-type": "text/plain"}).status_code == 415
+        for bad in ({**tx, "tx_amount": True}, {**tx, "tx_amount": "12.5"},
+                    {**tx, "customer_id": "42"}, {**tx, "customer_id": 2**63}):
+            r = client.post("/score", json=bad)
+            assert r.status_code == 422, (bad, r.text)
+            assert r.json()["detail"][0]["loc"][:2] in (["body", "tx_amount"],
+                                                        ["body", "customer_id"])
+        deep = client.post("/score", content=b"[" * 3000, headers=json_header)
+        assert deep.status_code == 422
+        many = {"transactions": [{**tx, "transaction_id": 10**9 + 100 + i} for i in range(4)]}
+        explained = client.post("/score?explain=true", json=many)
+        assert explained.status_code == 422 and "max_explain_rows" in explained.text
+        labels = {"labels": [{"transaction_id": i, "tx_fraud": 0} for i in range(100_001)]}
+        assert client.post("/labels", content=json.dumps(labels),
+                           headers=json_header).status_code == 413
+        assert client.post("/labels", json={"transaction_id": 1, "tx_fraud": True}
+                           ).status_code == 422
+        # the connection is still good, and nothing above entered the feature state
+        assert client.get("/ready").json()["state_rows"] == rows_before
+        ok = client.post("/score?explain=true", json={"transactions": many["transactions"][:3]})
+        assert ok.status_code == 200 and len(ok.json()["results"][0]["top_features"]) == 5
+        metrics = client.get("/metrics").text
+    assert 'status="500"' not in metrics and 'status="413"' in metrics

@@ -283,6 +283,8 @@ class ServeParams:
     snapshot: str | None = "models/serving/state.parquet"
     state: str = "memory"
     keep_alive_seconds: int = 75
+    max_body_bytes: int = 16 << 20    # 413 above this, before parsing (100,000 rows fit)
+    max_explain_rows: int = 100       # explain=true is per-row tree work: bounded
     auth: ServeAuth = field(default_factory=ServeAuth)
 
     @property

@@ -36,8 +36,8 @@ from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
 __all__ = ['Service', 'explain_rows', 'warm_state', 'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log',
-           'lifespan_of', 'document_score_body', 'observe_requests', 'score_response', 'record_scores', 'create_app',
-           'keep_freed_memory', 'build_service', 'main']
+           'lifespan_of', 'document_score_body', 'observe_requests', 'request_unfit', 'limited_body', 'score_response',
+           'record_scores', 'create_app', 'keep_freed_memory', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -57,7 +57,8 @@ class Service:
     last_flush: float = 0.0
     writing: object = None    # the prediction-log write in progress, if any
 
-    def score(self, columns: dict[str, np.ndarray], explain: bool) -> tuple[dict, list]:
+    def score(self, columns: dict[str, np.ndarray]) -> tuple[dict, object, np.ndarray]:
+        "The logged rows of a scored batch, the model that scored it and its feature matrix."
         loaded = self.loaded   # one model for the whole request, even if a switch happens
         model = loaded.model
         with self.tracer.start_as_current_span("features"):
@@ -65,12 +66,11 @@ class Service:
         X = model.matrix(values)
         with self.tracer.start_as_current_span("predict"):
             prediction = model.predict(X)
-        explanations = explain_rows(model, X) if explain else []
         logged = {**columns, "tx_datetime": columns["tx_datetime"].view("datetime64[us]"),
                   **{n: values[n] for n in model.features}, "score": prediction.score,
                   "fraud_probability": prediction.probability, "alert": prediction.alert,
                   "model_version": np.full(len(X), loaded.version, dtype="U64")}
-        return logged, explanations
+        return logged, model, X
 
 
 def explain_rows(model, X: np.ndarray, top: int = 5) -> list[list[dict]]:
@@ -226,14 +226,24 @@ def observe_requests(app, service: Service) -> None:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         refused = service.guard.check(request.url.path, request.headers.get("authorization"))
+        unfit = request_unfit(request, service.params.serve.max_body_bytes)
         if refused:   # the token itself is never logged, only the outcome
             response = JSONResponse(status_code=refused, content={"detail": [{
                 "loc": ["header", "authorization"], "type": "unauthorized",
                 "msg": "a bearer token is needed" if refused == 401
                 else "this token's scope does not allow this endpoint"}]},
                 headers={"www-authenticate": "Bearer"} if refused == 401 else None)
+        elif unfit:
+            response = JSONResponse(status_code=unfit[0], content={"detail": [unfit[1]]})
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception as err:   # a bug: counted, logged with the request id, answered
+                logger.error("unhandled error", extra={"fields": {
+                    "request_id": request_id, "path": request.url.path,
+                    "error": type(err).__name__}})
+                response = JSONResponse(status_code=500, content={"detail": [{
+                    "type": "internal", "msg": f"internal error; request id {request_id}"}]})
         elapsed = time.perf_counter() - started
         endpoint = request.url.path
         metrics["requests"].labels(endpoint, str(response.status_code)).inc()
@@ -247,20 +257,57 @@ def observe_requests(app, service: Service) -> None:
         return response
 
 
-def score_response(service: Service, raw: bytes, request_id: str, explain: bool):
+def request_unfit(request: Request, max_body_bytes: int) -> tuple[int, dict] | None:
+    "413 for a declared body over the limit, 415 for a POST that is not JSON; else None."
+    if request.method != "POST":
+        return None
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body_bytes:
+        return 413, {"loc": ["header", "content-length"], "type": "too_large",
+                     "msg": f"the body is over serve.max_body_bytes={max_body_bytes:,} bytes; "
+                     "split the batch"}
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        return 415, {"loc": ["header", "content-type"], "type": "unsupported_media_type",
+                     "msg": "send JSON (content-type: application/json)"}
+    return None
+
+
+async def limited_body(request: Request, limit: int) -> bytes:
+    "The body, read chunk by chunk; 413 as soon as it passes `limit` (a body of no length)."
+    from fastapi import HTTPException
+
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, detail=[{"loc": ["body"], "type": "too_large",
+                                              "msg": f"the body is over {limit:,} bytes"}])
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def score_response(service: Service, raw: bytes, request_id: str, explain: bool):
     "The /score answer: 200 with every result, or 409 if a transaction was scored before."
     import orjson
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
 
     started = time.perf_counter()
     items = score_body(raw)
+    limit = service.params.serve.max_explain_rows
+    if explain and len(items) > limit:
+        raise RequestValidationError([{
+            "loc": ("query", "explain"), "type": "too_many_rows", "msg": f"explain=true takes "
+            f"at most {limit} transactions (serve.max_explain_rows); send larger batches "
+            "without it"}])
     columns = request_columns(items)
     seen = service.features.already_scored(columns["transaction_id"].tolist())
     if seen:
         return JSONResponse(status_code=409, content={"detail": [{
             "loc": ["body", "transaction_id"], "msg": f"transaction {seen[0]} was already "
             "scored; each transaction enters the feature state once", "type": "conflict"}]})
-    logged, explanations = service.score(columns, explain)
+    logged, model, X = service.score(columns)
     n = len(items)
     logged["latency_ms"] = np.full(n, (time.perf_counter() - started) * 1000 / n)
     logged["request_id"] = np.full(n, request_id[:64], dtype="U64")
@@ -272,8 +319,9 @@ def score_response(service: Service, raw: bytes, request_id: str, explain: bool)
                 "alert": bool(a)} for i, s, p, a in zip(
                     logged["transaction_id"].tolist(), logged["score"].tolist(),
                     logged["fraud_probability"].tolist(), logged["alert"].tolist(), strict=True)]
-    for r, top in zip(results, explanations, strict=False):
-        r["top_features"] = top
+    if explain:   # per-row tree walks: in a thread, so other requests go on meanwhile
+        for r, top in zip(results, await asyncio.to_thread(explain_rows, model, X), strict=True):
+            r["top_features"] = top
     # orjson straight to bytes: FastAPI's generic encoder walks 10,000 results slowly
     return Response(orjson.dumps({"model_version": str(logged["model_version"][0]),
                                   "results": results}), media_type="application/json")
@@ -300,7 +348,8 @@ def create_app(service: Service):
     @app.post("/score", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/ScoreBody"}}}}})
     async def score(request: Request, explain: bool = False):
-        return score_response(service, await request.body(), request.state.request_id, explain)
+        raw = await limited_body(request, service.params.serve.max_body_bytes)
+        return await score_response(service, raw, request.state.request_id, explain)
 
     @app.post("/labels")
     async def labels(payload: Label | Labels):
