@@ -94,6 +94,23 @@ def test_naive_times_stay_as_written_and_offsets_are_converted():
     assert again.transactions.tx_datetime.astype(str).tolist() == ["2018-04-01 10:00:00"]
 
 
+def test_non_ascii_digits_and_categorical_labels_are_quarantined_not_fatal():
+    frame = text_frame(transaction_id=["١٢٣", "１２３", "7"], tx_fraud=["1", "١", "0"])
+    result = ingest_rows(rows_of(frame), IngestParams(), now=NOW)
+    assert quarantined(result) == {1: "not_a_number", 2: "not_a_number"}
+    categorical = text_frame(transaction_id=["1", "2", "3"]).assign(
+        tx_fraud=pd.Categorical(["1", "0", None]))
+    result = ingest_rows(rows_of(categorical), IngestParams(), now=NOW)
+    assert quarantined(result) == {3: "missing"}
+
+
+def test_compact_offsets_are_seen_as_offsets():
+    times = ["2024-01-01T10+02:00", "20240101T1000+0200"]
+    params = IngestParams(timezone="UTC")
+    result = ingest_rows(rows_of(text_frame(tx_datetime=times)), params, now=NOW)
+    assert result.transactions.tx_datetime.astype(str).tolist() == ["2024-01-01 08:00:00"] * 2
+
+
 def test_sub_microsecond_times_are_not_truncated():
     times = ["2018-04-01 10:00:00.123456", "2018-04-01 10:00:00.1234567"]
     result = ingest_rows(rows_of(text_frame(tx_datetime=times)), IngestParams(), now=NOW)
@@ -168,6 +185,8 @@ def test_quarantine_names_file_lines_despite_blank_lines_and_bad_records(small_p
     quarantine = pd.read_parquet(small_project / "data/interim/quarantine.parquet")
     by_line = dict(zip(quarantine.source_line, quarantine.rule, strict=True))
     assert by_line == {4: "wrong_field_count", 5: "non_negative", 7: "wrong_field_count"}
+    by_record = dict(zip(quarantine.source_row, quarantine.rule, strict=True))
+    assert by_record == {2: "wrong_field_count", 3: "non_negative", 4: "wrong_field_count"}
     report = json.loads((small_project / "reports/ingest.json").read_text())
     assert (report["rows_read"], report["rows_written"], report["rows_quarantined"]) == (5, 2, 3)
 

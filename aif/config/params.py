@@ -149,6 +149,16 @@ class IngestParams:
     label_values: dict = field(default_factory=lambda: {1: [1], 0: [0]})
     max_amount: float = 1_000_000.0          # above this an amount is implausible
 
+    def __post_init__(self):
+        if self.timezone is not None:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(self.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ParamsError(f"params.yaml: ingest.timezone {self.timezone!r} is not a "
+                                  "time zone (e.g. Europe/Brussels)") from None
+
 # %% ../../nbs/01_params.ipynb #c61dda51
 FEATURE_GROUPS = ("baseline", "amount_profile", "velocity", "terminal_activity",
                   "terminal_history", "card_history", "novelty")

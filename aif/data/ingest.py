@@ -94,6 +94,11 @@ class FileRows:
     table: pa_arrow.Table
     line_number: np.ndarray   # -1 where unknown (Parquet, or quoted fields spanning lines)
     unreadable: list[dict]    # CSV records with the wrong number of fields
+    row_number: np.ndarray | None = None   # 1-based record of each row (default: 1, 2, ...)
+
+    def __post_init__(self):
+        if self.row_number is None:
+            self.row_number = np.arange(1, self.table.num_rows + 1)
 
 
 def read_csv(path: Path, params: IngestParams) -> FileRows:
@@ -116,19 +121,20 @@ def read_csv(path: Path, params: IngestParams) -> FileRows:
                                           invalid_row_handler=wrong_field_count),
         convert_options=pa_csv.ConvertOptions(
             column_types={c: pa_arrow.string() for c in header if c in exact}))
+    # pyarrow numbers records (header = 1); the kept ones are those it did not skip
+    skipped = np.array([w["record"] for w in wrong], np.int64)
+    kept = np.setdiff1d(np.arange(2, table.num_rows + len(wrong) + 2), skipped)
     lines = np.full(table.num_rows, -1, np.int64)
-    unreadable = [{"source_row": -1, "source_line": -1, "rule": "wrong_field_count"}
-                  for _ in wrong]
+    unreadable = [{"source_row": int(r) - 1, "source_line": -1, "rule": "wrong_field_count"}
+                  for r in skipped]
     if params.encoding.replace("-", "").lower() in ("utf8", "latin1", "iso88591", "cp1252",
                                                     "ascii"):
         on_line = record_lines(path)   # record k (header = 1) is on line on_line[k - 1]
         if len(on_line) == table.num_rows + len(wrong) + 1:   # no field spans two lines
-            skipped = np.array([w["record"] for w in wrong], np.int64)
-            kept = np.setdiff1d(np.arange(2, len(on_line) + 1), skipped)
             lines = on_line[kept - 1]
-            for u, w in zip(unreadable, wrong, strict=True):
-                u["source_row"], u["source_line"] = w["record"] - 1, int(on_line[w["record"] - 1])
-    return FileRows(table, lines, unreadable)
+            for u, r in zip(unreadable, skipped, strict=True):
+                u["source_line"] = int(on_line[r - 1])
+    return FileRows(table, lines, unreadable, kept - 1)
 
 
 def read_file(path: Path, params: IngestParams) -> FileRows:
@@ -181,7 +187,7 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
             promote_options="permissive")
     frame = table.to_pandas(types_mapper=_pandas_type)
     file_index = np.repeat(np.arange(len(files)), sizes)
-    row_number = np.concatenate([np.arange(1, n + 1) for n in sizes]) if sizes else np.array([])
+    row_number = np.concatenate([r.row_number for r in read]) if read else np.array([])
     unreadable = pd.DataFrame([{"source_file": str(f), **u} for f, r in zip(files, read, strict=True)
                                for u in r.unreadable],
                               columns=["source_file", "source_row", "source_line", "rule"])
@@ -212,7 +218,8 @@ def map_columns(frame: pd.DataFrame, params: IngestParams, where: str) -> tuple[
     return frame[keep].rename(columns=present), extras if params.extra_columns == "keep" else []
 
 # %% ../../nbs/11_ingest.ipynb #182ee905
-_INTEGER_TEXT = r"[+-]?\d+(?:\.0*)?"      # 12, -3, +7, 0012, 12.0: an integer as text
+# 12, -3, +7, 0012, 12.0: an integer as text (ASCII digits only: "١٢٣" is not an id here)
+_INTEGER_TEXT = r"[+-]?[0-9]+(?:\.0*)?"
 
 
 def _rule_of_rows(checks: list[tuple[str, np.ndarray]]) -> pd.Series:
@@ -322,8 +329,9 @@ def parse_labels(s: pd.Series, label_values: dict) -> tuple[pd.Series, pd.Series
         [("missing", missing), ("unknown_label", ~missing & (values < 0))])
 
 
-# an offset after a time of day: ...10:00:00+02:00, ...10:00Z, ...10:00:00.5 -0500
-_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+# an offset after a time of day: ...T10:00:00+02:00, ...T10:00Z, ... 10:00:00.5 -0500, T10+02
+_OFFSET = (r"[T ][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2}(?:[.,][0-9]+)?)?)?\s*"
+           r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)$")
 
 
 def _to_local(values: pd.Series, params: IngestParams, where: str) -> pd.Series:
@@ -363,7 +371,8 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.
             except (ValueError, TypeError) as err:
                 raise StageError(f"ingest: {where}: column tx_datetime cannot be read "
                                  f"({str(err).splitlines()[0]})") from None
-            part, part_finer = _exact_us(_to_local(part, params, where) if with_offset else part)
+            aware = with_offset or getattr(part.dt, "tz", None) is not None
+            part, part_finer = _exact_us(_to_local(part, params, where) if aware else part)
             values.loc[rows] = part
             finer[rows] = part_finer
     unparsed = values.isna().to_numpy() & ~missing & ~finer
@@ -389,6 +398,8 @@ def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str
     "Canonical columns in their exact values, and a (column, rule) table of rows that failed."
     parsed, failures = frame.copy(), []
     for name in [c for c in CANONICAL_COLUMNS if c in frame.columns]:
+        if isinstance(frame[name].dtype, pd.CategoricalDtype):   # values, not category codes
+            frame = frame.assign(**{name: frame[name].astype(object)})
         dtype = FIELDS_BY_NAME[name].dtype
         if dtype.startswith("datetime"):
             parsed[name], rule = _parse_datetime(frame[name], params, where)

@@ -125,10 +125,11 @@ def register(paths: ProjectPaths, rev: str, message: str) -> Version:
     "Register the model pinned at `rev` as the next version."
     import gto.api
 
-    if rev == "HEAD" and uncommitted(paths):
+    commit = git(paths.root, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
+    head = git(paths.root, "rev-parse", "--verify", "HEAD^{commit}").strip()
+    if commit == head and uncommitted(paths):   # whatever name the revision was given
         raise StageError(f"registry: {', '.join(uncommitted(paths))} differ from HEAD, so HEAD "
                          "does not pin the workspace's model; commit them first")
-    commit = git(paths.root, "rev-parse", "--verify", f"{rev}^{{commit}}").strip()
     for path in pinned_files(paths):
         read_at(paths, commit, path)  # each must be committed there
     known = {v.commit: v.name for v in versions(paths)}

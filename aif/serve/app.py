@@ -30,7 +30,7 @@ from ..schema import INPUT_COLUMNS
 from .auth import Guard, is_loopback, token_main, tokens_path
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
-from .schema import SCORE_BODY, Label, Labels, request_columns, score_body
+from .schema import LABELS_BODY, SCORE_BODY, labels_body, request_columns, score_body
 from .state import OnlineFeatures
 from .telemetry import json_logger, make_tracer, service_metrics
 
@@ -198,16 +198,17 @@ def lifespan_of(service: Service):
 
 
 def document_score_body(app) -> None:
-    "FastAPI's schema, plus the /score body it does not parse itself (see nbs/63)."
+    "FastAPI's schema, plus the bodies it does not parse itself (see nbs/63)."
     from fastapi import FastAPI
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            body = SCORE_BODY.json_schema(ref_template="#/components/schemas/{model}")
             known = schema.setdefault("components", {}).setdefault("schemas", {})
-            known.update(body.pop("$defs", {}))
-            known["ScoreBody"] = body
+            for name, adapter in (("ScoreBody", SCORE_BODY), ("LabelsBody", LABELS_BODY)):
+                body = adapter.json_schema(ref_template="#/components/schemas/{model}")
+                known.update(body.pop("$defs", {}))
+                known[name] = body
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -217,6 +218,8 @@ def document_score_body(app) -> None:
 def observe_requests(app, service: Service) -> None:
     "Count, time and log every request, with its request id."
     metrics, logger = service.metrics, service.logger
+    routes = {"/score", "/labels", "/health", "/ready", "/version", "/metrics", "/docs",
+              "/openapi.json", "/redoc"}
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
@@ -225,7 +228,10 @@ def observe_requests(app, service: Service) -> None:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
-        refused = service.guard.check(request.url.path, request.headers.get("authorization"))
+        try:
+            refused = service.guard.check(request.url.path, request.headers.get("authorization"))
+        except OSError:   # the tokens file vanished mid-check: refuse, never fall open
+            refused = 401
         unfit = request_unfit(request, service.params.serve.max_body_bytes)
         if refused:   # the token itself is never logged, only the outcome
             response = JSONResponse(status_code=refused, content={"detail": [{
@@ -245,7 +251,8 @@ def observe_requests(app, service: Service) -> None:
                 response = JSONResponse(status_code=500, content={"detail": [{
                     "type": "internal", "msg": f"internal error; request id {request_id}"}]})
         elapsed = time.perf_counter() - started
-        endpoint = request.url.path
+        # by route: an unknown path is "other", so no client can mint series
+        endpoint = request.url.path if request.url.path in routes else "other"
         metrics["requests"].labels(endpoint, str(response.status_code)).inc()
         metrics["latency"].labels(endpoint).observe(elapsed)
         response.headers["x-request-id"] = request_id
@@ -351,9 +358,10 @@ def create_app(service: Service):
         raw = await limited_body(request, service.params.serve.max_body_bytes)
         return await score_response(service, raw, request.state.request_id, explain)
 
-    @app.post("/labels")
-    async def labels(payload: Label | Labels):
-        items = payload.labels if isinstance(payload, Labels) else [payload]
+    @app.post("/labels", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/LabelsBody"}}}}})
+    async def labels(request: Request):
+        items = labels_body(await limited_body(request, service.params.serve.max_body_bytes))
         known = sum(service.features.label(x.transaction_id, x.tx_fraud) for x in items)
         return {"recorded": known, "unknown": len(items) - known}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import ipaddress
+import logging
 import os
 import secrets
 import time
@@ -58,7 +59,7 @@ def add_token(path: Path, scope: str) -> str:
 def read_tokens(path: Path) -> dict[str, str]:
     "Token hash -> scope, from the tokens file; a malformed line is a one-line error."
     tokens = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
         parts = line.split()
         if not parts or line.startswith("#"):
             continue
@@ -95,7 +96,14 @@ class Guard:
             return None
         mtime = self.path.stat().st_mtime if self.path.exists() else 0.0
         if mtime != self.seen:
-            self.tokens, self.seen = (read_tokens(self.path) if mtime else {}), mtime
+            self.seen = mtime
+            try:
+                self.tokens = read_tokens(self.path) if mtime else {}
+            except (StageError, OSError, UnicodeDecodeError) as err:
+                # keep the tokens that worked; say so once (a request is no place for it)
+                logging.getLogger("aif.serve").error(
+                    "tokens file not read; the previous tokens stay", extra={"fields": {
+                        "tokens_file": str(self.path), "error": str(err)}})
         scheme, _, token = (authorization or "").partition(" ")
         scope = self.tokens.get(digest(token.strip())) if scheme.lower() == "bearer" else None
         if scope is None:

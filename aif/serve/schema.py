@@ -22,8 +22,8 @@ from typing_extensions import TypedDict
 from ..schema import ID_LIMIT, ID_MIN
 
 # %% auto #0
-__all__ = ['MAX_ROWS', 'SCORE_BODY', 'BATCH', 'TRANSACTION', 'Transaction', 'Batch', 'Label', 'Labels', 'score_body',
-           'body_errors', 'request_columns']
+__all__ = ['MAX_ROWS', 'SCORE_BODY', 'BATCH', 'TRANSACTION', 'LABELS_BODY', 'Transaction', 'Batch', 'Label', 'Labels',
+           'score_body', 'labels_body', 'body_errors', 'request_columns']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
 MAX_ROWS = 100_000   # transactions or labels in one request
@@ -78,6 +78,22 @@ def score_body(raw: bytes) -> list[Transaction]:
     except ValidationError as err:
         raise RequestValidationError(body_errors(raw, err)) from None
     return payload.transactions if isinstance(payload, Batch) else [payload]
+
+
+LABELS_BODY = TypeAdapter(Annotated[Labels | Label, Field(union_mode="left_to_right")])
+
+
+def labels_body(raw: bytes) -> list[Label]:
+    "The labels of a /labels body; RequestValidationError (422) naming field and rule."
+    from fastapi.exceptions import RequestValidationError
+
+    try:
+        payload = LABELS_BODY.validate_json(raw)
+    except ValidationError as err:
+        raise RequestValidationError([{**{k: v for k, v in e.items() if k != "input"},
+                                       "loc": ("body", *e["loc"])}
+                                      for e in err.errors(include_url=False)]) from None
+    return payload.labels if isinstance(payload, Labels) else [payload]
 
 
 def body_errors(raw: bytes, err: ValidationError) -> list[dict]:
