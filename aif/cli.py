@@ -13,7 +13,7 @@ from .config.params import ParamsError
 from .io import StageError
 
 # %% auto #0
-__all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'hooks', 'main']
+__all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'die_with_parent', 'hooks', 'main']
 
 # %% ../nbs/99_cli.ipynb #478966ad
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
@@ -45,6 +45,21 @@ def usage() -> str:
         "\n\n`aif <command> --help` shows a command's options."
 
 
+def die_with_parent() -> bool:
+    """Ask Linux to stop this process when its parent dies. A stage runs under `dvc repro`;
+    if dvc is killed, a stage that went on would write outputs 2-3 s later into a workspace
+    dvc no longer accounts for. `aif serve` is left out: it outlives the shell that started it.
+    True where it applied."""
+    import ctypes
+    import signal
+
+    try:
+        pr_set_pdeathsig = 1
+        return ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):   # not Linux
+        return False
+
+
 def hooks(command: str) -> dict:
     "What a command gets from the layers above it: the monitor may retrain on an alert."
     if command == "monitor":
@@ -63,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"aif: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return EXIT_USER_ERROR
+    if command != "serve":
+        die_with_parent()
     module = importlib.import_module(COMMANDS[command][0])
     try:
         return module.main(rest, **hooks(command)) or 0

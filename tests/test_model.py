@@ -3,6 +3,7 @@ text models, DVC metrics, plots and experiments, W&B offline."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -19,6 +20,14 @@ MODEL_METRICS = {"roc_auc", "average_precision", "card_precision_at_k", "k", "re
 @pytest.fixture(scope="module")
 def pipeline(trained_project: Path) -> Path:
     return trained_project
+
+
+@pytest.fixture
+def own_pipeline(trained_project: Path, tmp_path: Path) -> Path:
+    "A private copy for tests that rerun or apply experiments: the shared project stays as run."
+    copy = tmp_path / "project"
+    shutil.copytree(trained_project, copy, symlinks=True)
+    return copy
 
 
 def test_tuning_outputs_and_study(pipeline: Path):
@@ -91,7 +100,8 @@ def test_wandb_ran_offline_and_never_wrote_the_key(pipeline: Path):
             assert b"not-a-real-key-9f3b2c" not in path.read_bytes(), path
 
 
-def test_rerun_gives_the_same_bytes(pipeline: Path):
+def test_rerun_gives_the_same_bytes(own_pipeline: Path):
+    pipeline = own_pipeline
     before = {p: (pipeline / p).read_bytes() for p in
               ("models/model.txt", "models/model.json", "models/best_params.json",
                "reports/metrics.json")}
@@ -101,7 +111,8 @@ def test_rerun_gives_the_same_bytes(pipeline: Path):
     assert "up to date" in run(["dvc", "repro"], pipeline).stdout
 
 
-def test_experiments_override_and_show(pipeline: Path):
+def test_experiments_override_and_show(own_pipeline: Path):
+    pipeline = own_pipeline
     run(["dvc", "exp", "run", "-S", "train.num_leaves=5", "-n", "small-trees"], pipeline)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], pipeline).stdout)
     text = json.dumps(shown)

@@ -112,3 +112,41 @@ def test_a_fresh_clone_reproduces_the_committed_outputs_and_a_pulled_one_reruns_
     run(["dvc", "pull"], pulled)
     assert ran_stages(run(["dvc", "repro"], pulled).stdout) == []
     assert run(["git", "status", "--porcelain"], pulled).stdout == ""
+
+
+def test_a_stage_stops_when_the_process_that_started_it_is_killed(small_project: Path):
+    "As when `dvc repro` is killed: its `aif` child must not go on and write outputs later."
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import run_env
+
+    write_params(small_project, simulate={"n_customers": 5000, "n_terminals": 10000,
+                                          "n_days": 183})   # a few seconds of work
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; "
+         "p = subprocess.Popen(['aif', 'simulate']); print(p.pid, flush=True); time.sleep(60)"],
+        cwd=small_project, env=run_env(), stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(0.5)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)              # still there?
+        except ProcessLookupError:
+            break
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                if stat.read().split()[2] == "Z":   # gone, waiting to be reaped
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the stage went on after its parent was killed")
+    assert not (small_project / "data/raw/transactions").exists()

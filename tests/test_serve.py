@@ -471,3 +471,27 @@ def test_hostile_requests_get_a_4xx_and_change_nothing(project: Path):
         assert ok.status_code == 200 and len(ok.json()["results"][0]["top_features"]) == 5
         metrics = client.get("/metrics").text
     assert 'status="500"' not in metrics and 'status="413"' in metrics
+
+
+def test_the_clock_refuses_far_future_and_stale_transactions_without_a_trace(project: Path):
+    "One payment dated 2099, a batch with one dated 1990: 422, counted, and the state unharmed."
+    rows = interim(project)
+    window = rows[(rows.tx_datetime >= TEST_START) & (rows.tx_datetime < "2018-07-01")]
+    with service(project, "--state-until", TEST_START) as (client, _):
+        before = client.get("/ready").json()["state_rows"]
+        future = {**payload(window.iloc[:1])[0], "transaction_id": 10**9 + 1,
+                  "tx_datetime": "2099-01-01T10:00:00"}
+        r = client.post("/score", json=future)
+        assert r.status_code == 422 and r.json()["detail"][0]["type"] == "too_ahead"
+        batch = payload(window.iloc[:50])
+        batch[7] = {**batch[7], "transaction_id": 10**9 + 2, "tx_datetime": "1990-01-01T10:00:00"}
+        r = client.post("/score", json={"transactions": batch})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:4] == [
+            "body", "transactions", 7, "tx_datetime"]
+        assert client.get("/ready").json()["state_rows"] == before   # nothing entered
+        metrics = client.get("/metrics").text
+        assert 'aif_transactions_refused_total{reason="ahead"} 1.0' in metrics
+        assert 'aif_transactions_refused_total{reason="late"} 1.0' in metrics
+        replay = window.iloc[:300]
+        assert client.post("/score", json={"transactions": payload(replay)}).status_code == 200
+    logged_matches_offline(project, replay)   # the refused ones cut no history

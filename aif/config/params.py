@@ -293,9 +293,24 @@ class ServeParams:
     snapshot: str | None = "models/serving/state.parquet"
     state: str = "memory"
     keep_alive_seconds: int = 75
+    clock: str = "stream"             # stream: the latest event time; wall: this machine's time
+    allowed_lateness_seconds: float = 2 * 86_400.0   # older than clock - this: 422
+    max_clock_skew_seconds: float = 86_400.0         # newer than clock + this: 422
     max_body_bytes: int = 16 << 20    # 413 above this, before parsing (100,000 rows fit)
     max_explain_rows: int = 100       # explain=true is per-row tree work: bounded
     auth: ServeAuth = field(default_factory=ServeAuth)
+
+    def __post_init__(self):
+        if self.clock not in ("stream", "wall"):
+            raise ParamsError("params.yaml: serve.clock must be stream or wall")
+
+    @property
+    def lateness_us(self) -> int:
+        return round(self.allowed_lateness_seconds * 1e6)
+
+    @property
+    def skew_us(self) -> int:
+        return round(self.max_clock_skew_seconds * 1e6)
 
     @property
     def shared_state(self) -> bool:

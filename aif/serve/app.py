@@ -16,6 +16,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,14 @@ from .auth import Guard, is_loopback, token_main, tokens_path
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
 from .schema import LABELS_BODY, SCORE_BODY, labels_body, request_columns, score_body
-from .state import OnlineFeatures
+from .state import AlreadyScored, OnlineFeatures, out_of_time
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
 __all__ = ['Service', 'explain_rows', 'warm_state', 'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log',
-           'lifespan_of', 'document_score_body', 'observe_requests', 'request_unfit', 'limited_body', 'score_response',
-           'record_scores', 'create_app', 'keep_freed_memory', 'build_service', 'main']
+           'lifespan_of', 'document_score_body', 'observe_requests', 'request_unfit', 'limited_body', 'service_now',
+           'refuse_out_of_time', 'score_response', 'record_scores', 'create_app', 'keep_freed_memory', 'build_service',
+           'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -89,12 +91,12 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
     if serve.shared_state:
         from aif.serve.state_redis import RedisFeatures
 
-        state = RedisFeatures.connect(serve.state, specs)
+        state = RedisFeatures.connect(serve.state, specs, serve.lateness_us)
         if state.claim_warm_start():
             fill_from_interim(state, paths, until)
             state.warm_start_done()
         return state
-    state = OnlineFeatures.empty(specs)
+    state = OnlineFeatures.empty(specs, serve.lateness_us)
     if snapshot is not None and snapshot.exists() and until is None and (
             not paths.interim_transactions.exists()
             or snapshot.stat().st_mtime > paths.interim_transactions.stat().st_mtime):
@@ -102,7 +104,7 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             state.load(snapshot)
             return state
         except ValueError:   # written by an older version: rebuild from the data instead
-            state = OnlineFeatures.empty(specs)
+            state = OnlineFeatures.empty(specs, serve.lateness_us)
     fill_from_interim(state, paths, until)
     return state
 
@@ -294,6 +296,42 @@ async def limited_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def service_now(service: Service) -> int | None:
+    "The service's clock, in microseconds: the state's latest event, or this machine's time."
+    if service.params.serve.clock == "wall":
+        return (datetime.now() - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+    return service.features.current_clock()
+
+
+def refuse_out_of_time(service: Service, times: np.ndarray, request_id: str) -> None:
+    "422 (counted, logged) when a transaction is too far ahead of the clock or too late."
+    from fastapi.exceptions import RequestValidationError
+
+    serve, now = service.params.serve, service_now(service)
+    ahead, late = out_of_time(times, now, serve.lateness_us, serve.skew_us)
+    if not (ahead.any() or late.any()):
+        return
+    clock = str(np.datetime64(now, "us"))
+    errors = []
+    for rows, reason, bound, name in ((ahead, "ahead", serve.max_clock_skew_seconds,
+                                       "serve.max_clock_skew_seconds"),
+                                      (late, "late", serve.allowed_lateness_seconds,
+                                       "serve.allowed_lateness_seconds")):
+        if rows.any():
+            service.metrics["refused"].labels(reason).inc(int(rows.sum()))
+            first = int(np.flatnonzero(rows)[0])
+            where = ("body", "tx_datetime") if len(times) == 1 else (
+                "body", "transactions", first, "tx_datetime")
+            errors.append({"loc": where, "type": f"too_{reason}", "msg": (
+                f"{int(rows.sum())} transaction(s) dated more than {bound:g} s "
+                f"{'after' if reason == 'ahead' else 'before'} the service's clock {clock} "
+                f"({name}); they were not scored and did not enter the feature state")})
+    service.logger.warning("transactions refused by the clock", extra={"fields": {
+        "request_id": request_id, "ahead": int(ahead.sum()), "late": int(late.sum()),
+        "clock": clock}})
+    raise RequestValidationError(errors)
+
+
 async def score_response(service: Service, raw: bytes, request_id: str, explain: bool):
     "The /score answer: 200 with every result, or 409 if a transaction was scored before."
     import orjson
@@ -309,12 +347,13 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
             f"at most {limit} transactions (serve.max_explain_rows); send larger batches "
             "without it"}])
     columns = request_columns(items)
-    seen = service.features.already_scored(columns["transaction_id"].tolist())
-    if seen:
+    refuse_out_of_time(service, columns["tx_datetime"], request_id)
+    try:
+        logged, model, X = service.score(columns)
+    except AlreadyScored as err:
         return JSONResponse(status_code=409, content={"detail": [{
-            "loc": ["body", "transaction_id"], "msg": f"transaction {seen[0]} was already "
+            "loc": ["body", "transaction_id"], "msg": f"transaction {err.ids[0]} was already "
             "scored; each transaction enters the feature state once", "type": "conflict"}]})
-    logged, model, X = service.score(columns)
     n = len(items)
     logged["latency_ms"] = np.full(n, (time.perf_counter() - started) * 1000 / n)
     logged["request_id"] = np.full(n, request_id[:64], dtype="U64")

@@ -19,7 +19,7 @@ from ..io import atomic_output
 
 # %% auto #0
 __all__ = ['HISTORY', 'RAW', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge',
-           'OnlineFeatures']
+           'AlreadyScored', 'out_of_time', 'OnlineFeatures']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
@@ -171,6 +171,24 @@ def merge(store, keys: np.ndarray, new: np.ndarray) -> Merged:
     return Merged(rows, source, bounds, unique)
 
 
+class AlreadyScored(ValueError):
+    "Transactions the state holds already: each enters it once (the service answers 409)."
+
+    def __init__(self, ids: list[int]):
+        super().__init__(f"transaction {ids[0]} was already scored")
+        self.ids = ids
+
+
+def out_of_time(times: np.ndarray, now: int | None, lateness: int, skew: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Which transactions the state must refuse: those dated more than `skew` after `now`
+    (one would move a stream clock that far, and every card's later history would be cut
+    by it), and those more than `lateness` before it (their windows' rows are gone)."""
+    if now is None:   # an empty state has no clock yet
+        return np.zeros(len(times), bool), np.zeros(len(times), bool)
+    return times > now + skew, times < now - lateness
+
+
 @dataclass
 class OnlineFeatures:
     specs: tuple[FeatureSpec, ...]
@@ -178,27 +196,48 @@ class OnlineFeatures:
     history: dict[str, Arena]                 # per entity (RedisHistory in online_redis)
     entities_of: dict[int, tuple[int, int]]   # transaction id -> (card, terminal), for labels
     batches: list[tuple[int, np.ndarray]]      # (latest time, ids) of each batch, to forget ids
+    lateness: int = 0                         # how late (µs) a transaction may still arrive
+    clock: int | None = None                  # the latest event time the state holds
 
     @classmethod
-    def empty(cls, specs: tuple[FeatureSpec, ...]) -> OnlineFeatures:
+    def empty(cls, specs: tuple[FeatureSpec, ...], lateness: int = 0) -> OnlineFeatures:
         entities = {s.entity for s in specs if s.entity != "transaction"}
         return cls(tuple(specs), horizon_us(specs), {e: Arena.empty() for e in sorted(entities)},
-                   {}, [])
+                   {}, [], lateness)
 
-    def observe(self, rows: dict, compute: bool = True) -> dict[str, np.ndarray]:
+    def current_clock(self) -> int | None:
+        return self.clock
+
+    @property
+    def kept_since(self) -> int | None:
+        """Rows older than this are of no use to any transaction the state may still accept
+        (none earlier than clock - lateness, whose windows reach back the horizon)."""
+        if self.horizon is None or self.clock is None:
+            return None
+        return self.clock - self.lateness - self.horizon
+
+    def observe(self, rows: dict, compute: bool = True, check: bool = True
+                ) -> dict[str, np.ndarray]:
         """Record the batch `rows` (numpy columns: ids, `tx_datetime` in microseconds, amount,
-        optionally `tx_fraud`) and, with `compute`, return its features in the batch's order."""
+        optionally `tx_fraud`) and, with `compute`, return its features in the batch's order.
+        A batch holding a transaction the state has already seen raises `AlreadyScored` and
+        changes nothing."""
         n = len(rows["transaction_id"])
+        seen = self.already_scored(rows["transaction_id"].tolist()) if check else []
+        if seen:
+            raise AlreadyScored(seen)
         out = transaction_features(rows, [s for s in self.specs if s.entity == "transaction"]) \
             if compute else {}
         new = np.empty(n, HISTORY)
         new["time"], new["amount"], new["id"] = (rows["tx_datetime"], rows["tx_amount"],
                                                  rows["transaction_id"])
         new["label"] = rows.get("tx_fraud", 0)
-        # every key first: a key that cannot be made fails the batch before any state changes
+        # Everything is computed before anything is kept: a batch that fails on the way (a key
+        # that cannot be made, a kernel error) leaves the state as it was.
         keys = {entity: entity_key(rows, entity) for entity in self.history}
+        merged = {}
         for entity, store in self.history.items():
-            m = merge(store, keys[entity], new)
+            m = merged[entity] = merge(store, keys[entity], new)
             if compute:
                 specs = [s for s in self.specs if s.entity == entity]
                 targets = np.flatnonzero(m.source >= 0)
@@ -210,7 +249,11 @@ class OnlineFeatures:
                 for name, v in values.items():
                     out[name] = np.empty_like(v)
                     out[name][where] = v
-            self._keep(store, m)
+        if n:
+            self.clock = max(self.clock if self.clock is not None else -2**63,
+                             int(rows["tx_datetime"].max()))
+        for entity, store in self.history.items():
+            self._keep(store, merged[entity])
         self._remember(rows)
         return {s.name: out[s.name] for s in self.specs} if compute else {}
 
@@ -222,16 +265,16 @@ class OnlineFeatures:
                                     strict=True))
         latest = int(rows["tx_datetime"].max()) if len(ids) else 0
         self.batches.append((latest, ids))
-        if self.horizon is not None:
-            while self.batches and self.batches[0][0] < latest - self.horizon:
+        if self.kept_since is not None:   # by event time: what the clock has left behind
+            while self.batches and self.batches[0][0] < self.kept_since:
                 for i in self.batches.pop(0)[1].tolist():
                     self.entities_of.pop(i, None)
 
     def _keep(self, store, m: Merged) -> None:
         rows, bounds = m.rows, m.bounds
-        if self.horizon is not None:  # drop rows past the horizon of their key's latest row
-            latest = np.repeat(rows["time"][bounds[1:] - 1], np.diff(bounds))
-            fresh = rows["time"] > latest - self.horizon
+        if self.kept_since is not None:   # drop rows no acceptable transaction can see,
+            fresh = rows["time"] > self.kept_since
+            fresh[bounds[1:] - 1] = True  # but a key's last row (time since the previous one)
             if not fresh.all():
                 rows = take(rows, np.flatnonzero(fresh))
                 kept_per_key = np.add.reduceat(fresh.astype(np.int64), bounds[:-1])
@@ -293,3 +336,5 @@ class OnlineFeatures:
         ids = owner["customer"].keys() | owner["terminal"].keys()
         self.entities_of = {i: (owner["customer"].get(i, -1), owner["terminal"].get(i, -1))
                             for i in ids}
+        times = table.column("time").to_numpy() if "time" in table.column_names else []
+        self.clock = int(times.max()) if len(times) else None

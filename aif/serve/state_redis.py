@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
-from .state import HISTORY, STATE_FORMAT, OnlineFeatures
+from .state import HISTORY, STATE_FORMAT, AlreadyScored, OnlineFeatures
 
 # %% auto #0
-__all__ = ['TX_TTL_SECONDS', 'PREFIX', 'RedisHistory', 'RedisFeatures']
+__all__ = ['PREFIX', 'CLOCK', 'RedisHistory', 'RedisFeatures']
 
 # %% ../../nbs/61_state_redis.ipynb #e698e321
-TX_TTL_SECONDS = 60 * 86_400
 PREFIX = f"aif:v{STATE_FORMAT}:"   # keys of another state format are never read
+CLOCK = f"{PREFIX}clock"
 
 
 class RedisHistory:
@@ -79,34 +79,59 @@ class RedisFeatures(OnlineFeatures):
     counted_at: float = -60.0
 
     @classmethod
-    def connect(cls, url: str, specs: tuple[FeatureSpec, ...]) -> RedisFeatures:
+    def connect(cls, url: str, specs: tuple[FeatureSpec, ...], lateness: int = 0
+                ) -> RedisFeatures:
         import redis
 
         client = redis.Redis.from_url(url)
         client.ping()
         entities = sorted({s.entity for s in specs if s.entity != "transaction"})
         return cls(tuple(specs), horizon_us(specs),
-                   {e: RedisHistory(client, e) for e in entities}, {}, [], client)
+                   {e: RedisHistory(client, e) for e in entities}, {}, [], lateness, None, client)
+
+    @property
+    def tx_ttl_seconds(self) -> int | None:
+        "How long an id is remembered: as long as the in-memory state keeps it."
+        if self.horizon is None:
+            return None
+        return -(-(self.horizon + self.lateness) // 1_000_000)
+
+    def current_clock(self) -> int | None:
+        "The clock all replicas share (the latest event time any of them accepted)."
+        value = self.client.get(CLOCK)
+        return int(value) if value is not None else None
 
     def observe(self, rows: dict, compute: bool = True) -> dict[str, np.ndarray]:
         import redis
 
         names = {e: sorted(set(entity_key(rows, e).tolist())) for e in self.history}
+        ids = rows["transaction_id"].tolist()
+        tx_names = [f"{PREFIX}tx:{i}" for i in ids]
         watched = [h.name(k) for e, h in self.history.items() for k in names[e]]
         with self.client.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(*watched)
+                    # the ids and the clock are watched too: the duplicate check and the
+                    # clock's move happen in the same transaction as the rows
+                    pipe.watch(*watched, *tx_names, CLOCK)
+                    seen = [i for i, v in zip(ids, pipe.mget(tx_names) if ids else [],
+                                              strict=True) if v is not None]
+                    if seen:
+                        raise AlreadyScored(seen)
+                    clock = pipe.get(CLOCK)
+                    self.clock = int(clock) if clock is not None else None
                     for entity, history in self.history.items():
                         history.prefetch(pipe, names[entity])
                     self.pending_tx = {}
-                    out = super().observe(rows, compute)
+                    out = super().observe(rows, compute, check=False)
                     pipe.multi()
                     for history in self.history.values():
                         if history.writes:
                             pipe.mset(history.writes)
                     for name, value in self.pending_tx.items():
-                        pipe.set(name, value, ex=TX_TTL_SECONDS)
+                        pipe.set(name, value, ex=self.tx_ttl_seconds)
+                    if self.clock is not None:
+                        pipe.set(CLOCK, self.clock)
                     pipe.execute()
                     return out
                 except redis.WatchError:

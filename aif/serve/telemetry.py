@@ -60,6 +60,8 @@ def service_metrics():
         "model": Gauge("aif_model_info", "the model being served", ["version"],
                        registry=collector),
         "reloads": Counter("aif_model_reloads_total", "model switches", registry=collector),
+        "refused": Counter("aif_transactions_refused_total", "transactions refused by the "
+                           "clock (too far ahead or too late)", ["reason"], registry=collector),
     }
 
 
