@@ -86,12 +86,20 @@ def test_a_batch_is_taken_whole_or_not_at_all():
 
 
 def test_the_clock_refuses_what_is_too_far_ahead_or_too_late():
-    times = np.array([0, 5, 10, 30, -20]) * HOUR
+    times = np.array([0, 5, 40, -20, -5]) * HOUR
     ahead, late = out_of_time(times, now=0, lateness=12 * HOUR, skew=24 * HOUR)
-    assert ahead.tolist() == [False, False, False, True, False]
-    assert late.tolist() == [False, False, False, False, True]
-    ahead, late = out_of_time(times, now=None, lateness=0, skew=0)
-    assert not ahead.any() and not late.any()   # an empty state has no clock yet
+    assert ahead.tolist() == [False, False, True, False, False]
+    assert late.tolist() == [False, False, False, True, False]
+    # one transaction alone is judged from the clock
+    assert out_of_time(np.array([30]) * HOUR, now=0, lateness=0, skew=24 * HOUR)[0].tolist() \
+        == [True]
+    # a batch may span days in steps under the skew, as a day's replay does
+    days = np.arange(0, 72, 2) * HOUR
+    assert not out_of_time(days, now=0, lateness=0, skew=24 * HOUR)[0].any()
+    # an empty state has no clock yet: its first batch is judged by its own steps
+    ahead, late = out_of_time(np.array([0, 1, 100]) * HOUR, now=None, lateness=0,
+                              skew=24 * HOUR)
+    assert ahead.tolist() == [False, False, True] and not late.any()
 
 
 def test_old_rows_go_by_the_event_clock_and_each_key_keeps_its_last():

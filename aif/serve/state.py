@@ -181,12 +181,22 @@ class AlreadyScored(ValueError):
 
 def out_of_time(times: np.ndarray, now: int | None, lateness: int, skew: int
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Which transactions the state must refuse: those dated more than `skew` after `now`
-    (one would move a stream clock that far, and every card's later history would be cut
-    by it), and those more than `lateness` before it (their windows' rows are gone)."""
-    if now is None:   # an empty state has no clock yet
-        return np.zeros(len(times), bool), np.zeros(len(times), bool)
-    return times > now + skew, times < now - lateness
+    """Which transactions the state must refuse: those more than `lateness` before `now`
+    (their windows' rows are gone), and those more than `skew` after the clock as the
+    batch's earlier transactions move it (one dated far ahead would move a stream clock
+    that far, and every card's later history would be cut by it). A batch may span days,
+    in steps of less than `skew`; an empty state has no clock, and its first batch is
+    judged by its own steps."""
+    if len(times) == 0:
+        return np.zeros(0, bool), np.zeros(0, bool)
+    order = np.argsort(times, kind="stable")
+    ordered = times[order]
+    start = ordered[0] if now is None else int(now)   # the first step is from the clock
+    before = np.maximum.accumulate(np.concatenate([[start], ordered[:-1]]))
+    ahead = np.empty(len(times), bool)
+    ahead[order] = ordered > before + skew
+    late = np.zeros(len(times), bool) if now is None else times < now - lateness
+    return ahead, late
 
 
 @dataclass
