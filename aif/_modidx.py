@@ -491,6 +491,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'aif.serve.schema.Transaction': ('request_schema.html#transaction', 'aif/serve/schema.py'),
                                   'aif.serve.schema.body_errors': ('request_schema.html#body_errors', 'aif/serve/schema.py'),
                                   'aif.serve.schema.labels_body': ('request_schema.html#labels_body', 'aif/serve/schema.py'),
+                                  'aif.serve.schema.located': ('request_schema.html#located', 'aif/serve/schema.py'),
                                   'aif.serve.schema.request_columns': ('request_schema.html#request_columns', 'aif/serve/schema.py'),
                                   'aif.serve.schema.score_body': ('request_schema.html#score_body', 'aif/serve/schema.py')},
             'aif.serve.state': { 'aif.serve.state.AlreadyScored': ('online_state.html#alreadyscored', 'aif/serve/state.py'),

@@ -23,7 +23,7 @@ from ..schema import ID_LIMIT, ID_MIN
 
 # %% auto #0
 __all__ = ['MAX_ROWS', 'SCORE_BODY', 'BATCH', 'TRANSACTION', 'LABELS_BODY', 'Transaction', 'Batch', 'Label', 'Labels',
-           'score_body', 'labels_body', 'body_errors', 'request_columns']
+           'score_body', 'labels_body', 'body_errors', 'located', 'request_columns']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
 MAX_ROWS = 100_000   # transactions or labels in one request
@@ -90,9 +90,7 @@ def labels_body(raw: bytes) -> list[Label]:
     try:
         payload = LABELS_BODY.validate_json(raw)
     except ValidationError as err:
-        raise RequestValidationError([{**{k: v for k, v in e.items() if k != "input"},
-                                       "loc": ("body", *e["loc"])}
-                                      for e in err.errors(include_url=False)]) from None
+        raise RequestValidationError(located(err)) from None
     return payload.labels if isinstance(payload, Labels) else [payload]
 
 
@@ -107,6 +105,11 @@ def body_errors(raw: bytes, err: ValidationError) -> list[dict]:
         err = again
     except (ValueError, RecursionError):
         pass   # not JSON, or nested past Python's parser: the union's error says so
+    return located(err)
+
+
+def located(err: ValidationError) -> list[dict]:
+    "Pydantic's errors placed in the body, without the input they quote (it may be large)."
     return [{**{k: v for k, v in e.items() if k != "input"}, "loc": ("body", *e["loc"])}
             for e in err.errors(include_url=False)]
 

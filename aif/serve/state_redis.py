@@ -114,8 +114,8 @@ class RedisFeatures(OnlineFeatures):
                     # the ids and the clock are watched too: the duplicate check and the
                     # clock's move happen in the same transaction as the rows
                     pipe.watch(*watched, *tx_names, CLOCK)
-                    seen = [i for i, v in zip(ids, pipe.mget(tx_names) if ids else [],
-                                              strict=True) if v is not None]
+                    # read after WATCH: an id another replica adds before EXEC aborts the EXEC
+                    seen = self.already_scored(ids)
                     if seen:
                         raise AlreadyScored(seen)
                     clock = pipe.get(CLOCK)
