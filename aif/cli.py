@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 from .config.params import ParamsError
-from .io import StageError
+from .config.paths import project_paths
+from .io import StageError, remove_temporaries, restore_outputs
 
 # %% auto #0
-__all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'die_with_parent', 'hooks', 'main']
+__all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'die_with_parent', 'hooks', 'main', 'put_back']
 
 # %% ../nbs/99_cli.ipynb #478966ad
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
@@ -51,7 +53,6 @@ def die_with_parent() -> bool:
     dvc no longer accounts for. `aif serve` is left out: it outlives the shell that started it.
     True where it applied."""
     import ctypes
-    import signal
 
     try:
         pr_set_pdeathsig = 1
@@ -80,9 +81,31 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     if command != "serve":
         die_with_parent()
-    module = importlib.import_module(COMMANDS[command][0])
+    stage = os.environ.get("DVC_STAGE") if command != "serve" else None   # set by DVC
+    if stage:   # run by `dvc repro`: a failure puts the previous outputs back
+        remove_temporaries(project_paths().root, stage)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    code = EXIT_USER_ERROR
     try:
-        return module.main(rest, **hooks(command)) or 0
+        module = importlib.import_module(COMMANDS[command][0])
+        code = module.main(rest, **hooks(command)) or 0
     except (StageError, ParamsError) as err:
         print(str(err), file=sys.stderr)
-        return EXIT_USER_ERROR
+    finally:
+        if stage and code != 0:
+            put_back(stage)
+    return code
+
+
+def put_back(stage: str) -> None:
+    "Restore a failed DVC stage's outputs, and say so in one line."
+    root = project_paths().root
+    try:
+        restored = restore_outputs(root, stage)
+    except Exception as err:   # noqa: BLE001 - the stage's own error matters more
+        print(f"aif: {stage}: outputs not restored ({err}); run `dvc checkout {stage}`",
+              file=sys.stderr)
+        return
+    if restored:
+        print(f"aif: {stage} failed; its previous outputs are back as dvc.lock records them "
+              f"({', '.join(restored)})", file=sys.stderr)

@@ -21,7 +21,8 @@ from .config.params import Params, load_params
 from .config.paths import ProjectPaths, project_paths
 
 # %% auto #0
-__all__ = ['atomic_output', 'get_logger', 'StageError', 'Stage', 'start_stage', 'save_figure', 'write_timings']
+__all__ = ['atomic_output', 'stage_outputs', 'remove_temporaries', 'restore_outputs', 'get_logger', 'StageError', 'Stage',
+           'start_stage', 'save_figure', 'write_timings']
 
 # %% ../nbs/02_io.ipynb #7d9ec80c
 @contextlib.contextmanager
@@ -44,6 +45,58 @@ def atomic_output(final: Path | str):
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+
+# %% ../nbs/02_io.ipynb #r2e3s4t5
+def stage_outputs(root: Path, stage: str) -> list[dict]:
+    "The outputs `dvc.lock` records for `stage` (path, md5), [] if it records none."
+    import yaml
+
+    lock = root / "dvc.lock"
+    if not lock.exists():
+        return []
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(stage) or {}
+    return [o for o in entry.get("outs", []) if "md5" in o]
+
+
+def remove_temporaries(root: Path, stage: str) -> None:
+    "Delete what `atomic_output` left beside the stage's outputs when a kill cut it short."
+    for out in stage_outputs(root, stage):
+        final = root / out["path"]
+        for stale in final.parent.glob(f".{final.name}.*-*"):
+            if ".tmp-" in stale.name or ".old-" in stale.name:
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
+def restore_outputs(root: Path, stage: str) -> list[str]:
+    "Put back the outputs of `stage` as `dvc.lock` records them (see above); what was restored."
+    import subprocess
+
+    from dvc.repo import Repo   # reading the cache takes no lock: safe inside `dvc repro`
+
+    remove_temporaries(root, stage)
+    cache = Repo(str(root)).cache.local
+    restored = []
+    for out in stage_outputs(root, stage):
+        final, md5 = root / out["path"], out["md5"]
+        with atomic_output(final) as tmp:
+            if md5.endswith(".dir") and Path(cache.oid_to_path(md5)).exists():
+                tmp.mkdir()
+                for entry in json.loads(Path(cache.oid_to_path(md5)).read_text()):
+                    target = tmp / entry["relpath"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(cache.oid_to_path(entry["md5"]), target)
+            elif Path(cache.oid_to_path(md5)).exists():
+                shutil.copyfile(cache.oid_to_path(md5), tmp)
+            else:   # not cached (cache: false): git's HEAD, if it is that version
+                shown = subprocess.run(["git", "show", f"HEAD:{out['path']}"], cwd=root,
+                                       capture_output=True)
+                import hashlib
+
+                if shown.returncode or hashlib.md5(shown.stdout).hexdigest() != md5:
+                    continue
+                tmp.write_bytes(shown.stdout)
+        restored.append(out["path"])
+    return restored
 
 # %% ../nbs/02_io.ipynb #76de7c13
 def get_logger(name: str) -> logging.Logger:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from aif.config.params import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, FeaturesParams
 from aif.features.engine import compute_features
 from aif.features.specs import MICROS_PER_DAY, feature_specs
-from aif.serve.state import AlreadyScored, OnlineFeatures, out_of_time
+from aif.serve.state import AlreadyScored, KnownIds, LabelChangeRefused, OnlineFeatures, out_of_time
 
 HOUR = MICROS_PER_DAY // 24
 SHORT = FeaturesParams(customer_windows_days=(1, 2), terminal_windows_days=(1, 2),
@@ -73,12 +73,12 @@ def test_a_batch_is_taken_whole_or_not_at_all():
     state = OnlineFeatures.empty(specs, HOUR)
     state.observe({c: v[:30] for c, v in columns.items()}, compute=False)
     before = {e: a.everything() for e, a in state.history.items()}
-    clock, known = state.clock, dict(state.entities_of)
+    clock, known = state.clock, state.known.everything().copy()
     batch = {c: v[25:35] for c, v in columns.items()}   # 25..29 were seen: 409, nothing kept
     with pytest.raises(AlreadyScored) as err:
         state.observe(batch)
     assert err.value.ids == [26, 27, 28, 29, 30]
-    assert state.clock == clock and state.entities_of == known
+    assert state.clock == clock and np.array_equal(state.known.everything(), known)
     for entity, arena in state.history.items():
         assert all(np.array_equal(a, b) for a, b in zip(arena.everything(), before[entity],
                                                         strict=True))
@@ -113,5 +113,63 @@ def test_old_rows_go_by_the_event_clock_and_each_key_keeps_its_last():
         keys, rows = arena.everything()
         last = np.r_[keys[1:] != keys[:-1], True]
         assert ((rows["time"] > floor) | last).all()
-    ids_kept = set(state.entities_of)
+    ids_kept = set(state.known.everything()["id"].tolist())
     assert min(ids_kept) > 1 and len(ids_kept) < 400   # ids are forgotten by event time too
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches=st.lists(st.lists(st.integers(0, 300), min_size=0, max_size=40, unique=True),
+                        min_size=1, max_size=40),
+       horizon=st.integers(1, 400))
+def test_known_ids_answer_as_a_dictionary_and_forget_only_what_the_clock_left(batches, horizon):
+    """The sorted runs find every id a dictionary would, with its card and terminal, and drop
+    an id only once its time is behind the clock by more than the horizon."""
+    known, model, clock, seen = KnownIds(), {}, 0, set()
+    for b, ids in enumerate(batches):
+        ids = [i for i in ids if i not in seen]   # the state adds each id once
+        seen.update(ids)
+        times = np.full(len(ids), b * 10, np.int64)
+        rows = {"transaction_id": np.array(ids, np.int64), "customer_id": np.array(ids) % 7,
+                "terminal_id": np.array(ids) % 11, "tx_datetime": times}
+        clock = b * 10
+        known.add(rows, labelled=False, kept_since=clock - horizon)
+        model.update({i: (i % 7, i % 11, b * 10) for i in ids})
+    probe = np.arange(0, 301)
+    run_of, at = known.find(probe)
+    for i, r in zip(probe.tolist(), run_of.tolist(), strict=True):
+        if i not in model:
+            assert r < 0
+        elif model[i][2] >= clock - horizon:      # within the horizon: always known
+            assert r >= 0
+    hit = run_of >= 0
+    records = known.records(run_of[hit], at[hit])
+    for i, c, t in zip(probe[hit].tolist(), records["customer"].tolist(),
+                       records["terminal"].tolist(), strict=True):
+        assert (c, t) == model[i][:2]
+    assert len(known) <= 2 * max(1, sum(1 for v in model.values()
+                                        if v[2] >= clock - horizon)) + 40
+
+
+def test_a_recorded_label_changes_only_when_allowed_and_a_refusal_changes_nothing():
+    specs = feature_specs(SHORT, 1)
+    columns = stream(8, 30, days=2)
+    state = OnlineFeatures.empty(specs, HOUR)
+    unlabelled = {c: v for c, v in columns.items() if c != "tx_fraud"}
+    state.observe(unlabelled, compute=False)
+    ids = columns["transaction_id"][:3]
+    first = state.record_labels(ids, [1, 0, 1], may_change=False)   # new labels: fine
+    assert first["known"].all() and first["previous"].tolist() == [-1, -1, -1]
+    before = {e: a.everything() for e, a in state.history.items()}
+    with pytest.raises(LabelChangeRefused) as err:
+        state.record_labels(ids, [1, 1, 1], may_change=False)   # the second would change
+    assert err.value.ids == [int(ids[1])]
+    for entity, arena in state.history.items():
+        assert np.array_equal(arena.everything()[1], before[entity][1])
+    assert state.label_states(ids)[1].tolist() == [1, 0, 1]
+    again = state.record_labels(ids, [1, 1, 1], may_change=True)
+    assert again["previous"].tolist() == [1, 0, 1]
+    assert state.label_states(ids)[1].tolist() == [1, 1, 1]
+    _, rows = state.history["customer"].everything()
+    assert rows["label"][np.isin(rows["id"], ids)].tolist() == [1, 1, 1]
+    unknown = state.record_labels(np.array([10**6]), np.array([1]))
+    assert not unknown["known"][0]

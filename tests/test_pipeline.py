@@ -150,3 +150,65 @@ def test_a_stage_stops_when_the_process_that_started_it_is_killed(small_project:
     else:
         raise AssertionError("the stage went on after its parent was killed")
     assert not (small_project / "data/raw/transactions").exists()
+
+
+def featurize_outputs(project: Path) -> dict[str, str]:
+    "md5 of every file the featurize stage writes, by path."
+    import hashlib
+
+    import yaml
+
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["featurize"]
+    files = {}
+    for out in lock["outs"]:
+        path = project / out["path"]
+        for f in ([path] if path.is_file() else sorted(path.rglob("*")) if path.exists() else []):
+            if f.is_file():
+                files[str(f.relative_to(project))] = hashlib.md5(f.read_bytes()).hexdigest()
+    return files
+
+
+def test_a_failed_stage_leaves_its_outputs_and_a_killed_one_is_put_back_by_dvc_checkout(
+        small_project: Path):
+    """DVC deletes a stage's outputs before running it. A stage that fails puts them back as
+    dvc.lock records them; one killed with SIGKILL leaves them absent or whole, never half
+    written, and `dvc checkout` restores them."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import run_env
+
+    run(DATA_STAGES, small_project)
+    commit_all(small_project, "data")
+    before = featurize_outputs(small_project)
+    assert len(before) >= 2
+
+    write_params(small_project, features={"groups": ["baseline", "no_such_group"]})
+    failed = run(["dvc", "repro", "featurize"], small_project, check=False)
+    assert failed.returncode != 0 and "no_such_group" in failed.stderr
+    assert "previous outputs are back" in failed.stderr
+    assert featurize_outputs(small_project) == before
+    run(["git", "checkout", "params.yaml"], small_project)
+
+    repro = subprocess.Popen(["dvc", "repro", "-f", "featurize"], cwd=small_project,
+                             env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    processed = small_project / "data/processed"
+    deadline = time.monotonic() + 60
+    while not list(processed.glob(".*.tmp-*")):   # mid-write: its temporary is there
+        assert repro.poll() is None and time.monotonic() < deadline, "featurize ended first"
+        time.sleep(0.001)
+    stage = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                 and b"featurize" in (p / "cmdline").read_bytes()
+                 and b"aif" in (p / "cmdline").read_bytes() and int(p.name) != repro.pid)
+    os.kill(stage, signal.SIGKILL)
+    assert repro.wait(timeout=60) != 0
+    after = featurize_outputs(small_project)
+    assert all(before[path] == md5 for path, md5 in after.items())   # absent or whole
+    run(["dvc", "checkout", "featurize"], small_project)          # the cached outputs
+    run(["git", "checkout", "--", "reports/features.json"], small_project)   # cache: false
+    assert featurize_outputs(small_project) == before
+    assert "up to date" in run(["dvc", "status", "featurize"], small_project).stdout
+    run(["dvc", "repro", "-f", "featurize"], small_project)   # its next run clears the rest
+    assert not list(processed.glob(".*.tmp-*")) and featurize_outputs(small_project) == before

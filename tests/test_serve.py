@@ -157,9 +157,10 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
         assert len(r.content) < 1000    # names the row and the rule, does not echo the batch
         schemas = client.get("/openapi.json").json()["components"]["schemas"]
         assert set(schemas["Transaction"]["properties"]) == set(tx)   # /score is documented
-        assert client.post("/score", json=tx).status_code == 200
-        again = client.post("/score", json=tx)       # a transaction enters the state once
-        assert again.status_code == 409 and "already scored" in again.text
+        first = client.post("/score", json=tx)
+        assert first.status_code == 200
+        other = client.post("/score", json={**tx, "tx_amount": tx["tx_amount"] + 1})
+        assert other.status_code == 409 and "already scored" in other.text   # enters once
         assert client.post("/labels", json={"transaction_id": 1, "tx_fraud": 2}).status_code \
             == 422
 
@@ -291,13 +292,19 @@ def test_two_replicas_share_the_feature_state_in_redis(project: Path, redis_url:
     with service(project, "--state-until", TEST_START) as (one, _), \
             service(project, "--state-until", TEST_START) as (two, _):
         replicas = (one, two)
+        first_answer = None
         for i, tx in enumerate(payload(window)[:150]):      # alternate, one at a time
             r = replicas[i % 2].post("/score", json=tx)
             assert r.status_code == 200, r.text
+            first_answer = first_answer or r.json()
             replicas[(i + 1) % 2].post("/labels", json={
                 "transaction_id": tx["transaction_id"], "tx_fraud": int(window.tx_fraud.iloc[i])})
-        # a transaction scored by one replica is known to the other
-        assert two.post("/score", json=payload(window.iloc[:1])[0]).status_code == 409
+        # a transaction scored by one replica is known to the other: sent again unchanged
+        # (a client whose connection broke) it gets its first answer, changed it is a conflict
+        again = two.post("/score", json=payload(window.iloc[:1])[0])
+        assert again.status_code == 200 and again.json() == first_answer
+        changed = {**payload(window.iloc[:1])[0], "terminal_id": 1}
+        assert two.post("/score", json=changed).status_code == 409
         rest = window.iloc[150:]
         for j, start in enumerate(range(0, len(rest), 300)):
             chunk = rest.iloc[start:start + 300]
@@ -425,6 +432,21 @@ def test_keys_scopes_loopback_and_tls(project: Path, tmp_path: Path):
                                                 "tx_fraud": 1},
                                headers={"authorization": f"Bearer {labels_token}"})
         assert labelled.status_code == 200 and labelled.json()["recorded"] == 1
+        # a recorded label changes only with admin; a refusal keeps nothing of the request
+        tx2 = {**tx, "transaction_id": tx["transaction_id"] + 1}
+        assert client.post("/score", json=tx2, headers=bearer(score_token)).status_code == 200
+        both = {"labels": [{"transaction_id": tx2["transaction_id"], "tx_fraud": 1},
+                           {"transaction_id": tx["transaction_id"], "tx_fraud": 0}]}
+        refused = client.post("/labels", json=both, headers=bearer(labels_token))
+        assert refused.status_code == 403 and refused.json()["detail"][0]["loc"] == [
+            "body", "labels", 1, "tx_fraud"], refused.text
+        admin = run(["aif", "serve", "token", "add", "admin"], project,
+                    AIF_SERVE_TOKENS_FILE=str(tokens)).stdout.strip().splitlines()[-1]
+        changed = client.post("/labels", json=both, headers=bearer(admin))
+        assert changed.status_code == 200 and changed.json() == {
+            "recorded": 2, "unknown": 0, "changed": 1}
+        metrics = client.get("/metrics").text
+        assert 'aif_labels_total{outcome="refused"} 2.0' in metrics
         metrics = client.get("/metrics").text
         assert 'aif_requests_total{endpoint="/score",status="401"} 1.0' in metrics
     finally:
@@ -434,6 +456,18 @@ def test_keys_scopes_loopback_and_tls(project: Path, tmp_path: Path):
         log.close()
     text = (project / "serve.log").read_text()
     assert score_token not in text and labels_token not in text
+    # every label recorded or changed has its audit line: scope and request, never the token
+    audit = [json.loads(line) for line in
+             (project / "models/serving/label-audit.jsonl").read_text().splitlines()]
+    assert [(a["transaction_id"], a["from"], a["to"], a["scope"]) for a in audit] == [
+        (tx["transaction_id"], None, 1, "labels"), (tx2["transaction_id"], None, 1, "admin"),
+        (tx["transaction_id"], 1, 0, "admin")]
+    assert all(a["request_id"] for a in audit)
+    assert admin not in json.dumps(audit) and labels_token not in json.dumps(audit)
+
+
+def bearer(token: str) -> dict:
+    return {"authorization": f"Bearer {token}"}
 
 
 def test_hostile_requests_get_a_4xx_and_change_nothing(project: Path):
@@ -495,3 +529,77 @@ def test_the_clock_refuses_far_future_and_stale_transactions_without_a_trace(pro
         replay = window.iloc[:300]
         assert client.post("/score", json={"transactions": payload(replay)}).status_code == 200
     logged_matches_offline(project, replay)   # the refused ones cut no history
+
+
+def test_a_retry_gets_its_first_answer_also_after_a_restart(project: Path):
+    """A client whose connection broke sends the same transactions again: each gets the answer
+    it got the first time and enters the state and the prediction log once, also in a batch
+    that mixes it with new ones and after the service restarted; changed, it is a conflict."""
+    rows = interim(project)
+    window = rows[(rows.tx_datetime >= TEST_START) & (rows.tx_datetime < "2018-06-27")]
+    txs = payload(window.iloc[:60])
+    with service(project, "--state-until", TEST_START) as (client, _):
+        first = client.post("/score", json={"transactions": txs[:40]})
+        assert first.status_code == 200
+        again = client.post("/score", json={"transactions": txs[:40]})
+        assert again.status_code == 200 and again.json() == first.json()
+        mixed = client.post("/score", json={"transactions": txs[30:50]})   # 10 old, 10 new
+        assert mixed.status_code == 200
+        assert mixed.json()["results"][:10] == first.json()["results"][30:40]
+        assert 'aif_retries_answered_total 50.0' in client.get("/metrics").text
+    with service(project, "--state-until", TEST_START) as (client, _):   # the journal's
+        after = client.post("/score", json={"transactions": txs[:50]})
+        assert after.status_code == 200
+        assert after.json()["results"] == first.json()["results"] + \
+            mixed.json()["results"][10:]
+        changed = client.post("/score", json={**txs[5], "tx_amount": txs[5]["tx_amount"] + 0.01})
+        assert changed.status_code == 409
+        assert client.post("/score", json={"transactions": txs[50:]}).status_code == 200
+    logged_matches_offline(project, window.iloc[:60])
+
+
+def test_requests_generated_from_the_openapi_schema_get_no_500_and_hostile_ones_change_nothing(
+        project: Path):
+    """Schemathesis reads the running service's OpenAPI document and makes requests from it:
+    hostile ones (each violating the schema somewhere) must all get a 4xx and leave the state,
+    the counters and the prediction log as they were; valid ones must never get a 500."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    quick = settings(max_examples=40, deadline=None, database=None,
+                     suppress_health_check=list(HealthCheck))
+    with service(project) as (client, _):
+        base = str(client.base_url)
+        schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+
+        def scored() -> tuple[int, str]:
+            metrics = client.get("/metrics").text
+            count = re.search(r"^aif_transactions_scored_total (\S+)$", metrics, re.M)
+            return client.get("/ready").json()["state_rows"], count.group(1) if count else "0"
+
+        def statuses_of(operation, mode) -> list[int]:
+            got: list[int] = []
+
+            @quick
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def send(case):
+                r = case.call(base_url=base)
+                got.append(r.status_code)
+                assert r.status_code < 500, (case.body, r.status_code, r.text[:300])
+                if mode == GenerationMode.NEGATIVE:
+                    assert r.status_code >= 400, (case.body, r.status_code, r.text[:300])
+
+            send()
+            return got
+
+        before = scored()
+        for path in ("/score", "/labels"):
+            operation = schema[path]["POST"]
+            hostile = statuses_of(operation, GenerationMode.NEGATIVE)
+            assert len(hostile) >= 20 and scored() == before, (path, hostile)
+            statuses_of(operation, GenerationMode.POSITIVE)
+        assert client.get("/health").status_code == 200
+    errors = [json.loads(line) for line in (project / "serve.log").read_text().splitlines()
+              if line.startswith("{") and '"unhandled error"' in line]
+    assert errors == []

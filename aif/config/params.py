@@ -291,6 +291,10 @@ class ServeParams:
     log_flush_seconds: float = 5.0
     log_flush_rows: int = 10_000
     snapshot: str | None = "models/serving/state.parquet"
+    snapshot_seconds: float = 300.0   # how often the state is snapshotted (in a forked child)
+    journal: str | None = "models/serving/journal.sqlite"   # what was acknowledged (nbs/64a)
+    journal_sync: str = "never"       # never: written before the reply (kill -9); always: synced too (power loss)
+    label_audit: str | None = "models/serving/label-audit.jsonl"   # every label change
     state: str = "memory"
     keep_alive_seconds: int = 75
     clock: str = "stream"             # stream: the latest event time; wall: this machine's time
@@ -303,6 +307,8 @@ class ServeParams:
     def __post_init__(self):
         if self.clock not in ("stream", "wall"):
             raise ParamsError("params.yaml: serve.clock must be stream or wall")
+        if self.journal_sync not in ("always", "never"):
+            raise ParamsError("params.yaml: serve.journal_sync must be always or never")
 
     @property
     def lateness_us(self) -> int:

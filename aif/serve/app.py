@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import os
 import signal
 import time
 import uuid
@@ -29,6 +31,7 @@ from ..features.store import read_columns
 from ..io import StageError, get_logger
 from ..schema import INPUT_COLUMNS
 from .auth import Guard, is_loopback, token_main, tokens_path
+from .journal import Journal, JournalError
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
 from .schema import LABELS_BODY, SCORE_BODY, labels_body, request_columns, score_body
@@ -36,10 +39,11 @@ from .state import AlreadyScored, OnlineFeatures, out_of_time
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
-__all__ = ['Service', 'explain_rows', 'warm_state', 'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log',
+__all__ = ['Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'replay', 'recover_log', 'fill_from_interim',
+           'reload_if_changed', 'watch_registry', 'flush_log', 'write_snapshot', 'snapshot', 'snapshot_every',
            'lifespan_of', 'document_score_body', 'observe_requests', 'request_unfit', 'limited_body', 'service_now',
-           'refuse_out_of_time', 'score_response', 'record_scores', 'create_app', 'keep_freed_memory', 'build_service',
-           'main']
+           'refuse_out_of_time', 'original_answers', 'conflict', 'score_response', 'label_response', 'audit_labels',
+           'record_scores', 'create_app', 'keep_freed_memory', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -58,21 +62,61 @@ class Service:
     ready: bool = False
     last_flush: float = 0.0
     writing: object = None    # the prediction-log write in progress, if any
+    journal: Journal | None = None   # what was acknowledged (nbs/64a_journal)
+    snapshotting: int | None = None  # the pid of the child writing a snapshot, if any
+    audit: Path | None = None        # one JSON line for every label recorded or changed
 
-    def score(self, columns: dict[str, np.ndarray]) -> tuple[dict, object, np.ndarray]:
-        "The logged rows of a scored batch, the model that scored it and its feature matrix."
+    def score(self, columns: dict[str, np.ndarray], request_id: str, started: float,
+              checked: bool = False):
+        """The logged rows of a scored batch, the model that scored it, its feature matrix,
+        and a future done once the journal holds the batch (the reply waits for it). The
+        state keeps the batch at once, so that the next request sees it. `checked`: the
+        caller found none of the ids known, with no await since."""
         loaded = self.loaded   # one model for the whole request, even if a switch happens
-        model = loaded.model
+        model, matrix, durable = loaded.model, [], []
+
+        def scored(values: dict) -> dict:
+            X = model.matrix(values)
+            matrix.append(X)
+            with self.tracer.start_as_current_span("predict"):
+                prediction = model.predict(X)
+            n = len(X)
+            return {**columns, "tx_datetime": columns["tx_datetime"].view("datetime64[us]"),
+                    **{name: values[name] for name in model.features},
+                    "score": prediction.score, "fraud_probability": prediction.probability,
+                    "alert": prediction.alert,
+                    "model_version": np.full(n, loaded.version, dtype="U64"),
+                    "latency_ms": np.full(n, (time.perf_counter() - started) * 1000 / n),
+                    "request_id": np.full(n, request_id[:64], dtype="U64")}
+
+        def journaled(logged: dict) -> int:
+            if self.journal is None:
+                return 0
+            durable.append(self.journal.submit("score", logged, columns["tx_datetime"]))
+            return self.journal.last_seq
+
         with self.tracer.start_as_current_span("features"):
-            values = self.features.observe(columns)
-        X = model.matrix(values)
-        with self.tracer.start_as_current_span("predict"):
-            prediction = model.predict(X)
-        logged = {**columns, "tx_datetime": columns["tx_datetime"].view("datetime64[us]"),
-                  **{n: values[n] for n in model.features}, "score": prediction.score,
-                  "fraud_probability": prediction.probability, "alert": prediction.alert,
-                  "model_version": np.full(len(X), loaded.version, dtype="U64")}
-        return logged, model, X
+            logged = self.features.transact(columns, scored, journaled, check=not checked)
+        seq = self.journal.last_seq if durable else 0   # no await since the submit
+        return logged, model, matrix[-1], (durable[0] if durable else None, seq)
+
+
+async def on_disk(service: Service, future) -> None:
+    "Wait for the journal; if it cannot write, the service stops acknowledging (503)."
+    if future is not None:
+        await asyncio.wrap_future(future)
+
+
+def journal_refusal(service: Service):
+    "503 once the journal has failed: nothing may be acknowledged that it does not hold."
+    from fastapi.responses import JSONResponse
+
+    if service.journal is None or service.journal.failed is None:
+        return None
+    return JSONResponse(status_code=503, content={"detail": [{
+        "type": "journal_failed", "msg": "the service cannot write its journal, so it cannot "
+        "acknowledge transactions; restart it once the disk is fixed (it rebuilds its state "
+        "from the snapshot and the journal)"}]})
 
 
 def explain_rows(model, X: np.ndarray, top: int = 5) -> list[list[dict]]:
@@ -87,7 +131,11 @@ def explain_rows(model, X: np.ndarray, top: int = 5) -> list[list[dict]]:
 
 # %% ../../nbs/66_app.ipynb #fec1e1eb
 def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec, ...],
-               until: str | None, snapshot: Path | None):
+               until: str | None, snapshot: Path | None, journal: Journal | None = None):
+    """The feature state to start from: Redis's; or the last snapshot, if newer than the
+    data, and the journal's later entries; or the data (up to `until`, a replay's start),
+    and every entry the journal holds. The journal only drops entries the clock has left
+    behind, so either way the state holds every transaction that was acknowledged."""
     if serve.shared_state:
         from aif.serve.state_redis import RedisFeatures
 
@@ -102,11 +150,42 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             or snapshot.stat().st_mtime > paths.interim_transactions.stat().st_mtime):
         try:
             state.load(snapshot)
-            return state
         except ValueError:   # written by an older version: rebuild from the data instead
             state = OnlineFeatures.empty(specs, serve.lateness_us)
-    fill_from_interim(state, paths, until)
+    if state.clock is None:
+        fill_from_interim(state, paths, until)
+    if journal is not None:
+        replay(state, journal)
     return state
+
+
+def replay(state: OnlineFeatures, journal: Journal) -> int:
+    """Apply the journal's entries after the state's own, in their order: the batches as they
+    were kept (rows the state knows already are left out), then the labels. Returns entries."""
+    applied = 0
+    for seq, kind, table in journal.since(state.journal_seq):
+        if kind == "score":
+            rows = {c: table[c] for c in
+                    ("transaction_id", "customer_id", "terminal_id", "tx_amount")}
+            rows["tx_datetime"] = table["tx_datetime"].view(np.int64)
+            new = ~np.isin(rows["transaction_id"], state.already_scored(rows["transaction_id"]))
+            if new.any():
+                state.commit(state.prepare({c: v[new] for c, v in rows.items()}, False, False))
+        else:
+            state.record_labels(table["transaction_id"], table["tx_fraud"])
+        state.journal_seq = seq
+        applied += 1
+    return applied
+
+
+def recover_log(log: PredictionLog, journal: Journal) -> int:
+    "Write the scored entries no complete prediction-log flush holds; returns rows written."
+    written = log.written_seqs()
+    missing = [seq for seq, kind in journal.kinds() if kind == "score" and not any(
+        first <= seq <= last for first, last in written)]
+    for seq, table in journal.entries(missing):
+        log.add(table, seq)
+    return log.flush()
 
 
 def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
@@ -140,7 +219,7 @@ async def reload_if_changed(service: Service) -> bool:
         return False
     if not {s.computation for s in specs} <= {s.computation for s in service.features.specs}:
         service.features = await asyncio.to_thread(
-            warm_state, service.paths, service.params.serve, specs, None, None)
+            warm_state, service.paths, service.params.serve, specs, None, None, service.journal)
     previous, service.loaded = service.loaded.version, loaded
     service.metrics["model"].clear()
     service.metrics["model"].labels(loaded.version).set(1)
@@ -171,11 +250,57 @@ async def flush_log(service: Service, every: float, max_rows: int) -> None:
             # shielded: a shutdown waits for a write in progress instead of dropping its rows
             service.writing = asyncio.ensure_future(asyncio.to_thread(log.write, log.take()))
             await asyncio.shield(service.writing)
+        if service.journal is not None:   # copy the journal's log into its database, aside
+            await asyncio.to_thread(service.journal.checkpoint)
 
-# %% ../../nbs/66_app.ipynb #8836fdb8
+
+def write_snapshot(state: OnlineFeatures, path: Path) -> int:
+    """Write the state from a forked child, as Redis' BGSAVE does: the child sees the memory
+    as it was at the fork (copy-on-write), so requests go on while it writes. Its pid."""
+    pid = os.fork()
+    if pid == 0:   # the child: write, and leave without running the parent's exit handlers
+        code = 1
+        try:
+            state.save(path)
+            code = 0
+        except BaseException as err:   # noqa: BLE001 - reported by the exit code, and here
+            os.write(2, f"aif.serve: snapshot failed: {err}\n".encode())
+        finally:
+            os._exit(code)
+    return pid
+
+
+async def snapshot(service: Service) -> bool:
+    "A snapshot of the feature state, then the journal entries it made redundant pruned."
+    state, serve = service.features, service.params.serve
+    if service.writing is not None:   # no Arrow write in another thread while forking
+        await service.writing
+    if service.journal is not None:   # the snapshot holds only what the journal holds
+        await asyncio.wrap_future(service.journal.barrier())
+    seq, kept_since = state.journal_seq, state.kept_since
+    pid = service.snapshotting = write_snapshot(state, service.paths.resolve(serve.snapshot))
+    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    service.snapshotting = None
+    ok = os.waitstatus_to_exitcode(status) == 0
+    service.metrics["snapshots"].labels("written" if ok else "failed").inc()
+    if ok and service.journal is not None:
+        upto = min(seq, service.predictions.confirmed_seq)
+        await asyncio.to_thread(service.journal.prune, upto, kept_since)
+    if not ok:
+        service.logger.error("snapshot failed; the journal keeps everything since the last one")
+    return ok
+
+
+async def snapshot_every(service: Service, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        await snapshot(service)
+
+
 def lifespan_of(service: Service):
-    "What runs beside the requests: the registry watch, the log flush, the last snapshot."
+    "What runs beside the requests: the registry watch, the log flush, the snapshots."
     serve = service.params.serve
+    snapshots = bool(serve.snapshot) and not serve.shared_state
 
     async def lifespan(app):
         wake = asyncio.Event()
@@ -183,6 +308,8 @@ def lifespan_of(service: Service):
         tasks = [asyncio.create_task(watch_registry(service, wake, serve.poll_seconds)),
                  asyncio.create_task(flush_log(service, serve.log_flush_seconds,
                                                serve.log_flush_rows))]
+        if snapshots:
+            tasks.append(asyncio.create_task(snapshot_every(service, serve.snapshot_seconds)))
         service.ready = True
         service.logger.info("ready", extra={"fields": {
             "model_version": service.loaded.version, "state_rows": service.features.rows_kept}})
@@ -193,8 +320,14 @@ def lifespan_of(service: Service):
         if service.writing is not None:
             await service.writing
         service.predictions.flush()
-        if serve.snapshot and not serve.shared_state:
+        if service.snapshotting is not None:   # let it finish first: it holds an older state
+            await asyncio.to_thread(os.waitpid, service.snapshotting, 0)
+        if snapshots:
             service.features.save(service.paths.resolve(serve.snapshot))
+            if service.journal is not None:
+                service.journal.prune(service.features.journal_seq, service.features.kept_since)
+        if service.journal is not None:
+            service.journal.close()
 
     return lifespan
 
@@ -332,11 +465,71 @@ def refuse_out_of_time(service: Service, times: np.ndarray, request_id: str) -> 
     raise RequestValidationError(errors)
 
 
+def original_answers(service: Service, columns: dict[str, np.ndarray],
+                     known: np.ndarray) -> dict:
+    """For each transaction the state already holds: whether it is the same transaction
+    again (card, terminal, time and amount all equal) and, if so, the answer it got then
+    (from the journal, or from Redis with a shared state). A retry after a broken connection
+    gets its original result; a different transaction under a known id is a conflict."""
+    ids = columns["transaction_id"]
+    n = len(ids)
+    out = {"known": known,
+           "same": np.zeros(n, bool), "score": np.zeros(n), "fraud_probability": np.zeros(n),
+           "alert": np.zeros(n, bool), "model_version": [""] * n}
+    if not out["known"].any():
+        return out
+    inputs = ("customer_id", "terminal_id", "tx_datetime", "tx_amount")
+    if service.params.serve.shared_state:
+        found, tx, versions = service.features.stored(ids)
+        then = {"customer_id": tx["customer"], "terminal_id": tx["terminal"],
+                "tx_datetime": tx["stamp"] >> 2, "tx_amount": tx["amount"], "score": tx["score"],
+                "fraud_probability": tx["probability"], "alert": tx["alert"].astype(bool)}
+        answered = found & (tx["known"] == 1)
+        for c in ("score", "fraud_probability", "alert"):
+            out[c] = np.where(answered, then[c], out[c])
+        out["model_version"] = versions
+        same = answered
+        for c in inputs:
+            same &= then[c] == columns[c]
+        out["same"] = same
+        return out
+    wanted = np.flatnonzero(out["known"])
+    if service.journal is None:
+        return out
+    for table in service.journal.covering(columns["tx_datetime"][wanted]):
+        table["tx_datetime"] = table["tx_datetime"].view(np.int64)
+        got = table["transaction_id"]
+        order = np.argsort(got)
+        at = np.minimum(np.searchsorted(got, ids[wanted], sorter=order), len(got) - 1)
+        hit = got[order[at]] == ids[wanted]
+        for j, k in zip(wanted[hit].tolist(), order[at[hit]].tolist(), strict=True):
+            then = {c: table[c][k].item() for c in (*inputs, "score", "fraud_probability",
+                                                     "alert", "model_version")}
+            out["same"][j] = all(then[c] == columns[c][j] for c in inputs)
+            for c in ("score", "fraud_probability", "alert"):
+                out[c][j] = then[c]
+            out["model_version"][j] = then["model_version"]
+        wanted = wanted[~hit]
+        if not len(wanted):
+            break
+    return out
+
+
+def conflict(ids: list[int]):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(status_code=409, content={"detail": [{
+        "loc": ["body", "transaction_id"], "msg": f"transaction {ids[0]} was already scored "
+        "with other content (card, terminal, time or amount); each transaction enters the "
+        "feature state once, and a retry must be identical", "type": "conflict"}]})
+
+
 async def score_response(service: Service, raw: bytes, request_id: str, explain: bool):
-    "The /score answer: 200 with every result, or 409 if a transaction was scored before."
+    """The /score answer: 200 with every result, or 409 if a transaction was scored before
+    with other content; transactions sent again unchanged get their first answer."""
     import orjson
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
 
     started = time.perf_counter()
     items = score_body(raw)
@@ -347,30 +540,127 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
             f"at most {limit} transactions (serve.max_explain_rows); send larger batches "
             "without it"}])
     columns = request_columns(items)
-    refuse_out_of_time(service, columns["tx_datetime"], request_id)
-    try:
-        logged, model, X = service.score(columns)
-    except AlreadyScored as err:
-        return JSONResponse(status_code=409, content={"detail": [{
-            "loc": ["body", "transaction_id"], "msg": f"transaction {err.ids[0]} was already "
-            "scored; each transaction enters the feature state once", "type": "conflict"}]})
-    n = len(items)
-    logged["latency_ms"] = np.full(n, (time.perf_counter() - started) * 1000 / n)
-    logged["request_id"] = np.full(n, request_id[:64], dtype="U64")
-    service.predictions.add(logged)
-    record_scores(service, logged)
+    refusal = journal_refusal(service)
+    if refusal is not None:
+        return refusal
+    known = np.isin(columns["transaction_id"],
+                    service.features.already_scored(columns["transaction_id"]))
+    if service.journal is not None and known.any():   # answers may be on their way to disk
+        await asyncio.wrap_future(service.journal.barrier())
+        known = np.isin(columns["transaction_id"],
+                        service.features.already_scored(columns["transaction_id"]))
+    before = original_answers(service, columns, known)
+    if (before["known"] & ~before["same"]).any():
+        return conflict(columns["transaction_id"][before["known"] & ~before["same"]].tolist())
+    fresh = ~before["known"]
+    new = {c: v[fresh] for c, v in columns.items()} if not fresh.all() else columns
+    refuse_out_of_time(service, new["tx_datetime"], request_id)
+    model, X, logged = service.loaded.model, None, None
+    if fresh.any():
+        try:
+            logged, model, X, (durable, seq) = service.score(
+                new, request_id, started, checked=not service.params.serve.shared_state)
+            await on_disk(service, durable)
+        except AlreadyScored as err:   # another replica took one of them meanwhile
+            return conflict(err.ids)
+        except JournalError:
+            service.logger.error("journal failed; refusing requests", extra={"fields": {
+                "request_id": request_id}})
+            return journal_refusal(service)
+        service.predictions.add(logged, seq)
+        record_scores(service, logged)
+    if not fresh.all():
+        service.metrics["retried"].inc(int((~fresh).sum()))
     service.logger.debug("scored", extra={"fields": {"request_id": request_id, "transactions": [
         {**t, "tx_datetime": t["tx_datetime"].isoformat()} for t in items[:10]]}})
-    results = [{"transaction_id": int(i), "score": float(s), "fraud_probability": float(p),
-                "alert": bool(a)} for i, s, p, a in zip(
-                    logged["transaction_id"].tolist(), logged["score"].tolist(),
-                    logged["fraud_probability"].tolist(), logged["alert"].tolist(), strict=True)]
-    if explain:   # per-row tree walks: in a thread, so other requests go on meanwhile
-        for r, top in zip(results, await asyncio.to_thread(explain_rows, model, X), strict=True):
-            r["top_features"] = top
+    answer = {c: np.asarray(before[c], dtype=object) for c in
+              ("score", "fraud_probability", "alert", "model_version")}
+    if logged is not None:
+        for c in answer:
+            answer[c][fresh] = logged[c].tolist()
+    results = [{"transaction_id": int(i), "score": float(sc), "fraud_probability": float(p),
+                "alert": bool(a)} for i, sc, p, a in zip(
+                    columns["transaction_id"].tolist(), answer["score"].tolist(),
+                    answer["fraud_probability"].tolist(), answer["alert"].tolist(), strict=True)]
+    if explain and X is not None:   # per-row tree walks: in a thread, so others go on meanwhile
+        tops = iter(await asyncio.to_thread(explain_rows, model, X))
+        for r, is_new in zip(results, fresh.tolist(), strict=True):
+            if is_new:
+                r["top_features"] = next(tops)
     # orjson straight to bytes: FastAPI's generic encoder walks 10,000 results slowly
-    return Response(orjson.dumps({"model_version": str(logged["model_version"][0]),
+    return Response(orjson.dumps({"model_version": str(answer["model_version"][0]),
                                   "results": results}), media_type="application/json")
+
+
+async def label_response(service: Service, raw: bytes, request: Request):
+    """Record labels that arrived, all or nothing: a label that would change a recorded one
+    needs an admin token (403 otherwise, nothing kept). Each label recorded or changed is in
+    the journal before the reply and gets an audit line."""
+    from fastapi import HTTPException
+    from fastapi.exceptions import RequestValidationError
+
+    items = labels_body(raw)
+    ids = np.array([x.transaction_id for x in items], np.int64)
+    labels = np.array([x.tx_fraud for x in items], np.int64)
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise RequestValidationError([{"loc": ("body", "labels"), "type": "duplicate_id",
+                                       "msg": f"transaction {int(unique[counts > 1][0])} is "
+                                       "labelled twice in one request"}])
+    state = service.features
+    known, previous = state.label_states(ids)
+    changes = known & (previous >= 0) & (previous != labels)
+    if changes.any() and not service.guard.may_change_labels(
+            request.headers.get("authorization")):   # checked first: nothing is kept
+        service.metrics["labels"].labels("refused").inc(len(ids))
+        first = int(np.flatnonzero(changes)[0])
+        raise HTTPException(403, detail=[{
+            "loc": ["body", "labels", first, "tx_fraud"], "type": "forbidden",
+            "msg": f"transaction {int(ids[first])} already has a recorded label; changing a "
+            "recorded label needs an admin token (nothing in this request was kept)"}])
+    new = known & (previous != labels)
+    if new.any():
+        if service.journal is not None:
+            refusal = journal_refusal(service)
+            if refusal is not None:
+                return refusal
+            try:
+                await asyncio.wrap_future(service.journal.submit("labels", {
+                    "transaction_id": ids[new], "tx_fraud": labels[new],
+                    "previous": previous[new]}, np.zeros(0, np.int64)))
+            except JournalError:
+                return journal_refusal(service)
+        state.record_labels(ids[new], labels[new])
+        audit_labels(service, request, ids[new], previous[new], labels[new])
+    counts = {"recorded": int((new & (previous < 0)).sum()), "changed": int(changes.sum()),
+              "unchanged": int((known & ~new).sum()), "unknown": int((~known).sum())}
+    for name, count in counts.items():
+        if count:
+            service.metrics["labels"].labels(name).inc(count)
+    return {"recorded": int(known.sum()), "unknown": counts["unknown"],
+            "changed": counts["changed"]}
+
+
+def audit_labels(service: Service, request: Request, ids: np.ndarray, previous: np.ndarray,
+                 labels: np.ndarray) -> None:
+    """One JSON line per label recorded or changed, appended to `serve.label_audit` (and
+    flushed to disk with the journal's setting): who (the token's scope, never the token),
+    when, which request, from what to what."""
+    if service.audit is None:
+        return
+    scope = service.guard.scope_of(request.headers.get("authorization")) or (
+        "none (auth off)" if service.guard.path is None else "unknown")
+    stamp = datetime.now().astimezone().isoformat(timespec="milliseconds")
+    lines = "".join(json.dumps({
+        "time": stamp, "request_id": request.state.request_id, "scope": scope,
+        "transaction_id": i, "from": None if p < 0 else p, "to": label}) + "\n"
+        for i, p, label in zip(ids.tolist(), previous.tolist(), labels.tolist(), strict=True))
+    service.audit.parent.mkdir(parents=True, exist_ok=True)
+    with open(service.audit, "a", encoding="utf-8") as out:
+        out.write(lines)
+        out.flush()
+        if service.params.serve.journal_sync == "always":
+            os.fsync(out.fileno())
 
 
 def record_scores(service: Service, logged: dict) -> None:
@@ -400,9 +690,8 @@ def create_app(service: Service):
     @app.post("/labels", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/LabelsBody"}}}}})
     async def labels(request: Request):
-        items = labels_body(await limited_body(request, service.params.serve.max_body_bytes))
-        known = sum(service.features.label(x.transaction_id, x.tx_fraud) for x in items)
-        return {"recorded": known, "unknown": len(items) - known}
+        raw = await limited_body(request, service.params.serve.max_body_bytes)
+        return await label_response(service, raw, request)
 
     @app.get("/health")
     async def health():
@@ -449,15 +738,24 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                   until: str | None) -> Service:
     loaded = load_model(paths, model_dir)
     serve = params.serve
+    snapshot = paths.resolve(serve.snapshot) if serve.snapshot else None
+    if snapshot is not None:   # what a crash left half-written
+        for stale in snapshot.parent.glob(f".{snapshot.name}.tmp-*"):
+            stale.unlink()
+    journal = Journal(paths.resolve(serve.journal), serve.journal_sync) if serve.journal \
+        else None
+    predictions = PredictionLog(paths.resolve(serve.prediction_log))
+    if journal is not None:
+        recover_log(predictions, journal)
     features = warm_state(paths, serve, loaded.model.feature_specs(params.features), until,
-                          paths.resolve(serve.snapshot) if serve.snapshot else None)
+                          snapshot, journal)
     collector, metrics = service_metrics()
     metrics["model"].labels(loaded.version).set(1)
-    return Service(paths, params, loaded, features,
-                   PredictionLog(paths.resolve(serve.prediction_log)), metrics, collector,
+    return Service(paths, params, loaded, features, predictions, metrics, collector,
                    make_tracer(), json_logger(),
                    guard=Guard(tokens_path(paths, serve), serve.auth.open_probes),
-                   fixed_model=model_dir is not None)
+                   fixed_model=model_dir is not None, journal=journal,
+                   audit=paths.resolve(serve.label_audit) if serve.label_audit else None)
 
 
 def main(argv: list[str] | None = None) -> int:

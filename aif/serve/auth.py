@@ -104,11 +104,19 @@ class Guard:
                 logging.getLogger("aif.serve").error(
                     "tokens file not read; the previous tokens stay", extra={"fields": {
                         "tokens_file": str(self.path), "error": str(err)}})
-        scheme, _, token = (authorization or "").partition(" ")
-        scope = self.tokens.get(digest(token.strip())) if scheme.lower() == "bearer" else None
+        scope = self.scope_of(authorization)
         if scope is None:
             return 401
         return None if scope in (needed, "admin") or needed == "" else 403
+
+    def scope_of(self, authorization: str | None) -> str | None:
+        "The scope of a request's bearer token (None: none or unknown; as last read)."
+        scheme, _, token = (authorization or "").partition(" ")
+        return self.tokens.get(digest(token.strip())) if scheme.lower() == "bearer" else None
+
+    def may_change_labels(self, authorization: str | None) -> bool:
+        "A recorded label changes only with an admin token (anyone, when auth is off)."
+        return self.path is None or self.scope_of(authorization) == "admin"
 
 
 def is_loopback(host: str) -> bool:

@@ -8,7 +8,7 @@ kernel, same numbers as `featurize`."""
 # %% ../../nbs/60_online_state.ipynb #9ee2fe4f
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +18,19 @@ from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
 from ..io import atomic_output
 
 # %% auto #0
-__all__ = ['HISTORY', 'RAW', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge',
-           'AlreadyScored', 'out_of_time', 'OnlineFeatures']
+__all__ = ['HISTORY', 'RAW', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'take', 'place', 'spans', 'Arena',
+           'Merged', 'merge', 'AlreadyScored', 'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'Pending',
+           'OnlineFeatures', 'durable']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
 # concatenation promotes fields array by array, ten times slower for thousands of keys).
 HISTORY = np.dtype([("time", "i8"), ("amount", "f8"), ("label", "i8"), ("id", "i8")])
 RAW = np.dtype((np.void, HISTORY.itemsize))
-# Snapshots and shared state name their key format: version 2 keys card-terminal pairs with
-# `aif.features.specs.pair_key`; state kept under another format is rebuilt, never misread.
-STATE_FORMAT_KEY, STATE_FORMAT = "aif_state_format", "2"
+# Snapshots and shared state name their format: version 2 keyed card-terminal pairs with
+# `aif.features.specs.pair_key`, version 3 added the known ids with their label state and
+# answer; state kept under another format is rebuilt, never misread.
+STATE_FORMAT_KEY, STATE_FORMAT = "aif_state_format", "3"
 
 
 # Rows move as raw 32-byte records: numpy copies a structured dtype field by field, 3-5x
@@ -179,6 +181,14 @@ class AlreadyScored(ValueError):
         self.ids = ids
 
 
+class LabelChangeRefused(ValueError):
+    "Labels that would change a recorded one, asked without the right to (403, nothing kept)."
+
+    def __init__(self, ids: list[int]):
+        super().__init__(f"transaction {ids[0]} has a recorded label; changing it needs admin")
+        self.ids = ids
+
+
 def out_of_time(times: np.ndarray, now: int | None, lateness: int, skew: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Which transactions the state must refuse: those more than `lateness` before `now`
@@ -198,22 +208,103 @@ def out_of_time(times: np.ndarray, now: int | None, lateness: int, skew: int
     late = np.zeros(len(times), bool) if now is None else times < now - lateness
     return ahead, late
 
+# %% ../../nbs/60_online_state.ipynb #b2e1d4f8
+KNOWN = np.dtype([("id", "i8"), ("customer", "i8"), ("terminal", "i8"), ("stamp", "i8")])
+UNLABELLED = 0     # a stamp's two low bits: 0, or the recorded label + 1
+
+
+def stamp_of(times: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+    "Time and label state in one int64 (times are microseconds since 1970, far below 2^61)."
+    state = UNLABELLED if labels is None else np.asarray(labels, np.int64) + 1
+    return (np.asarray(times, np.int64) << 2) | state
+
+
+class KnownIds:
+    "The state's transaction ids (see above)."
+
+    def __init__(self):
+        self.runs: list[np.ndarray] = []   # each sorted by id; later runs are newer
+        self.bounds: list[tuple[int, int]] = []   # each run's lowest and highest id
+
+    def _push(self, run: np.ndarray) -> None:
+        self.runs.append(run)
+        self.bounds.append((int(run["id"][0]), int(run["id"][-1])) if len(run) else (0, -1))
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self.runs)
+
+    def add(self, rows: dict, labelled: bool, kept_since: int | None) -> None:
+        run = np.empty(len(rows["transaction_id"]), KNOWN)
+        run["id"], run["customer"], run["terminal"] = (
+            rows["transaction_id"], rows["customer_id"], rows["terminal_id"])
+        run["stamp"] = stamp_of(rows["tx_datetime"], rows["tx_fraud"] if labelled else None)
+        self._push(run[np.argsort(run["id"], kind="stable")])
+        while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+            newer, older = self.runs.pop(), self.runs.pop()
+            del self.bounds[-2:]
+            both = np.concatenate([older, newer])
+            if kept_since is not None:    # what the clock has left behind is forgotten
+                both = both[(both["stamp"] >> 2) > kept_since]
+            self._push(both[np.argsort(both["id"], kind="stable")])
+
+    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        "For each id: the run holding it (-1: unknown) and its position there."
+        ids = np.asarray(ids, np.int64)
+        run_of, at = np.full(len(ids), -1), np.zeros(len(ids), np.int64)
+        if not len(ids):
+            return run_of, at
+        low, high = int(ids.min()), int(ids.max())
+        for r in range(len(self.runs) - 1, -1, -1):
+            run = self.runs[r]
+            first, last = self.bounds[r]
+            if last < low or first > high:   # ids mostly grow: most runs are passed here
+                continue
+            where = np.minimum(np.searchsorted(run["id"], ids), len(run) - 1)
+            hit = (run["id"][where] == ids) & (run_of < 0)
+            run_of[hit], at[hit] = r, where[hit]
+        return run_of, at
+
+    def records(self, run_of: np.ndarray, at: np.ndarray) -> np.ndarray:
+        "The records `find` located (run_of >= 0 everywhere)."
+        out = np.empty(len(at), KNOWN)
+        for r in np.unique(run_of).tolist():
+            mine = run_of == r
+            out[mine] = self.runs[r][at[mine]]
+        return out
+
+    def set_labels(self, run_of: np.ndarray, at: np.ndarray, labels: np.ndarray) -> None:
+        for r in np.unique(run_of).tolist():
+            mine = run_of == r
+            stamps = self.runs[r]["stamp"]
+            stamps[at[mine]] = (stamps[at[mine]] & ~3) | (labels[mine].astype(np.int64) + 1)
+
+    def everything(self) -> np.ndarray:
+        return np.concatenate(self.runs) if self.runs else np.empty(0, KNOWN)
+
+# %% ../../nbs/60_online_state.ipynb #e5b4a7c1
+@dataclass
+class Pending:
+    "A batch's computed update, not yet kept."
+    rows: dict
+    values: dict[str, np.ndarray]
+    merged: dict[str, Merged]
+
 
 @dataclass
 class OnlineFeatures:
     specs: tuple[FeatureSpec, ...]
     horizon: int | None
-    history: dict[str, Arena]                 # per entity (RedisHistory in online_redis)
-    entities_of: dict[int, tuple[int, int]]   # transaction id -> (card, terminal), for labels
-    batches: list[tuple[int, np.ndarray]]      # (latest time, ids) of each batch, to forget ids
+    history: dict[str, Arena]                 # per entity (RedisHistory in state_redis)
+    known: KnownIds = field(default_factory=KnownIds)
     lateness: int = 0                         # how late (µs) a transaction may still arrive
     clock: int | None = None                  # the latest event time the state holds
+    journal_seq: int = 0                      # the last journal entry the state holds
 
     @classmethod
     def empty(cls, specs: tuple[FeatureSpec, ...], lateness: int = 0) -> OnlineFeatures:
         entities = {s.entity for s in specs if s.entity != "transaction"}
         return cls(tuple(specs), horizon_us(specs), {e: Arena.empty() for e in sorted(entities)},
-                   {}, [], lateness)
+                   KnownIds(), lateness)
 
     def current_clock(self) -> int | None:
         return self.clock
@@ -232,8 +323,23 @@ class OnlineFeatures:
         optionally `tx_fraud`) and, with `compute`, return its features in the batch's order.
         A batch holding a transaction the state has already seen raises `AlreadyScored` and
         changes nothing."""
+        pending = self.prepare(rows, compute, check)
+        self.commit(pending)
+        return pending.values
+
+    def transact(self, rows: dict, score, record, check: bool = True) -> dict:
+        """Compute the batch's features, `score` them (returns the batch's logged rows),
+        `record` those (hands them to the journal; returns the entry's seq), then keep the
+        batch: a failure before the last step leaves the state as it was."""
+        pending = self.prepare(rows, check=check)
+        logged = score(pending.values)
+        self.commit(pending, record(logged))
+        return logged
+
+    def prepare(self, rows: dict, compute: bool = True, check: bool = True) -> Pending:
+        "The batch's features and merged histories; nothing is kept yet."
         n = len(rows["transaction_id"])
-        seen = self.already_scored(rows["transaction_id"].tolist()) if check else []
+        seen = self.already_scored(rows["transaction_id"]) if check else []
         if seen:
             raise AlreadyScored(seen)
         out = transaction_features(rows, [s for s in self.specs if s.entity == "transaction"]) \
@@ -242,8 +348,6 @@ class OnlineFeatures:
         new["time"], new["amount"], new["id"] = (rows["tx_datetime"], rows["tx_amount"],
                                                  rows["transaction_id"])
         new["label"] = rows.get("tx_fraud", 0)
-        # Everything is computed before anything is kept: a batch that fails on the way (a key
-        # that cannot be made, a kernel error) leaves the state as it was.
         keys = {entity: entity_key(rows, entity) for entity in self.history}
         merged = {}
         for entity, store in self.history.items():
@@ -259,26 +363,23 @@ class OnlineFeatures:
                 for name, v in values.items():
                     out[name] = np.empty_like(v)
                     out[name][where] = v
-        if n:
+        values = {s.name: out[s.name] for s in self.specs} if compute else {}
+        return Pending(rows, values, merged)
+
+    def commit(self, pending: Pending, journal_seq: int | None = None) -> None:
+        "Keep a prepared batch (`journal_seq`: the journal entry that holds it)."
+        rows = pending.rows
+        if len(rows["transaction_id"]):
             self.clock = max(self.clock if self.clock is not None else -2**63,
                              int(rows["tx_datetime"].max()))
         for entity, store in self.history.items():
-            self._keep(store, merged[entity])
+            self._keep(store, pending.merged[entity])
         self._remember(rows)
-        return {s.name: out[s.name] for s in self.specs} if compute else {}
+        if journal_seq is not None:
+            self.journal_seq = journal_seq
 
     def _remember(self, rows: dict) -> None:
-        "Which card and terminal each transaction had, until it is past the horizon."
-        ids = rows["transaction_id"]
-        self.entities_of.update(zip(ids.tolist(), zip(rows["customer_id"].tolist(),
-                                                      rows["terminal_id"].tolist(), strict=True),
-                                    strict=True))
-        latest = int(rows["tx_datetime"].max()) if len(ids) else 0
-        self.batches.append((latest, ids))
-        if self.kept_since is not None:   # by event time: what the clock has left behind
-            while self.batches and self.batches[0][0] < self.kept_since:
-                for i in self.batches.pop(0)[1].tolist():
-                    self.entities_of.pop(i, None)
+        self.known.add(rows, "tx_fraud" in rows, self.kept_since)
 
     def _keep(self, store, m: Merged) -> None:
         rows, bounds = m.rows, m.bounds
@@ -291,60 +392,123 @@ class OnlineFeatures:
                 bounds = np.concatenate([[0], np.cumsum(kept_per_key)])
         store.put(m.keys, rows, bounds)
 
-    def already_scored(self, ids: list[int]) -> list[int]:
+    def already_scored(self, ids) -> list[int]:
         "Those of `ids` already in the state (a transaction must enter it once)."
-        return [i for i in ids if i in self.entities_of]
+        ids = np.asarray(ids, np.int64)
+        return ids[self.known.find(ids)[0] >= 0].tolist()
+
+    def known_records(self, ids: np.ndarray) -> np.ndarray:
+        "The `KNOWN` record of each id; id -1 where the state does not know it."
+        run_of, at = self.known.find(ids)
+        out = np.zeros(len(ids), KNOWN)
+        out["id"] = -1
+        has = run_of >= 0
+        out[has] = self.known.records(run_of[has], at[has])
+        return out
+
+    def label_states(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        "Whether the state knows each transaction, and its recorded label (-1: none yet)."
+        records = self.known_records(np.asarray(ids, np.int64))
+        known = records["id"] >= 0
+        return known, np.where(known, (records["stamp"] & 3) - 1, -1)
+
+    def record_labels(self, ids, labels, may_change: bool = True) -> dict[str, np.ndarray]:
+        """Record labels that arrived. All or nothing: without `may_change`, a label that
+        would change a recorded one raises `LabelChangeRefused` before anything is kept.
+        Returns each label's outcome (`known`, and `previous`: the recorded label or -1)."""
+        ids, labels = np.asarray(ids, np.int64), np.asarray(labels, np.int64)
+        known, previous = self.label_states(ids)
+        changes = known & (previous >= 0) & (previous != labels)
+        if changes.any() and not may_change:
+            raise LabelChangeRefused(ids[changes].tolist())
+        run_of, at = self.known.find(ids[known])
+        records = self.known.records(run_of, at)
+        for i, card, terminal, label in zip(ids[known].tolist(), records["customer"].tolist(),
+                                            records["terminal"].tolist(),
+                                            labels[known].tolist(), strict=True):
+            keys = keys_of(card, terminal)
+            for e, store in self.history.items():
+                store.set_label(keys[e], i, label)
+        self.known.set_labels(run_of, at, labels[known])
+        return {"known": known, "previous": previous}
 
     def label(self, transaction_id: int, fraud: int) -> bool:
-        "Record a label that arrived; False when the transaction is unknown or forgotten."
-        found = self.entities_of.get(int(transaction_id))
-        if found is None:
-            return False
-        keys = keys_of(*found)
-        hits = [store.set_label(keys[e], int(transaction_id), fraud)
-                for e, store in self.history.items()]
-        return any(hits)
+        "Record one label; False when the transaction is unknown or forgotten."
+        return bool(self.record_labels(np.array([transaction_id]), np.array([fraud]))["known"][0])
 
     @property
     def rows_kept(self) -> int:
         return sum(store.live for store in self.history.values())
 
-    # Snapshots: every kept row with its entity and key, one Parquet file.
+    # Snapshots: one Parquet file, so a snapshot is replaced in one rename: every kept row
+    # with its entity and key, and the known ids as rows of entity "transaction" (key: the
+    # card, `terminal`, `time`, `label`: the label's state).
 
     def save(self, path: Path) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        parts = [(entity, *store.everything()) for entity, store in self.history.items()]
-        table = pa.concat_tables([pa.table({
-            "entity": np.full(len(keys), entity), "key": keys,
-            **{name: rows[name] for name in HISTORY.names}}) for entity, keys, rows in parts]) \
-            if parts else pa.table({"entity": np.empty(0, str)})
-        table = table.replace_schema_metadata({STATE_FORMAT_KEY: STATE_FORMAT})
+        def part(entity, keys, rows, terminal=None):
+            columns = {"entity": np.full(len(keys), entity), "key": keys,
+                       **{name: rows[name] for name in rows.dtype.names if name != "customer"}}
+            columns["terminal"] = pa.array(terminal, pa.int64()) if terminal is not None \
+                else pa.nulls(len(keys), pa.int64())
+            return pa.table(columns)
+
+        known = self.known.everything()
+        ids = pa.table({"entity": np.full(len(known), "transaction"), "key": known["customer"],
+                        "time": known["stamp"] >> 2, "amount": pa.nulls(len(known), pa.float64()),
+                        "label": known["stamp"] & 3, "id": known["id"],
+                        "terminal": known["terminal"]})
+        table = pa.concat_tables([part(entity, *store.everything())
+                                  for entity, store in self.history.items()] + [ids])
+        table = table.replace_schema_metadata({
+            STATE_FORMAT_KEY: STATE_FORMAT, "journal_seq": str(self.journal_seq),
+            "clock": "" if self.clock is None else str(self.clock)})
         with atomic_output(path) as tmp:
             pq.write_table(table, tmp)
+            durable(tmp)
 
     def load(self, path: Path) -> None:
         "Read a snapshot `save` wrote; ValueError for one in another format (older keys)."
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
-        if (table.schema.metadata or {}).get(STATE_FORMAT_KEY.encode()) != STATE_FORMAT.encode():
+        meta = table.schema.metadata or {}
+        if meta.get(STATE_FORMAT_KEY.encode()) != STATE_FORMAT.encode() or \
+                "terminal" not in table.column_names:
             raise ValueError(f"{path}: a feature-state snapshot of another format")
-        entity = table.column("entity").to_numpy(zero_copy_only=False)
+
+        def of(entity: str) -> dict[str, np.ndarray]:
+            part = table.filter(pc.equal(table.column("entity"), entity))
+            return {c: part.column(c).to_numpy() for c in ("key", "time", "label", "id")} | {
+                c: part.column(c) for c in ("amount", "terminal")}
+
         for name in self.history:
-            mine = entity == name
-            rows = np.empty(int(mine.sum()), HISTORY)
+            part = of(name)
+            rows = np.empty(len(part["key"]), HISTORY)
             for field_name in HISTORY.names:
-                rows[field_name] = table.column(field_name).to_numpy()[mine]
-            self.history[name] = Arena.of(table.column("key").to_numpy()[mine], rows)
-        # which card and terminal each kept transaction had, so late labels still land
-        owner = {e: {} for e in ("customer", "terminal")}
-        for e in owner.keys() & self.history.keys():
-            keys, rows = self.history[e].everything()
-            owner[e] = dict(zip(rows["id"].tolist(), keys.tolist(), strict=True))
-        ids = owner["customer"].keys() | owner["terminal"].keys()
-        self.entities_of = {i: (owner["customer"].get(i, -1), owner["terminal"].get(i, -1))
-                            for i in ids}
-        times = table.column("time").to_numpy() if "time" in table.column_names else []
-        self.clock = int(times.max()) if len(times) else None
+                rows[field_name] = np.asarray(part[field_name])
+            self.history[name] = Arena.of(part["key"], rows)
+        part = of("transaction")
+        known = np.empty(len(part["key"]), KNOWN)
+        known["id"], known["customer"] = part["id"], part["key"]
+        known["terminal"] = part["terminal"].to_numpy()
+        known["stamp"] = (part["time"] << 2) | part["label"]
+        self.known = KnownIds()
+        self.known._push(known[np.argsort(known["id"], kind="stable")])
+        self.journal_seq = int(meta.get(b"journal_seq", b"0"))
+        clock = meta.get(b"clock", b"")
+        self.clock = int(clock) if clock else None
+
+
+def durable(path: Path) -> None:
+    "Flush a written file to the disk (a snapshot must outlive a power cut, as the journal)."
+    import os
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
-from .state import HISTORY, STATE_FORMAT, AlreadyScored, OnlineFeatures
+from .state import (HISTORY, STATE_FORMAT, AlreadyScored, LabelChangeRefused,
+                             OnlineFeatures, stamp_of)
 
 # %% auto #0
-__all__ = ['PREFIX', 'CLOCK', 'RedisHistory', 'RedisFeatures']
+__all__ = ['PREFIX', 'CLOCK', 'TX', 'RedisHistory', 'RedisFeatures']
 
 # %% ../../nbs/61_state_redis.ipynb #e698e321
 PREFIX = f"aif:v{STATE_FORMAT}:"   # keys of another state format are never read
@@ -70,11 +71,19 @@ class RedisHistory:
                 np.concatenate(parts) if parts else np.empty(0, HISTORY))
 
 # %% ../../nbs/61_state_redis.ipynb #07becec3
+# What a replica needs of a transaction another replica scored: to find its histories when a
+# label comes, to tell a retry from a different transaction with the same id, and to answer
+# the retry as the first time. The model version follows these 64 bytes.
+TX = np.dtype([("customer", "i8"), ("terminal", "i8"), ("stamp", "i8"), ("amount", "f8"),
+               ("score", "f8"), ("probability", "f8"), ("alert", "i8"), ("known", "i8")])
+
+
 @dataclass
 class RedisFeatures(OnlineFeatures):
     "OnlineFeatures whose state lives in Redis (see the layout above)."
     client: object = None                                  # redis.Redis
-    pending_tx: dict[str, str] = field(default_factory=dict)   # this batch's id -> owner keys
+    pending_tx: dict[str, bytes] = field(default_factory=dict)   # this batch's id -> TX
+    answers: dict | None = None                            # this batch's logged rows
     rows_counted: int = 0
     counted_at: float = -60.0
 
@@ -87,7 +96,8 @@ class RedisFeatures(OnlineFeatures):
         client.ping()
         entities = sorted({s.entity for s in specs if s.entity != "transaction"})
         return cls(tuple(specs), horizon_us(specs),
-                   {e: RedisHistory(client, e) for e in entities}, {}, [], lateness, None, client)
+                   {e: RedisHistory(client, e) for e in entities}, lateness=lateness,
+                   client=client)
 
     @property
     def tx_ttl_seconds(self) -> int | None:
@@ -102,6 +112,17 @@ class RedisFeatures(OnlineFeatures):
         return int(value) if value is not None else None
 
     def observe(self, rows: dict, compute: bool = True) -> dict[str, np.ndarray]:
+        return self.in_transaction(rows, None, compute)[0]
+
+    def transact(self, rows: dict, score, record, check: bool = True) -> dict:
+        """As in memory, but Redis's transaction is the commit: `record` (the local journal,
+        for this replica's prediction log) runs once it succeeded. The ids are always checked
+        inside the transaction (another replica may have taken one meanwhile)."""
+        logged = self.in_transaction(rows, score, True)[1]
+        self.journal_seq = record(logged)
+        return logged
+
+    def in_transaction(self, rows: dict, score, compute: bool) -> tuple[dict, dict | None]:
         import redis
 
         names = {e: sorted(set(entity_key(rows, e).tolist())) for e in self.history}
@@ -123,7 +144,9 @@ class RedisFeatures(OnlineFeatures):
                     for entity, history in self.history.items():
                         history.prefetch(pipe, names[entity])
                     self.pending_tx = {}
-                    out = super().observe(rows, compute, check=False)
+                    pending = self.prepare(rows, compute, check=False)
+                    self.answers = score(pending.values) if score is not None else None
+                    self.commit(pending)
                     pipe.multi()
                     for history in self.history.values():
                         if history.writes:
@@ -133,46 +156,90 @@ class RedisFeatures(OnlineFeatures):
                     if self.clock is not None:
                         pipe.set(CLOCK, self.clock)
                     pipe.execute()
-                    return out
+                    return pending.values, self.answers
                 except redis.WatchError:
                     continue   # another replica wrote one of these keys: compute again
 
     def _remember(self, rows: dict) -> None:
-        for i, c, t in zip(rows["transaction_id"].tolist(), rows["customer_id"].tolist(),
-                           rows["terminal_id"].tolist(), strict=True):
-            self.pending_tx[f"{PREFIX}tx:{i}"] = f"{c}:{t}"
+        tx = np.zeros(len(rows["transaction_id"]), TX)
+        tx["customer"], tx["terminal"], tx["amount"] = (rows["customer_id"], rows["terminal_id"],
+                                                        rows["tx_amount"])
+        tx["stamp"] = stamp_of(rows["tx_datetime"], rows.get("tx_fraud"))
+        versions = [b""] * len(tx)
+        if self.answers is not None:
+            tx["score"], tx["probability"] = self.answers["score"], self.answers["fraud_probability"]
+            tx["alert"], tx["known"] = self.answers["alert"], 1
+            versions = [str(v).encode() for v in self.answers["model_version"].tolist()]
+        for i, record, version in zip(rows["transaction_id"].tolist(), tx, versions,
+                                      strict=True):
+            self.pending_tx[f"{PREFIX}tx:{i}"] = record.tobytes() + version
 
-    def already_scored(self, ids: list[int]) -> list[int]:
+    def already_scored(self, ids) -> list[int]:
+        ids = [int(i) for i in ids]
         found = self.client.mget([f"{PREFIX}tx:{i}" for i in ids]) if ids else []
         return [i for i, v in zip(ids, found, strict=True) if v is not None]
 
-    def label(self, transaction_id: int, fraud: int) -> bool:
+    def stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        "Each id's `TX` record (found: False where unknown) and model version, from Redis."
+        values = self.client.mget([f"{PREFIX}tx:{int(i)}" for i in ids]) if len(ids) else []
+        found = np.array([v is not None for v in values], bool)
+        tx = np.zeros(len(ids), TX)
+        versions = []
+        for j, v in enumerate(values):
+            if v is not None:
+                tx[j] = np.frombuffer(v[:TX.itemsize], TX)[0]
+            versions.append(v[TX.itemsize:].decode() if v is not None else "")
+        return found, tx, versions
+
+    def label_states(self, ids) -> tuple[np.ndarray, np.ndarray]:
+        found, tx, _ = self.stored(np.asarray(ids, np.int64))
+        return found, np.where(found, (tx["stamp"] & 3) - 1, -1)
+
+    def record_labels(self, ids, labels, may_change: bool = True) -> dict[str, np.ndarray]:
+        ids, labels = np.asarray(ids, np.int64), np.asarray(labels, np.int64)
+        found, previous = self.label_states(ids)
+        changes = found & (previous >= 0) & (previous != labels)
+        if changes.any() and not may_change:
+            raise LabelChangeRefused(ids[changes].tolist())
+        for i, label in zip(ids[found].tolist(), labels[found].tolist(), strict=True):
+            self.set_label(i, label)
+        return {"known": found, "previous": previous}
+
+    def set_label(self, transaction_id: int, fraud: int) -> bool:
         import redis
 
-        owner = self.client.get(f"{PREFIX}tx:{int(transaction_id)}")
-        if owner is None:
-            return False
-        keys = keys_of(*(int(x) for x in owner.split(b":")))
+        tx_name = f"{PREFIX}tx:{transaction_id}"
         with self.client.pipeline() as pipe:
             while True:
                 try:
+                    pipe.watch(tx_name)
+                    value = pipe.get(tx_name)
+                    if value is None:
+                        return False
+                    record = np.frombuffer(value[:TX.itemsize], TX).copy()
+                    keys = keys_of(int(record["customer"][0]), int(record["terminal"][0]))
                     names = [h.name(keys[e]) for e, h in self.history.items()]
-                    pipe.watch(*names)
-                    values = pipe.mget(names)
+                    pipe.watch(tx_name, *names)
+                    histories = pipe.mget(names)
                     pipe.multi()
                     hit = False
-                    for name, value in zip(names, values, strict=True):
-                        if value is None:
+                    for name, history in zip(names, histories, strict=True):
+                        if history is None:
                             continue
-                        rows = np.frombuffer(value, HISTORY).copy()
+                        rows = np.frombuffer(history, HISTORY).copy()
                         at = rows["id"] == transaction_id
                         rows["label"][at] = fraud
                         hit |= bool(at.any())
                         pipe.set(name, rows.tobytes())
+                    record["stamp"] = (record["stamp"] & ~3) | (fraud + 1)
+                    pipe.set(tx_name, record.tobytes() + value[TX.itemsize:], keepttl=True)
                     pipe.execute()
                     return hit
                 except redis.WatchError:
                     continue
+
+    def label(self, transaction_id: int, fraud: int) -> bool:
+        return bool(self.record_labels(np.array([transaction_id]), np.array([fraud]))["known"][0])
 
     @property
     def rows_kept(self) -> int:

@@ -62,6 +62,13 @@ def service_metrics():
         "reloads": Counter("aif_model_reloads_total", "model switches", registry=collector),
         "refused": Counter("aif_transactions_refused_total", "transactions refused by the "
                            "clock (too far ahead or too late)", ["reason"], registry=collector),
+        "retried": Counter("aif_retries_answered_total", "transactions sent again with the same "
+                           "content, answered with their original result", registry=collector),
+        "labels": Counter("aif_labels_total", "labels received, by outcome (recorded, "
+                          "unchanged, changed, unknown, refused)", ["outcome"],
+                          registry=collector),
+        "snapshots": Counter("aif_state_snapshots_total", "feature-state snapshots, by outcome",
+                             ["outcome"], registry=collector),
     }
 
 

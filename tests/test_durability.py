@@ -1,0 +1,240 @@
+"""What the scoring service acknowledged survives kill -9: `aif serve` killed for real, under
+a paced stream of single transactions (300/s) and beside batches, once in the middle of a
+batch and once while it writes a snapshot. Clients retry what got no answer, as a client whose
+connection broke does. After the restarts every transaction is in the prediction log once,
+with the features an uninterrupted run computes, and every answer a client got is the one
+logged. Also the journal alone, killed while it appends."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+from conftest import run_env, write_params
+from test_serve import TEST_START, free_port, interim, payload
+
+from aif.config.params import load_params
+from aif.features.engine import compute_features
+from aif.features.store import read_columns
+from aif.modelling.model import Model
+
+
+class Server:
+    "One `aif serve` at a time in `project`, started and killed as an operator would."
+
+    def __init__(self, project: Path):
+        self.project, self.proc, self.url = project, None, None
+        self.log = open(project / "serve.log", "a")
+
+    def start(self) -> None:
+        port = free_port()
+        self.proc = subprocess.Popen(["aif", "serve", "--port", str(port), "--state-until",
+                                      TEST_START], cwd=self.project, env=run_env(),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert self.proc.poll() is None, (self.project / "serve.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.1)
+        self.url = url
+
+    def kill9(self) -> None:
+        self.url = None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        # uvicorn re-raises the signal once it has shut down cleanly
+        assert self.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+
+    def snapshot_child(self) -> int | None:
+        "The pid of the forked child writing a snapshot, if one is running."
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        children = path.read_text().split() if path.exists() else []
+        return int(children[0]) if children else None
+
+
+def post_until_answered(server: Server, body: dict, answers: dict,
+                        clients: dict | None = None) -> int:
+    """Send `body` until some server answers it (200), retrying across kills and restarts.
+    Returns how many times it was sent."""
+    clients = {} if clients is None else clients   # one keep-alive connection per server
+    attempts = 0
+    while True:
+        url = server.url
+        if url is not None:
+            if url not in clients:
+                clients[url] = httpx.Client(base_url=url, timeout=30)
+            client = clients[url]
+            attempts += 1
+            try:
+                r = client.post("/score", json=body)
+                assert r.status_code == 200, r.text
+                for result in r.json()["results"]:
+                    answers[result["transaction_id"]] = result
+                return attempts
+            except httpx.TransportError:
+                clients.pop(url).close()
+        time.sleep(0.02)
+
+
+def paced(server: Server, txs: list[dict], per_second: float, answers: dict,
+          progress: list[str]) -> threading.Thread:
+    "Single transactions at `per_second`, in order (each retried until answered)."
+    def send():
+        start, clients = time.monotonic(), {}
+        for i, tx in enumerate(txs):
+            time.sleep(max(0.0, start + i / per_second - time.monotonic()))
+            post_until_answered(server, tx, answers, clients)
+            progress[0] = tx["tx_datetime"]
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+def expected_features(project: Path, sent: pd.DataFrame) -> pd.DataFrame:
+    """What an uninterrupted service computes for `sent`: the offline engine on the data the
+    state was warmed with and the sent transactions (their labels unknown, as online)."""
+    params = load_params(project / "params.yaml")
+    model = Model.load(project / "models")
+    columns, _ = read_columns(project / "data/interim/transactions.parquet")
+    start = np.datetime64(TEST_START, "us").astype(np.int64)
+    keep = (columns["tx_datetime"] < start) | np.isin(columns["transaction_id"],
+                                                      sent.transaction_id.to_numpy())
+    stream = {c: v[keep] for c, v in columns.items()}
+    stream["tx_fraud"] = np.where(stream["tx_datetime"] < start, stream["tx_fraud"], 0)
+    values = compute_features(stream, model.feature_specs(params.features), params.features)
+    frame = pd.DataFrame({"transaction_id": stream["transaction_id"],
+                          **{n: values[n] for n in model.features}})
+    return frame[stream["tx_datetime"] >= start].set_index("transaction_id")
+
+
+def test_kill_9_in_a_batch_and_in_a_snapshot_loses_no_acknowledged_transaction(
+        trained_project: Path, tmp_path: Path):
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(trained_project, project, symlinks=True)
+    # batches of days of transactions beside a stream of singles: a lateness above a batch's
+    # span (what is late is another test's subject, tests/test_online_state.py)
+    write_params(project, serve={"poll_seconds": 0.5, "log_flush_seconds": 0.3,
+                                 "snapshot_seconds": 0.7, "allowed_lateness_seconds": 8 * 86400})
+    rows = interim(project)
+    window = rows[(rows.tx_datetime >= TEST_START) & (rows.tx_datetime < "2018-06-30")]
+    # Two streams over disjoint cards and terminals, so that their interleaving, which the
+    # threads decide, cannot change a feature: singles (even ids) and batches (odd ids).
+    singles = window[(window.customer_id % 2 == 0) & (window.terminal_id % 2 == 0)]
+    batched = window[(window.customer_id % 2 == 1) & (window.terminal_id % 2 == 1)]
+    # two larger batches (about 700 rows, 40 ms in the service) are the ones killed
+    batches = np.split(np.arange(len(batched)),
+                       (np.cumsum([0.15, 0.15, 0.3, 0.3, 0.05]) * len(batched)).astype(int))
+    answers: dict[int, dict] = {}
+    server = Server(project)
+    server.start()
+    progress = [""]   # the event time the singles have reached
+    stream = paced(server, payload(singles), 300, answers, progress)
+
+    attempts: dict[int, int] = {}
+
+    def send_batch(k: int) -> threading.Thread:
+        """Batch k once the singles are within a day of its end: both streams move the one
+        event clock, and neither may leave the other behind by the allowed lateness."""
+        rows = batched.iloc[batches[k]]
+        due = str(rows.tx_datetime.max() - pd.Timedelta(days=1))
+        while progress[0] < due and stream.is_alive():
+            time.sleep(0.005)
+        body = {"transactions": payload(rows)}
+        thread = threading.Thread(target=lambda: attempts.__setitem__(
+            k, post_until_answered(server, body, answers)))
+        thread.start()
+        return thread
+
+    for k in range(2):
+        send_batch(k).join()
+    for k, delay in ((2, 0.005), (3, 0.025)):   # killed while a batch is in the service
+        sending = send_batch(k)
+        time.sleep(delay)
+        server.kill9()
+        server.start()
+        sending.join()
+        assert attempts[k] >= 2   # the killed service never answered it: the client retried
+    deadline = time.monotonic() + 30          # then while a forked child writes a snapshot
+    while server.snapshot_child() is None:
+        assert time.monotonic() < deadline, "no snapshot was taken"
+        time.sleep(0.001)
+    server.kill9()
+    server.start()
+    for k in (4, 5):
+        send_batch(k).join()
+    stream.join(timeout=120)
+    assert not stream.is_alive()
+    server.stop()
+
+    sent = pd.concat([singles, batched])
+    logged = pd.read_parquet(project / "reports/predictions")
+    assert sorted(logged.transaction_id) == sorted(sent.transaction_id)   # each once
+    assert set(answers) == set(sent.transaction_id)
+    logged = logged.set_index("transaction_id").loc[sorted(answers)]
+    got = np.array([answers[i]["score"] for i in sorted(answers)])
+    np.testing.assert_array_equal(logged.score.to_numpy(), got)   # the answers are the log's
+    expected = expected_features(project, sent).loc[sorted(answers)]
+    for name in expected.columns:
+        online, offline = logged[name].to_numpy(), expected[name].to_numpy()
+        if np.issubdtype(offline.dtype, np.integer):
+            assert np.array_equal(online, offline), name
+        else:
+            np.testing.assert_allclose(online, offline, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert not list((project / "models/serving").glob(".*.tmp-*"))
+
+
+JOURNAL_WRITER = """
+import sys, numpy as np
+from pathlib import Path
+from aif.serve.journal import Journal
+journal = Journal(Path(sys.argv[1]), "always")
+for i in range(100_000):
+    seq = journal.append("score", {"transaction_id": np.arange(i * 50, i * 50 + 50)},
+                         np.array([i]))
+    print(seq, flush=True)   # acknowledged: the journal returned
+"""
+
+
+def test_the_journal_keeps_every_entry_it_acknowledged_through_kill_9(tmp_path: Path):
+    from aif.serve.journal import Journal
+
+    path = tmp_path / "journal.sqlite"
+    writer = subprocess.Popen([sys.executable, "-c", JOURNAL_WRITER, str(path)],
+                              stdout=subprocess.PIPE, text=True, env=run_env())
+    acknowledged: list[int] = []
+    reader = threading.Thread(target=lambda: acknowledged.extend(
+        int(line) for line in writer.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < 20:
+        assert time.monotonic() < deadline and writer.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    reader.join()
+    journal = Journal(path)
+    entries = list(journal.since(0))
+    assert [seq for seq, _, _ in entries][:len(acknowledged)] == acknowledged
+    for seq, _, table in entries:
+        assert table["transaction_id"].tolist() == list(range((seq - 1) * 50, seq * 50))
+    assert journal.append("score", {"transaction_id": np.arange(3)}, np.array([0])) == \
+        len(entries) + 1
