@@ -9,7 +9,8 @@ slowing the sender (wrk and hey wait for replies and hide it). Then 10,000-row b
 
 The service runs as in production: every batch in the journal before its reply (the
 default `serve.journal_sync: never`: on the operating system, not synced), snapshots every
-20 s, bearer tokens required. `AIF_BENCH_JOURNAL_SYNC=always` measures synced entries.
+20 s (`AIF_BENCH_SNAPSHOT_SECONDS`), bearer tokens required.
+`AIF_BENCH_JOURNAL_SYNC=always` measures synced entries.
 
 Targets: single transactions at 300/s for 60 s, p50 <= 3 ms, p99 <= 10 ms, no errors; a
 10,000-row batch in <= 150 ms.
@@ -123,9 +124,10 @@ def batch_breakdown(params_file: Path, rows: pd.DataFrame, runs: int = 5) -> dic
 
     from aif.config.params import load_params
     from aif.config.paths import project_paths
-    from aif.serve.app import build_service
+    from aif.serve.app import build_service, keep_freed_memory
     from aif.serve.schema import request_columns, score_body
 
+    keep_freed_memory()   # as `aif serve` does
     service = build_service(project_paths(), load_params(params_file), REPO / "models",
                             STATE_UNTIL)
     model, state, journal = service.loaded.model, service.features, service.journal
@@ -180,7 +182,9 @@ def main() -> bool:
         # as in production: the journal written before each reply, snapshots every 20 s,
         # bearer tokens; everything the service writes goes to the temporary folder
         params["serve"] = {**params["serve"], "prediction_log": f"{tmp}/predictions",
-                           "snapshot": f"{tmp}/state.parquet", "snapshot_seconds": 20,
+                           "snapshot": f"{tmp}/state.parquet",
+                           "snapshot_seconds": float(
+                               os.environ.get("AIF_BENCH_SNAPSHOT_SECONDS", 20)),
                            "journal": f"{tmp}/journal.sqlite",
                            "journal_sync": os.environ.get("AIF_BENCH_JOURNAL_SYNC", "never"),
                            "label_audit": f"{tmp}/label-audit.jsonl",

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 from conftest import run_env, write_params
-from test_serve import TEST_START, free_port, interim, payload
+from test_serve import TEST_START, assert_same_features, free_port, interim, payload
 
 from aif.config.params import load_params
 from aif.features.engine import compute_features
@@ -192,12 +192,7 @@ def test_kill_9_in_a_batch_and_in_a_snapshot_loses_no_acknowledged_transaction(
     got = np.array([answers[i]["score"] for i in sorted(answers)])
     np.testing.assert_array_equal(logged.score.to_numpy(), got)   # the answers are the log's
     expected = expected_features(project, sent).loc[sorted(answers)]
-    for name in expected.columns:
-        online, offline = logged[name].to_numpy(), expected[name].to_numpy()
-        if np.issubdtype(offline.dtype, np.integer):
-            assert np.array_equal(online, offline), name
-        else:
-            np.testing.assert_allclose(online, offline, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert_same_features(logged, expected, expected.columns)
     assert not list((project / "models/serving").glob(".*.tmp-*"))
 
 
