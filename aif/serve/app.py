@@ -101,7 +101,7 @@ class Service:
         return logged, model, matrix[-1], (durable[0] if durable else None, seq)
 
 
-async def on_disk(service: Service, future) -> None:
+async def on_disk(future) -> None:
     "Wait for the journal; if it cannot write, the service stops acknowledging (503)."
     if future is not None:
         await asyncio.wrap_future(future)
@@ -273,10 +273,10 @@ def write_snapshot(state: OnlineFeatures, path: Path) -> int:
 async def snapshot(service: Service) -> bool:
     "A snapshot of the feature state, then the journal entries it made redundant pruned."
     state, serve = service.features, service.params.serve
-    if service.writing is not None:   # no Arrow write in another thread while forking
-        await service.writing
     if service.journal is not None:   # the snapshot holds only what the journal holds
         await asyncio.wrap_future(service.journal.barrier())
+    if service.writing is not None:   # no Arrow write in another thread while forking
+        await service.writing         # (the last await before the fork)
     seq, kept_since = state.journal_seq, state.kept_since
     pid = service.snapshotting = write_snapshot(state, service.paths.resolve(serve.snapshot))
     _, status = await asyncio.to_thread(os.waitpid, pid, 0)
@@ -560,7 +560,7 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
         try:
             logged, model, X, (durable, seq) = service.score(
                 new, request_id, started, checked=not service.params.serve.shared_state)
-            await on_disk(service, durable)
+            await on_disk(durable)
         except AlreadyScored as err:   # another replica took one of them meanwhile
             return conflict(err.ids)
         except JournalError:
