@@ -611,8 +611,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                               'aif/serve/state_redis.py'),
                                        'aif.serve.state_redis.RedisFeatures.in_transaction': ( 'state_redis.html#redisfeatures.in_transaction',
                                                                                                'aif/serve/state_redis.py'),
-                                       'aif.serve.state_redis.RedisFeatures.label': ( 'state_redis.html#redisfeatures.label',
-                                                                                      'aif/serve/state_redis.py'),
                                        'aif.serve.state_redis.RedisFeatures.label_states': ( 'state_redis.html#redisfeatures.label_states',
                                                                                              'aif/serve/state_redis.py'),
                                        'aif.serve.state_redis.RedisFeatures.observe': ( 'state_redis.html#redisfeatures.observe',

@@ -238,9 +238,6 @@ class RedisFeatures(OnlineFeatures):
                 except redis.WatchError:
                     continue
 
-    def label(self, transaction_id: int, fraud: int) -> bool:
-        return bool(self.record_labels(np.array([transaction_id]), np.array([fraud]))["known"][0])
-
     @property
     def rows_kept(self) -> int:
         "Rows in Redis, recounted at most once a minute: a readiness probe must stay cheap."
