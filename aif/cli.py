@@ -27,6 +27,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "2000")
 COMMANDS = {
     "simulate": ("aif.data.simulate", "simulate card transactions into data/raw/transactions"),
     "ingest": ("aif.data.ingest", "validate the source into data/interim/transactions.parquet"),
+    "card-export": ("aif.data.card_export", "write a realistic card-payments export to try ingest on"),
     "featurize": ("aif.features.featurize", "point-in-time features into data/processed"),
     "tune": ("aif.modelling.tune", "Optuna search over LightGBM on prequential folds"),
     "train": ("aif.modelling.train", "fit, calibrate and save the model in models/"),

@@ -6,6 +6,7 @@ checks), features and monitoring (what they may assume)."""
 # %% ../nbs/03_schema.ipynb #3ffbb927
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,9 +18,9 @@ if TYPE_CHECKING:  # pandera and pandas are imported when a schema is built, not
     import pandera.pandas as pa
 
 # %% auto #0
-__all__ = ['TRANSACTION_FIELDS', 'FIELDS_BY_NAME', 'CANONICAL_COLUMNS', 'REQUIRED_COLUMNS', 'SORT_KEYS', 'ID_MIN', 'ID_LIMIT',
-           'INPUT_COLUMNS', 'KEY_COLUMNS', 'LABEL_COLUMNS', 'CanonicalField', 'arrow_schema', 'column_to_numpy',
-           'numpy_to_arrow', 'transaction_schema']
+__all__ = ['TRANSACTION_FIELDS', 'FIELDS_BY_NAME', 'CANONICAL_COLUMNS', 'REQUIRED_COLUMNS', 'SORT_KEYS', 'INPUT_COLUMNS',
+           'KEY_COLUMNS', 'LABEL_COLUMNS', 'ATTRIBUTE_DTYPES', 'CanonicalField', 'Attribute', 'attributes_of',
+           'arrow_schema', 'column_to_numpy', 'numpy_to_arrow', 'transaction_schema']
 
 # %% ../nbs/03_schema.ipynb #bd906e52
 @dataclass(frozen=True)
@@ -48,21 +49,73 @@ REQUIRED_COLUMNS = [f.name for f in TRANSACTION_FIELDS if f.required]
 SORT_KEYS = ["tx_datetime", "transaction_id"]
 
 # %% ../nbs/03_schema.ipynb #7b2e9d40
-ID_MIN, ID_LIMIT = 0, 2**63
 INPUT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount",
                  "tx_fraud"]
 KEY_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id"]
 LABEL_COLUMNS = ["tx_fraud", "tx_fraud_scenario"]
 
+# %% ../nbs/03_schema.ipynb #5c0a7e12
+ATTRIBUTE_DTYPES = {"float": "float64", "int": "int64", "category": "string", "bool": "bool"}
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Attribute:
+    "One declared attribute column (`ingest.attributes`)."
+    name: str
+    column: str                  # in the source
+    type: str                    # a key of ATTRIBUTE_DTYPES
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    values: tuple | None = None  # the categories allowed (category only); None: any
+
+    @property
+    def dtype(self) -> str:
+        "The column's pandas dtype once parsed (nullable ones keep their nulls)."
+        if self.nullable:
+            return {"int": "Int64", "bool": "boolean"}.get(self.type, ATTRIBUTE_DTYPES[self.type])
+        return ATTRIBUTE_DTYPES[self.type]
+
+
+def attributes_of(declared: dict) -> tuple[Attribute, ...]:
+    "The declared attributes of `ingest.attributes`, checked, in the order declared."
+    from aif.config.params import ParamsError
+
+    out = []
+    for name, spec in (declared or {}).items():
+        where = f"params.yaml: ingest.attributes.{name}"
+        if not isinstance(spec, dict) or not {"column", "type"} <= set(spec):
+            raise ParamsError(f"{where} must be a mapping with column and type")
+        unknown = set(spec) - {"column", "type", "nullable", "min", "max", "values"}
+        if unknown:
+            raise ParamsError(f"{where}: unknown key {sorted(unknown)[0]} "
+                              "(known: column, type, nullable, min, max, values)")
+        if not _NAME.fullmatch(str(name)) or name in FIELDS_BY_NAME:
+            raise ParamsError(f"{where}: the name must be lower_snake_case and not a "
+                              "canonical field")
+        if spec["type"] not in ATTRIBUTE_DTYPES:
+            raise ParamsError(f"{where}.type {spec['type']!r} must be one of "
+                              f"{', '.join(ATTRIBUTE_DTYPES)}")
+        values = spec.get("values")
+        out.append(Attribute(str(name), str(spec["column"]), spec["type"],
+                             bool(spec.get("nullable", False)), spec.get("min"), spec.get("max"),
+                             tuple(str(v) for v in values) if values is not None else None))
+    return tuple(out)
+
 # %% ../nbs/03_schema.ipynb #48d0dfa7
 _ARROW_TYPES = {"int64": pa_arrow.int64(), "float64": pa_arrow.float64(), "int8": pa_arrow.int8(),
-                "datetime64[us]": pa_arrow.timestamp("us")}
+                "datetime64[us]": pa_arrow.timestamp("us"), "string": pa_arrow.string(),
+                "bool": pa_arrow.bool_()}
 
 
-def arrow_schema(columns: list[str] | None = None) -> pa_arrow.Schema:
+def arrow_schema(columns: list[str] | None = None, attributes: tuple[Attribute, ...] = ()
+                 ) -> pa_arrow.Schema:
     "The Arrow schema of canonical transactions (all fields, or `columns` in that order)."
-    names = columns or CANONICAL_COLUMNS
-    return pa_arrow.schema([(n, _ARROW_TYPES[FIELDS_BY_NAME[n].dtype]) for n in names])
+    names = columns or CANONICAL_COLUMNS + [a.name for a in attributes]
+    dtypes = {**{n: f.dtype for n, f in FIELDS_BY_NAME.items()},
+              **{a.name: ATTRIBUTE_DTYPES[a.type] for a in attributes}}
+    return pa_arrow.schema([(n, _ARROW_TYPES[dtypes[n]]) for n in names])
 
 # %% ../nbs/03_schema.ipynb #686c7798
 def column_to_numpy(column: pa_arrow.ChunkedArray | pa_arrow.Array) -> np.ndarray:
@@ -93,15 +146,32 @@ def numpy_to_arrow(values: np.ndarray, kind: pa_arrow.DataType | None = None
     return pa_arrow.Array.from_buffers(kind, len(values), [None, pa_arrow.py_buffer(values)])
 
 # %% ../nbs/03_schema.ipynb #3ba18883
+def _attribute_checks(a: Attribute) -> list:
+    import pandera.pandas as pa
+
+    checks = []
+    if a.type == "float":
+        checks.append(pa.Check(lambda s: s.abs() != float("inf"), name="finite", error="finite"))
+    if a.min is not None:
+        checks.append(pa.Check.ge(a.min, name="out_of_range", error="out_of_range"))
+    if a.max is not None:
+        checks.append(pa.Check.le(a.max, name="out_of_range", error="out_of_range"))
+    if a.values is not None:
+        checks.append(pa.Check.isin(list(a.values), name="unknown_category",
+                                    error="unknown_category"))
+    return checks
+
+
 def transaction_schema(columns: list[str], latest_allowed: pd.Timestamp | None = None,
-                       max_amount: float | None = None) -> pa.DataFrameSchema:
-    "The pandera schema for canonical transactions holding `columns`."
+                       max_amount: float | None = None, attributes: tuple[Attribute, ...] = ()
+                       ) -> pa.DataFrameSchema:
+    "The pandera schema for canonical transactions holding `columns`, with the attributes."
     import pandera.pandas as pa
 
     checks = {
         "transaction_id": [],
-        "customer_id": [pa.Check.ge(ID_MIN, name="non_negative_id", error="non_negative_id")],
-        "terminal_id": [pa.Check.ge(ID_MIN, name="non_negative_id", error="non_negative_id")],
+        "customer_id": [],   # keys: in [0, 2^63) by construction (aif.keys)
+        "terminal_id": [],
         "tx_amount": [pa.Check.ge(0, name="non_negative", error="non_negative"),
                       pa.Check(lambda s: s.abs() != float("inf"), name="finite", error="finite")],
         "tx_fraud": [pa.Check.isin([0, 1], name="binary", error="binary")],
@@ -119,6 +189,8 @@ def transaction_schema(columns: list[str], latest_allowed: pd.Timestamp | None =
         {name: pa.Column(FIELDS_BY_NAME[name].dtype, checks=checks[name], nullable=False,
                          unique=name == "transaction_id", report_duplicates="exclude_first",
                          required=FIELDS_BY_NAME[name].required)
-         for name in columns if name in FIELDS_BY_NAME},
+         for name in columns if name in FIELDS_BY_NAME}
+        | {a.name: pa.Column(a.dtype, checks=_attribute_checks(a), nullable=a.nullable)
+           for a in attributes if a.name in columns},
         strict=False,
     )

@@ -125,7 +125,6 @@ def batch_breakdown(params_file: Path, rows: pd.DataFrame, runs: int = 5) -> dic
     from aif.config.params import load_params
     from aif.config.paths import project_paths
     from aif.serve.app import build_service, keep_freed_memory
-    from aif.serve.schema import request_columns, score_body
 
     keep_freed_memory()   # as `aif serve` does
     service = build_service(project_paths(), load_params(params_file), REPO / "models",
@@ -147,8 +146,8 @@ def batch_breakdown(params_file: Path, rows: pd.DataFrame, runs: int = 5) -> dic
     for b in range(max(1, min(runs, len(rows) // BATCH))):
         chunk = rows.iloc[b * BATCH:(b + 1) * BATCH]
         raw = b'{"transactions": [' + b",".join(bodies(chunk)) + b"]}"
-        items = timed("parse and validate", score_body, raw)
-        columns = timed("columns", request_columns, items)
+        items = timed("parse and validate", service.requests.score_body, raw)
+        columns = timed("columns", service.requests.columns, items)
         timed("known ids", state.already_scored, columns["transaction_id"])
         pending = timed("features", state.prepare, columns)
         X = timed("matrix", model.matrix, pending.values)

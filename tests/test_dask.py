@@ -73,3 +73,24 @@ def test_dask_training_trains_and_scores(trained_project: Path, tmp_path: Path):
     # comparable, not equal: the small test week has few frauds (see README for the default data)
     for metric in ("average_precision", "roc_auc", "card_precision_at_k"):
         assert abs(dask[metric] - local[metric]) < 0.1, (metric, dask, local)
+
+
+def test_declared_features_give_the_same_bytes_on_every_engine(tmp_path: Path):
+    """Features declared on a card export's attributes (a category as entity, a card-category
+    pair, a distance, a ratio): in memory, out of core and on Dask, the same bytes."""
+    from aif.data.card_export import DECLARED_FEATURES, INGEST_PARAMS
+
+    project = make_project(tmp_path / "project")
+    write_params(project, simulate=SMALL_SIMULATION,
+                 ingest={**INGEST_PARAMS, "source": "data/landing/cards", "sensitive_ids": []},
+                 features={"declared": DECLARED_FEATURES, "rows_per_partition": 3_000})
+    run(["aif", "card-export", "--out", "data/landing/cards"], project)
+    run(["dvc", "repro", "featurize"], project)
+    out = project / "data/processed/features.parquet"
+    catalog = json.loads((project / "reports/features.json").read_text())
+    assert {f["name"] for f in catalog["features"]} >= {d["name"] for d in DECLARED_FEATURES}
+    local = {p.name: p.read_bytes() for p in out.iterdir()}
+    for engine in ({"max_rows_in_memory": 1_000}, {"engine": "dask", "max_rows_in_memory": 10**9}):
+        write_params(project, features=engine)
+        run(["aif", "featurize"], project)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == local, engine

@@ -18,6 +18,7 @@ from aif.config.params import FEATURE_GROUPS, FeaturesParams
 from aif.features.engine import compute_features
 from aif.features.specs import FeatureSpec, check_specs, feature_specs
 from aif.features.store import read_features
+from aif.keys import category_keys
 
 DELAY = 7
 DAY = 86_400 * 10**6
@@ -32,6 +33,10 @@ def reference_features(tx: pd.DataFrame, specs) -> dict[str, np.ndarray]:
     label = tx.tx_fraud.to_numpy()
     entity_of = {"customer": tx.customer_id.to_numpy(), "terminal": tx.terminal_id.to_numpy(),
                  "customer_terminal": list(zip(tx.customer_id, tx.terminal_id, strict=True))}
+    if "channel" in tx:   # an attribute as an entity, and pairs with it: by its raw values
+        entity_of.update({"channel": tx.channel.to_numpy(),
+                          "customer+channel": list(zip(tx.customer_id, tx.channel, strict=True)),
+                          "channel+terminal": list(zip(tx.channel, tx.terminal_id, strict=True))})
     out = {s.name: np.zeros(len(tx)) for s in specs}
     with np.errstate(divide="ignore", invalid="ignore"):  # amount / mean of zeros: inf or NaN
         _fill_reference(out, tx, specs, t, ids, amount, label, entity_of)
@@ -41,10 +46,21 @@ def reference_features(tx: pd.DataFrame, specs) -> dict[str, np.ndarray]:
 def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
     for i in range(len(tx)):
         for s in specs:
+            if s.derived:
+                a, b = (out[n][i] if n in out else tx[n].iloc[i] for n in s.inputs)
+                out[s.name][i] = a - b if s.aggregation == "difference" else (
+                    a / b if b != 0 and not math.isnan(b) else np.nan)
+                continue
             if s.entity == "transaction":
                 day = math.floor(t[i] / DAY)
-                out[s.name][i] = {"value": amount[i], "weekend": (day + 3) % 7 >= 5,
-                                  "night": (t[i] // (3600 * 10**6)) % 24 <= 6}[s.aggregation]
+                if s.aggregation == "haversine":
+                    out[s.name][i] = haversine(*(tx[c].iloc[i] for c in s.inputs))
+                    continue
+                value = tx[s.inputs[0]].iloc[i] if s.inputs else amount[i]
+                out[s.name][i] = {"value": value, "weekend": (day + 3) % 7 >= 5,
+                                  "night": (t[i] // (3600 * 10**6)) % 24 <= 6,
+                                  "hour": (t[i] // (3600 * 10**6)) % 24,
+                                  "weekday": (day + 3) % 7}[s.aggregation]
                 continue
             ent = entity_of[s.entity]
             before = [j for j in range(len(tx)) if ent[j] == ent[i]
@@ -76,8 +92,12 @@ def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
                 pick = min if s.aggregation == "days_since_first_fraud" else max
                 out[s.name][i] = (t[i] - pick(fraud_times)) / DAY if fraud_times else np.nan
                 continue
+            mean = math.fsum(amounts) / n if n else np.nan
             out[s.name][i] = {
                 "count": n,
+                "sum_amount": math.fsum(amounts),
+                "std_amount": math.sqrt(math.fsum((a - mean) ** 2 for a in amounts) / n)
+                if n else np.nan,
                 "mean_amount": math.fsum(amounts) / n if n else np.nan,
                 "amount_to_mean": amount[i] / (math.fsum(amounts) / n) if n else np.nan,
                 "fraud_count": frauds,
@@ -85,13 +105,24 @@ def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
             }[s.aggregation]
 
 
+def haversine(lat1, lon1, lat2, lon2) -> float:
+    "Great-circle kilometres, as any textbook writes it."
+    p1, p2, dp, dl = map(math.radians, (lat1, lat2, lat2 - lat1, lon2 - lon1))
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, a)))
+
+
 def columns_of(tx: pd.DataFrame) -> dict:
-    return {"transaction_id": tx.transaction_id.to_numpy(np.int64),
-            "tx_datetime": tx.tx_datetime.to_numpy(np.int64),
-            "customer_id": tx.customer_id.to_numpy(np.int64),
-            "terminal_id": tx.terminal_id.to_numpy(np.int64),
-            "tx_amount": tx.tx_amount.to_numpy(np.float64),
-            "tx_fraud": tx.tx_fraud.to_numpy(np.int8)}
+    columns = {"transaction_id": tx.transaction_id.to_numpy(np.int64),
+               "tx_datetime": tx.tx_datetime.to_numpy(np.int64),
+               "customer_id": tx.customer_id.to_numpy(np.int64),
+               "terminal_id": tx.terminal_id.to_numpy(np.int64),
+               "tx_amount": tx.tx_amount.to_numpy(np.float64),
+               "tx_fraud": tx.tx_fraud.to_numpy(np.int8)}
+    if "channel" in tx:   # attributes as the engines take them (nbs/22: categories as keys)
+        columns.update(channel=category_keys(tx.channel.to_numpy()),
+                       **{c: tx[c].to_numpy(np.float64) for c in ("lat", "lon", "mlat", "mlon")})
+    return columns
 
 
 @st.composite
@@ -108,15 +139,23 @@ def transactions(draw, max_rows: int = 120) -> pd.DataFrame:
         "terminal_id": draw(st.lists(st.integers(0, 5), min_size=n, max_size=n)),
         "tx_amount": draw(st.lists(st.one_of(st.sampled_from([0.0, 0.01, 12.5]),
                                              st.floats(0.01, 1e5)), min_size=n, max_size=n)),
-        "tx_fraud": draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))})
+        "tx_fraud": draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)),
+        "channel": draw(st.lists(st.sampled_from(["pos", "web", "moto"]), min_size=n, max_size=n)),
+        **{c: draw(st.lists(st.floats(-80, 80), min_size=n, max_size=n))
+           for c in ("lat", "lon", "mlat", "mlon")}})
     return frame.sort_values(["tx_datetime", "transaction_id"], ignore_index=True)
 
 
-def assert_equal_features(fast: dict, slow: dict, specs) -> None:
+def assert_equal_features(fast: dict, slow: dict, specs, scale: float = 1.0) -> None:
     for s in specs:
         a, b = np.asarray(fast[s.name], float), np.asarray(slow[s.name], float)
-        if s.aggregation in ("count", "fraud_count", "first_use", "weekend", "night"):
+        if s.aggregation in ("count", "fraud_count", "first_use", "weekend", "night", "hour",
+                             "weekday"):
             assert np.array_equal(a, b), s.name
+        elif s.aggregation == "std_amount":   # from window sums of x and x^2 (nbs/23)
+            assert np.array_equal(np.isnan(a), np.isnan(b)), s.name
+            ok = ~np.isnan(a)
+            assert np.allclose(a[ok], b[ok], rtol=1e-6, atol=1e-6 * scale), s.name
         else:
             assert np.array_equal(np.isnan(a), np.isnan(b)), s.name
             ok = ~np.isnan(a)
@@ -129,6 +168,54 @@ def test_fast_engine_equals_reference(tx, rows_per_partition):
     params = replace(PARAMS, rows_per_partition=rows_per_partition)
     fast = compute_features(columns_of(tx), SPECS, params)
     assert_equal_features(fast, reference_features(tx, SPECS), SPECS)
+
+
+ENTITIES = ["customer", "terminal", "channel", ["customer", "channel"], ["channel", "terminal"]]
+FREE = ["count", "mean_amount", "sum_amount", "std_amount", "amount_to_mean",
+        "seconds_since_previous", "first_use"]
+LABELLED = ["fraud_count", "fraud_rate", "days_since_first_fraud", "days_since_last_fraud",
+            "amount_to_genuine_mean"]
+
+
+@st.composite
+def declarations(draw) -> tuple[dict, ...]:
+    "Random features declared on the data: any entity, aggregation and window, rows, ratios."
+    out = []
+    for i in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["entity", "labelled", "row", "derived"]))
+        if kind == "entity":
+            d = {"entity": draw(st.sampled_from(ENTITIES)),
+                 "aggregation": draw(st.sampled_from(FREE)),
+                 "window_days": draw(st.sampled_from([0.25, 1, 3, 30])),
+                 "include_current": draw(st.booleans())}
+        elif kind == "labelled":
+            d = {"entity": draw(st.sampled_from(["customer", "terminal"])),
+                 "aggregation": draw(st.sampled_from(LABELLED)),
+                 "window_days": draw(st.sampled_from([1, 7, 30])),
+                 "lag_days": draw(st.sampled_from([DELAY, DELAY + 2]))}
+        elif kind == "row" or not out:
+            d = draw(st.sampled_from([{"aggregation": "hour"}, {"aggregation": "weekday"},
+                                      {"aggregation": "value", "inputs": ["lat"]},
+                                      {"aggregation": "haversine",
+                                       "inputs": ["lat", "lon", "mlat", "mlon"]}]))
+        else:
+            d = {"aggregation": draw(st.sampled_from(["ratio", "difference"])),
+                 "inputs": [draw(st.sampled_from([o["name"] for o in out] + ["tx_amount"])),
+                            draw(st.sampled_from([o["name"] for o in out] + ["lat"]))]}
+        out.append({"name": f"declared_{i}", **d})
+    return tuple(out)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tx=transactions(), declared=declarations(),
+       rows_per_partition=st.sampled_from([3, 1_000_000]))
+def test_declared_features_equal_the_reference(tx, declared, rows_per_partition):
+    params = FeaturesParams(groups=("baseline",), declared=declared,
+                            rows_per_partition=rows_per_partition)
+    specs = feature_specs(params, DELAY)
+    fast = compute_features(columns_of(tx), specs, params)
+    assert_equal_features(fast, reference_features(tx, specs), specs,
+                          scale=float(tx.tx_amount.max()))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

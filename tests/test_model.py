@@ -123,7 +123,7 @@ def test_experiments_override_and_show(own_pipeline: Path):
 
 
 def test_split_change_as_experiment_and_tune_resume(modelling_project: Path):
-    run(["dvc", "repro"], modelling_project)
+    run(["dvc", "repro", "tune"], modelling_project)   # the stages the study needs, no more
     run(["git", "add", "-A"], modelling_project)
     run(["git", "commit", "-q", "-m", "base"], modelling_project)
     first = json.loads((modelling_project / "models/best_params.json").read_text())
@@ -133,7 +133,7 @@ def test_split_change_as_experiment_and_tune_resume(modelling_project: Path):
     resumed = json.loads((modelling_project / "reports/tuning.json").read_text())
     assert resumed["study"] == first["study"] and resumed["n_trials"] == 5
     # A wider training window is a new problem: a new study, via an experiment.
-    run(["dvc", "exp", "run", "-S", "split.train_days=14", "-S", "tune.n_trials=3"],
+    run(["dvc", "exp", "run", "tune", "-S", "split.train_days=14", "-S", "tune.n_trials=3"],
         modelling_project)
     with sqlite3.connect(modelling_project / "models/optuna.db") as db:
         studies = {r[0] for r in db.execute("select study_name from studies")}

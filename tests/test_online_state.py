@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from aif.config.params import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, FeaturesParams
 from aif.features.engine import compute_features
 from aif.features.specs import MICROS_PER_DAY, feature_specs
+from aif.keys import category_keys
 from aif.serve.state import AlreadyScored, KnownIds, LabelChangeRefused, OnlineFeatures, out_of_time
 
 HOUR = MICROS_PER_DAY // 24
@@ -27,7 +28,26 @@ def stream(seed: int, n: int, days: float) -> dict:
             "customer_id": rng.integers(0, 6, n).astype(np.int64),
             "terminal_id": rng.integers(0, 8, n).astype(np.int64),
             "tx_amount": np.round(rng.gamma(2, 30, n), 2),
-            "tx_fraud": (rng.random(n) < 0.15).astype(np.int8)}
+            "tx_fraud": (rng.random(n) < 0.15).astype(np.int8),
+            # attributes as the engines hold them: a category as its key, numbers as floats
+            "channel": category_keys(rng.choice(["pos", "web", "moto"], n)),
+            "lat": rng.uniform(50, 51, n), "lon": rng.uniform(4, 5, n)}
+
+
+# features declared on attributes (nbs/20_feature_specs): an attribute as an entity, a pair,
+# sums and spreads, row features and a ratio of two of them
+DECLARED = (
+    {"name": "channel_nb_tx_1d", "entity": "channel", "aggregation": "count", "window_days": 1},
+    {"name": "card_channel_avg_2d", "entity": ["customer", "channel"],
+     "aggregation": "mean_amount", "window_days": 2},
+    {"name": "card_std_2d", "entity": "customer", "aggregation": "std_amount", "window_days": 2},
+    {"name": "terminal_sum_1d", "entity": "terminal", "aggregation": "sum_amount",
+     "window_days": 1, "include_current": False},
+    {"name": "channel_since_prev", "entity": "channel", "aggregation": "seconds_since_previous"},
+    {"name": "km_to_brussels", "aggregation": "haversine", "inputs": ["lat", "lon", "lat", "lon"]},
+    {"name": "hour", "aggregation": "hour"},
+    {"name": "to_card_channel_avg", "aggregation": "ratio",
+     "inputs": ["tx_amount", "card_channel_avg_2d"]})
 
 
 def offline_at(columns: dict, arrived: list[int], row: int, specs, params) -> dict:
@@ -46,10 +66,11 @@ def same(a, b) -> bool:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), lateness_hours=st.sampled_from([0, 3, 30]),
-       groups=st.sampled_from([DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS]))
+       groups=st.sampled_from([DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS]),
+       declared=st.sampled_from([(), DECLARED]))
 def test_late_arrivals_get_the_offline_features_of_what_had_arrived(seed, lateness_hours,
-                                                                     groups):
-    params = replace(SHORT, groups=groups)
+                                                                     groups, declared):
+    params = replace(SHORT, groups=groups, declared=declared)
     specs = feature_specs(params, 1)
     columns = stream(seed, 70, days=6)
     lateness = lateness_hours * HOUR

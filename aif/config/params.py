@@ -18,9 +18,9 @@ import yaml
 from .paths import project_paths
 
 # %% auto #0
-__all__ = ['FEATURE_GROUPS', 'DEFAULT_FEATURE_GROUPS', 'DEFAULT_SEARCH_SPACE', 'ParamsError', 'from_dict', 'FraudScenarios',
-           'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios', 'SimulateParams', 'IngestParams',
-           'FeaturesParams', 'SplitParams', 'TuneParams', 'TrainParams', 'EvaluateParams', 'GateParams',
+__all__ = ['DEFAULT_PII', 'FEATURE_GROUPS', 'DEFAULT_FEATURE_GROUPS', 'DEFAULT_SEARCH_SPACE', 'ParamsError', 'from_dict',
+           'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios', 'SimulateParams',
+           'IngestParams', 'FeaturesParams', 'SplitParams', 'TuneParams', 'TrainParams', 'EvaluateParams', 'GateParams',
            'DriftThresholds', 'MonitorParams', 'ServeAuth', 'ServeParams', 'Params', 'params_from_text', 'load_params']
 
 # %% ../../nbs/01_params.ipynb #6c6369a9
@@ -135,6 +135,11 @@ class SimulateParams:
     drift: DriftScenarios = field(default_factory=DriftScenarios)
 
 # %% ../../nbs/01_params.ipynb #317ccbee
+# Column names of personal data in common card exports: never read past ingest.
+DEFAULT_PII = ("first", "last", "first_name", "last_name", "name", "full_name", "street",
+               "address", "ssn", "dob", "date_of_birth", "email", "phone", "acct_num")
+
+
 @dataclass(frozen=True)
 class IngestParams:
     source: str = "data/raw/transactions"
@@ -148,6 +153,10 @@ class IngestParams:
     encoding: str = "utf-8"                  # of CSV sources
     label_values: dict = field(default_factory=lambda: {1: [1], 0: [0]})
     max_amount: float = 1_000_000.0          # above this an amount is implausible
+    datetime_unit: str | None = None         # s, ms or us: tx_datetime holds epoch numbers
+    attributes: dict = field(default_factory=dict)      # name: {column, type, ...}
+    sensitive_ids: tuple[str, ...] = ()      # id fields keyed by HMAC under AIF_ID_HASH_KEY
+    pii: tuple[str, ...] = DEFAULT_PII       # source columns dropped on reading (any case)
 
     def __post_init__(self):
         if self.timezone is not None:
@@ -158,6 +167,9 @@ class IngestParams:
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 raise ParamsError(f"params.yaml: ingest.timezone {self.timezone!r} is not a "
                                   "time zone (e.g. Europe/Brussels)") from None
+        if self.datetime_unit not in (None, "s", "ms", "us"):
+            raise ParamsError(f"params.yaml: ingest.datetime_unit {self.datetime_unit!r} must "
+                              "be s, ms or us (epoch seconds, milliseconds, microseconds)")
 
 # %% ../../nbs/01_params.ipynb #c61dda51
 FEATURE_GROUPS = ("baseline", "amount_profile", "velocity", "terminal_activity",
@@ -176,8 +188,12 @@ class FeaturesParams:
     engine: str = "local"
     rows_per_partition: int = 500_000     # the kernel sees about this many rows at once
     max_rows_in_memory: int = 30_000_000  # above this the local engine spills partitions to disk
+    declared: tuple = ()   # features declared on the data (nbs/20_feature_specs): mappings
 
     def __post_init__(self):
+        if not all(isinstance(d, dict) for d in self.declared):
+            raise ParamsError("params.yaml: features.declared must be a list of mappings "
+                              "(name, aggregation, entity, window_days, ...)")
         unknown = sorted(set(self.groups) - set(FEATURE_GROUPS))
         if unknown:
             raise ParamsError(f"params.yaml: features.groups has unknown group {unknown[0]!r} "

@@ -55,6 +55,8 @@ class ProjectPaths:
     @property
     def quarantine(self) -> Path: return self.interim / "quarantine.parquet"
     @property
+    def id_map(self) -> Path: return self.interim / "ids.parquet"   # key -> raw id (not sensitive)
+    @property
     def features(self) -> Path: return self.data / "processed" / "features.parquet"
 
     # the model folder

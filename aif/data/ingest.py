@@ -8,10 +8,12 @@ and fails loudly, with one line naming file, column and rule, when too much brea
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import re
 import time
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +25,115 @@ import pyarrow.parquet as pq
 
 from ..config.params import IngestParams, ParamsError
 from ..io import StageError, atomic_output, start_stage
+from ..keys import (HASH_KEY_ENV, collisions, composite_text, keys_of_integers, keys_of_text,
+                      secret_from_environment)
 from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_KEYS,
-                        TRANSACTION_FIELDS, arrow_schema, transaction_schema)
+                        Attribute, arrow_schema, attributes_of, transaction_schema)
 
 # %% auto #0
-__all__ = ['SOURCE_SUFFIXES', 'EXACT_FIELDS', 'INTEGER_RANGES', 'SourceRows', 'source_files', 'record_lines', 'FileRows',
-           'read_csv', 'read_file', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers',
-           'parse_labels', 'parse_columns', 'cast_canonical', 'validate_rows', 'IngestResult', 'ingest_rows',
-           'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
+__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan', 'source_plan',
+           'require_secret', 'SourceRows', 'source_files', 'record_lines', 'FileRows', 'read_csv', 'read_file',
+           'read_source', 'map_columns', 'integer_text_values', 'parse_integers', 'parse_labels', 'parse_ids',
+           'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult',
+           'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs',
+           'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
-# canonical fields read from CSV as text and parsed exactly (the amount is a float anyway)
-EXACT_FIELDS = [f.name for f in TRANSACTION_FIELDS if not f.dtype.startswith("float")]
+ID_FIELDS = ("transaction_id", "customer_id", "terminal_id")
+
+
+@dataclass(frozen=True)
+class FieldSource:
+    "Where one canonical field or attribute comes from: its source column(s)."
+    name: str
+    columns: tuple[str, ...]
+    join: bool = False           # the columns' texts joined with a space (a date and a time)
+    format: str | None = None    # strftime format of the joined text
+
+    @property
+    def composite(self) -> bool:
+        return len(self.columns) > 1 and not self.join
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    "What ingest reads, from `ingest.columns`, `ingest.attributes`, `sensitive_ids` and `pii`."
+    fields: tuple[FieldSource, ...]
+    attributes: tuple[Attribute, ...]
+    sensitive: frozenset[str]    # id fields keyed under the secret and never stored raw
+    pii: tuple[str, ...]
+
+    def is_pii(self, column: str) -> bool:
+        return any(fnmatch.fnmatchcase(str(column).lower(), p.lower()) for p in self.pii)
+
+    @property
+    def used_columns(self) -> set[str]:
+        return {c for f in self.fields for c in f.columns}
+
+    @property
+    def exact_columns(self) -> set[str]:
+        "Source columns read from CSV as text and parsed exactly (all but float ones)."
+        floats = {"tx_amount"} | {a.name for a in self.attributes if a.type == "float"}
+        return {c for f in self.fields if f.name not in floats for c in f.columns}
+
+
+def _field_source(name: str, mapped, where: str) -> FieldSource:
+    if isinstance(mapped, str):
+        return FieldSource(name, (mapped,))
+    if isinstance(mapped, list) and mapped and all(isinstance(c, str) for c in mapped):
+        if name not in ID_FIELDS:
+            raise ParamsError(f"{where}: a list of columns (a composite id) is for "
+                              f"{', '.join(ID_FIELDS)}")
+        return FieldSource(name, tuple(mapped))
+    if isinstance(mapped, dict) and set(mapped) <= {"join", "format"} and "join" in mapped:
+        if name != "tx_datetime":
+            raise ParamsError(f"{where}: join is for tx_datetime (a date and a time column)")
+        return FieldSource(name, tuple(mapped["join"]), join=True, format=mapped.get("format"))
+    raise ParamsError(f"{where} must be a column name, a list of columns (composite id) or "
+                      "{join: [date_column, time_column]}")
+
+
+def source_plan(params: IngestParams) -> SourcePlan:
+    "Check the mapping params once and say where every field comes from."
+    unknown = sorted(set(params.columns) - set(CANONICAL_COLUMNS))
+    if unknown:
+        raise ParamsError(f"params.yaml: ingest.columns.{unknown[0]} is not a canonical field "
+                          f"(fields: {', '.join(CANONICAL_COLUMNS)})")
+    if params.extra_columns not in ("drop", "keep"):
+        raise ParamsError("params.yaml: ingest.extra_columns must be drop or keep")
+    attributes = attributes_of(params.attributes)
+    fields = tuple(_field_source(n, params.columns.get(n, n), f"params.yaml: ingest.columns.{n}")
+                   for n in CANONICAL_COLUMNS) + \
+        tuple(FieldSource(a.name, (a.column,)) for a in attributes)
+    bad = sorted(set(params.sensitive_ids) - set(ID_FIELDS))
+    if bad:
+        raise ParamsError(f"params.yaml: ingest.sensitive_ids: {bad[0]} is not an id field "
+                          f"({', '.join(ID_FIELDS)})")
+    # an id made with a sensitive id's column holds that value: it is sensitive too
+    secret_columns = {c for f in fields if f.name in params.sensitive_ids for c in f.columns}
+    sensitive = frozenset(f.name for f in fields if f.name in ID_FIELDS
+                          and (f.name in params.sensitive_ids or secret_columns & set(f.columns)))
+    plan = SourcePlan(fields, attributes, sensitive, tuple(params.pii))
+    for f in fields:
+        for c in f.columns:
+            if plan.is_pii(c):
+                raise ParamsError(f"params.yaml: {f.name} is read from column {c!r}, which "
+                                  "ingest.pii lists: personal data never leaves ingest (take it "
+                                  "off ingest.pii if it is not personal)")
+    return plan
+
+
+def require_secret(plan: SourcePlan) -> bytes | None:
+    "The secret for sensitive ids, refusing in one line when they are declared without one."
+    if not plan.sensitive:
+        return None
+    secret = secret_from_environment()
+    if secret is None:
+        raise StageError(f"ingest: ingest.sensitive_ids lists {', '.join(sorted(plan.sensitive))}"
+                         f" but {HASH_KEY_ENV} is not set: set it to a secret of at least 32 "
+                         "random bytes (keep it with your other secrets; the same one online)")
+    return secret
 
 
 @dataclass
@@ -101,7 +199,7 @@ class FileRows:
             self.row_number = np.arange(1, self.table.num_rows + 1)
 
 
-def read_csv(path: Path, params: IngestParams) -> FileRows:
+def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
     if path.stat().st_size == 0:
         raise StageError(f"ingest: {path}: file is empty")
     wrong = []
@@ -114,13 +212,14 @@ def read_csv(path: Path, params: IngestParams) -> FileRows:
     with path.open(encoding=params.encoding, newline="") as text:
         header = next(csv.reader([text.readline().lstrip("\ufeff")],
                                  delimiter=params.csv_delimiter), [])
-    exact = {params.columns.get(n, n) for n in EXACT_FIELDS}
+    exact = plan.exact_columns
     table = pa_csv.read_csv(
         path, read_options=pa_csv.ReadOptions(encoding=params.encoding, use_threads=False),
         parse_options=pa_csv.ParseOptions(delimiter=params.csv_delimiter,
                                           invalid_row_handler=wrong_field_count),
         convert_options=pa_csv.ConvertOptions(
-            column_types={c: pa_arrow.string() for c in header if c in exact}))
+            column_types={c: pa_arrow.string() for c in header if c in exact},
+            include_columns=[c for c in header if not plan.is_pii(c)]))   # PII: never read
     # pyarrow numbers records (header = 1); the kept ones are those it did not skip
     skipped = np.array([w["record"] for w in wrong], np.int64)
     kept = np.setdiff1d(np.arange(2, table.num_rows + len(wrong) + 2), skipped)
@@ -137,13 +236,14 @@ def read_csv(path: Path, params: IngestParams) -> FileRows:
     return FileRows(table, lines, unreadable, kept - 1)
 
 
-def read_file(path: Path, params: IngestParams) -> FileRows:
-    "One source file's rows; unreadable files fail with the file named."
+def read_file(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
+    "One source file's rows, without its PII columns; unreadable files fail with the file named."
     try:
         if path.suffix.lower() == ".csv":
-            rows = read_csv(path, params)
+            rows = read_csv(path, params, plan)
         else:
-            table = pq.read_table(path)
+            names = pq.read_schema(path).names
+            table = pq.read_table(path, columns=[c for c in names if not plan.is_pii(c)])
             rows = FileRows(table, np.full(table.num_rows, -1, np.int64), [])
     except StageError:
         raise
@@ -176,7 +276,8 @@ def _pandas_type(kind: pa_arrow.DataType):
 
 def read_source(source: Path, params: IngestParams) -> SourceRows:
     files = source_files(source)
-    read = [read_file(f, params) for f in files]
+    plan = source_plan(params)
+    read = [read_file(f, params, plan) for f in files]
     tables = [r.table for r in read]
     sizes = [t.num_rows for t in tables]
     try:  # files of one source may differ in inferred types: widen, or keep text and parse later
@@ -196,26 +297,43 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
                       if read else np.array([], np.int64), unreadable)
 
 # %% ../../nbs/11_ingest.ipynb #4ca91019
-def map_columns(frame: pd.DataFrame, params: IngestParams, where: str) -> tuple[pd.DataFrame, list[str]]:
-    "Rename source columns to canonical names. Returns the frame and the extra columns."
-    unknown = sorted(set(params.columns) - set(CANONICAL_COLUMNS))
-    if unknown:
-        raise ParamsError(f"params.yaml: ingest.columns.{unknown[0]} is not a canonical field "
-                          f"(fields: {', '.join(CANONICAL_COLUMNS)})")
-    if params.extra_columns not in ("drop", "keep"):
-        raise ParamsError("params.yaml: ingest.extra_columns must be drop or keep")
-    mapping = {name: params.columns.get(name, name) for name in CANONICAL_COLUMNS}
-    missing = [n for n in REQUIRED_COLUMNS if mapping[n] not in frame.columns]
-    if missing:
-        found = list(frame.columns)
-        hint = (f"; found a single column {found[0]!r}: is ingest.csv_delimiter right?"
-                if len(found) == 1 else f"; found {', '.join(map(str, found[:12]))}")
-        raise StageError(f"ingest: {where}: column {mapping[missing[0]]!r} for field "
-                         f"{missing[0]} is missing (map it in ingest.columns){hint}")
-    present = {mapping[n]: n for n in CANONICAL_COLUMNS if mapping[n] in frame.columns}
-    extras = [c for c in frame.columns if c not in present]
-    keep = list(present) + (extras if params.extra_columns == "keep" else [])
-    return frame[keep].rename(columns=present), extras if params.extra_columns == "keep" else []
+def _joined_text(parts: list[pd.Series]) -> pd.Series:
+    "Texts of `parts` joined with a space; missing where any part is missing."
+    texts = [p.astype("string").str.strip() for p in parts]
+    joined = texts[0]
+    for t in texts[1:]:
+        joined = joined + " " + t
+    return joined
+
+
+def map_columns(frame: pd.DataFrame, params: IngestParams, where: str,
+                plan: SourcePlan | None = None) -> tuple[pd.DataFrame, list[str]]:
+    "Source columns under canonical names (composite parts as name[i]), and the extras kept."
+    plan = plan or source_plan(params)
+    required = set(REQUIRED_COLUMNS) | {a.name for a in plan.attributes}
+    for f in plan.fields:
+        missing = [c for c in f.columns if c not in frame.columns]
+        if missing and (f.name in required or len(missing) < len(f.columns)):
+            found = list(frame.columns)
+            hint = (f"; found a single column {found[0]!r}: is ingest.csv_delimiter right?"
+                    if len(found) == 1 else f"; found {', '.join(map(str, found[:12]))}")
+            kind = "attribute" if f.name not in FIELDS_BY_NAME else "field"
+            raise StageError(f"ingest: {where}: column {missing[0]!r} for {kind} {f.name} is "
+                             f"missing (map it in ingest.{'columns' if kind == 'field' else 'attributes'})"
+                             f"{hint}")
+    mapped = {}
+    for f in plan.fields:
+        if not all(c in frame.columns for c in f.columns):
+            continue   # an optional field the source does not have
+        if f.join:
+            mapped[f.name] = _joined_text([frame[c] for c in f.columns])
+        elif f.composite:
+            mapped.update({f"{f.name}[{i}]": frame[c] for i, c in enumerate(f.columns)})
+        else:
+            mapped[f.name] = frame[f.columns[0]]
+    extras = [c for c in frame.columns if c not in plan.used_columns]
+    kept = [c for c in extras if c not in mapped] if params.extra_columns == "keep" else []
+    return pd.DataFrame({**mapped, **{c: frame[c] for c in kept}}, index=frame.index), kept
 
 # %% ../../nbs/11_ingest.ipynb #182ee905
 # 12, -3, +7, 0012, 12.0: an integer as text (ASCII digits only: "١٢٣" is not an id here)
@@ -351,7 +469,8 @@ def _exact_us(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return values.where(~finer).astype("datetime64[us]"), finer
 
 
-def _parse_datetime(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Series, pd.Series]:
+def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | None = None
+                    ) -> tuple[pd.Series, pd.Series]:
     "Local timestamps from `s`: naive ones as written, those with an offset in `ingest.timezone`."
     missing = s.isna().to_numpy()
     if pd.api.types.is_datetime64_any_dtype(s):
@@ -359,7 +478,7 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.
         values, finer = _exact_us(_to_local(s, params, where) if aware else s)
     else:
         text = s.astype("string").str.strip()
-        fmt = params.datetime_format or "ISO8601"
+        fmt = fmt or params.datetime_format or "ISO8601"
         offset = text.str.contains(_OFFSET, regex=True).fillna(False).to_numpy(bool)
         values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
         finer = np.zeros(len(s), bool)
@@ -393,40 +512,173 @@ def _parse_amount(s: pd.Series) -> tuple[pd.Series, pd.Series]:
 INTEGER_RANGES = {"int64": (-2**63, 2**63 - 1), "int8": (-2**7, 2**7 - 1)}
 
 
-def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str
-                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "Canonical columns in their exact values, and a (column, rule) table of rows that failed."
-    parsed, failures = frame.copy(), []
-    for name in [c for c in CANONICAL_COLUMNS if c in frame.columns]:
-        if isinstance(frame[name].dtype, pd.CategoricalDtype):   # values, not category codes
-            frame = frame.assign(**{name: frame[name].astype(object)})
-        dtype = FIELDS_BY_NAME[name].dtype
-        if dtype.startswith("datetime"):
-            parsed[name], rule = _parse_datetime(frame[name], params, where)
+def _id_text(s: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
+    "One id column (or composite part) as the key rule reads it: text, and the checks it broke."
+    missing = s.isna().to_numpy()
+    if pd.api.types.is_bool_dtype(s):
+        return pd.Series(pd.NA, index=s.index, dtype="string"), [("missing", missing),
+                                                                 ("not_an_id", ~missing)]
+    if pd.api.types.is_integer_dtype(s):
+        return s.astype("string"), [("missing", missing)]
+    if pd.api.types.is_float_dtype(s):
+        v = s.to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            fraction = ~missing & np.isfinite(v) & (np.floor(v) != v)
+            # a float at or above 2^53 may not be the integer the source meant
+            inexact = ~missing & ~fraction & ~(np.abs(v) < 2.0**53)
+        good = ~missing & ~fraction & ~inexact
+        text = pd.Series(pd.NA, index=s.index, dtype="string")
+        text[good] = v[good].astype(np.int64).astype(str)
+        return text, [("missing", missing), ("not_an_integer", fraction),
+                      ("inexact_float", inexact)]
+    text = s.astype("string").str.strip()
+    return text, [("missing", missing | text.eq("").fillna(True).to_numpy(bool))]
+
+
+def _raw_texts(index: pd.Index, where: np.ndarray, texts) -> pd.Series | None:
+    "Raw texts at rows `where` (missing elsewhere), or None when there are none (the usual case)."
+    if not where.any():
+        return None
+    raw = pd.Series(pd.NA, index=index, dtype="string")
+    raw[where] = texts
+    return raw
+
+
+def parse_ids(parts: list[pd.Series], secret: bytes | None = None
+              ) -> tuple[pd.Series, pd.Series, pd.Series | None]:
+    """Keys of one id field (one column, or a composite's parts) by the rule of `aif.keys`,
+    the rule each bad row broke, and each row's raw text where the key is not that text
+    itself (what the id map keeps; missing elsewhere; None when no row has one)."""
+    index, s = parts[0].index, parts[0]
+    if len(parts) == 1 and pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        missing = s.isna().to_numpy()   # integers: the short path, no text unless hashed
+        values = s.to_numpy(dtype="uint64" if pd.api.types.is_unsigned_integer_dtype(s)
+                            else "int64", na_value=0)
+        keys = keys_of_integers(values, secret)
+        hashed = ~missing & ((keys != values.astype(np.int64)) | (secret is not None))
+        raw = _raw_texts(index, hashed, values[hashed].astype(str))
+        return pd.Series(keys, index=index), _rule_of_rows([("missing", missing)]), raw
+    texts, checks = [], []
+    for part in parts:
+        text, part_checks = _id_text(part)
+        texts.append(text)
+        checks += part_checks
+    rules = _rule_of_rows(checks)
+    ok = np.ones(len(index), bool)
+    ok[rules.index.to_numpy(dtype=np.int64)] = False
+    if len(parts) > 1:
+        columns = [t.to_numpy(dtype=object)[ok] for t in texts]
+        text = pd.Series(pd.NA, index=index, dtype="string")
+        text[ok] = [composite_text(row) for row in zip(*columns, strict=True)]
+    else:
+        text = texts[0]
+    keys = np.zeros(len(index), np.int64)
+    keys[ok] = keys_of_text(text[ok], secret)
+    own = np.zeros(len(index), bool)   # the key is the text's own value: nothing to map
+    if secret is None and len(parts) == 1 and ok.any():
+        own[ok] = text[ok].to_numpy(dtype=object) == keys[ok].astype(str).astype(object)
+    return pd.Series(keys, index=index), rules, _raw_texts(index, ok & ~own, text[ok & ~own])
+
+
+_EPOCH_SCALE = {"s": 10**6, "ms": 10**3, "us": 1}   # microseconds per unit
+
+
+def _parse_epoch(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Series, pd.Series]:
+    "Local timestamps from epoch numbers (`ingest.datetime_unit`): instants, so in the zone."
+    if params.timezone is None:
+        raise StageError(f"ingest: {where}: column tx_datetime holds epoch {params.datetime_unit}"
+                         " (instants); set ingest.timezone to the terminals' local zone "
+                         "(UTC if that is their clock)")
+    scale = _EPOCH_SCALE[params.datetime_unit]
+    values, rule = parse_integers(s, -(2**62) // scale, (2**62) // scale)
+    ok = np.ones(len(s), bool)
+    ok[rule.index.to_numpy(dtype=np.int64)] = False
+    instants = pd.Series((values.to_numpy() * scale).astype("datetime64[us]"), index=s.index)
+    local = _to_local(instants.dt.tz_localize("UTC"), params, where)
+    return local.where(ok), rule
+
+
+_BOOLEAN_TEXT = {"true": True, "t": True, "yes": True, "1": True,
+                 "false": False, "f": False, "no": False, "0": False}
+
+
+def parse_attribute(s: pd.Series, attribute: Attribute) -> tuple[pd.Series, pd.Series]:
+    "A declared attribute in its type, exactly, and the rule of each bad row."
+    missing = s.isna().to_numpy()
+    if attribute.type == "float":
+        values, rule = _parse_amount(s)
+    elif attribute.type == "int":
+        values, rule = parse_integers(s, *INTEGER_RANGES["int64"])
+    elif attribute.type == "category":
+        values = s.astype("string").str.strip()
+        missing = missing | values.eq("").fillna(True).to_numpy(bool)
+        rule = _rule_of_rows([("missing", missing)])
+    else:
+        values = s.map(lambda v: v if isinstance(v, (bool, np.bool_))
+                       else _BOOLEAN_TEXT.get(str(v).strip().lower()), na_action="ignore")
+        rule = _rule_of_rows([("missing", missing),
+                              ("not_a_boolean", ~missing & values.isna().to_numpy())])
+    if attribute.nullable:   # a missing value is a value: kept as null
+        values = values.where(~missing)
+        rule = rule[rule != "missing"]
+    return values, rule
+
+
+def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
+                  plan: SourcePlan | None = None, secret: bytes | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.Series]]:
+    """Canonical columns and attributes in their exact values (ids as keys), a (column, rule)
+    table of rows that failed, and each id field's raw texts (`parse_ids`)."""
+    plan = plan or source_plan(params)
+    sources = {f.name: f for f in plan.fields}
+    attributes = {a.name: a for a in plan.attributes}
+    parts = [c for c in frame.columns if "[" in c]
+    parsed, failures, raw_ids = frame.drop(columns=parts), [], {}
+    for name in [n for n in sources if n in frame.columns or f"{n}[0]" in frame.columns]:
+        columns = [f"{name}[{i}]" for i in range(len(sources[name].columns))] \
+            if sources[name].composite else [name]
+        frame = frame.assign(**{c: frame[c].astype(object) for c in columns   # values, not codes
+                                if isinstance(frame[c].dtype, pd.CategoricalDtype)})
+        if name in attributes:
+            parsed[name], rule = parse_attribute(frame[name], attributes[name])
+        elif name in ID_FIELDS:
+            parsed[name], rule, raw_ids[name] = parse_ids(
+                [frame[c] for c in columns], secret if name in plan.sensitive else None)
+        elif name == "tx_datetime" and params.datetime_unit:
+            parsed[name], rule = _parse_epoch(frame[name], params, where)
+        elif name == "tx_datetime":
+            parsed[name], rule = _parse_datetime(frame[name], params, where,
+                                                 sources[name].format)
         elif name == "tx_fraud":
             parsed[name], rule = parse_labels(frame[name], params.label_values)
-        elif dtype in INTEGER_RANGES:
-            parsed[name], rule = parse_integers(frame[name], *INTEGER_RANGES[dtype])
+        elif FIELDS_BY_NAME[name].dtype in INTEGER_RANGES:
+            parsed[name], rule = parse_integers(frame[name],
+                                                *INTEGER_RANGES[FIELDS_BY_NAME[name].dtype])
         else:
             parsed[name], rule = _parse_amount(frame[name])
         if len(rule):
             failures.append(pd.DataFrame({"column": name, "rule": rule}))
-    return parsed, (pd.concat(failures) if failures else
-                    pd.DataFrame({"column": pd.Series(dtype=str), "rule": pd.Series(dtype=str)}))
+    order = [n for n in sources if n in parsed.columns]
+    parsed = parsed[order + [c for c in parsed.columns if c not in order]]
+    return parsed, (pd.concat(failures) if failures else pd.DataFrame(
+        {"column": pd.Series(dtype=str), "rule": pd.Series(dtype=str)})), raw_ids
 
 
-def cast_canonical(frame: pd.DataFrame) -> pd.DataFrame:
-    "Cast parsed canonical columns to their final dtypes (rows must be free of parse failures)."
+def cast_canonical(frame: pd.DataFrame, attributes: tuple[Attribute, ...] = ()) -> pd.DataFrame:
+    "Cast parsed columns to their final dtypes (rows must be free of parse failures)."
     out = frame.copy()
-    for name in [c for c in CANONICAL_COLUMNS if c in frame.columns]:
-        out[name] = frame[name].astype(FIELDS_BY_NAME[name].dtype)
+    dtypes = {**{n: f.dtype for n, f in FIELDS_BY_NAME.items()},
+              **{a.name: a.dtype for a in attributes}}
+    for name in [c for c in frame.columns if c in dtypes]:
+        out[name] = frame[name].astype(dtypes[name])
     return out
 
 
 def validate_rows(frame: pd.DataFrame, latest_allowed: pd.Timestamp | None,
-                  max_amount: float | None = None) -> pd.DataFrame:
+                  max_amount: float | None = None, attributes: tuple[Attribute, ...] = ()
+                  ) -> pd.DataFrame:
     "Run the pandera schema lazily; return one (column, rule) row per failing row index."
-    schema = transaction_schema(list(frame.columns), latest_allowed, max_amount)
+    schema = transaction_schema(list(frame.columns), latest_allowed, max_amount, attributes)
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as err:
@@ -443,33 +695,85 @@ def validate_rows(frame: pd.DataFrame, latest_allowed: pd.Timestamp | None,
     return pd.DataFrame({"column": pd.Series(dtype=str), "rule": pd.Series(dtype=str)})
 
 # %% ../../nbs/11_ingest.ipynb #5b533253
+ID_MAP_COLUMNS = {"field": "string", "key": "int64", "raw": "string"}
+
+
+def empty_id_map() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in ID_MAP_COLUMNS.items()})
+
+
 @dataclass
 class IngestResult:
     transactions: pd.DataFrame
     quarantine: pd.DataFrame
     report: dict
+    id_map: pd.DataFrame = dataclass_field(default_factory=empty_id_map)   # ids not their text
+
+
+def check_collisions(raw_ids: dict[str, pd.Series], keys: pd.DataFrame, ok: np.ndarray,
+                     rows: SourceRows, plan: SourcePlan) -> None:
+    "Stop when two distinct raw ids of one field share a key (hashed, or a hash and a value)."
+    for name, raw in raw_ids.items():
+        if raw is None:
+            continue
+        hashed = ok & raw.notna().to_numpy()
+        key = keys[name].to_numpy()
+        found = collisions(raw[hashed], key[hashed])
+        plain = np.isin(key[hashed], key[ok & ~hashed])   # a hash equal to another id's value
+        if plain.any():
+            k = int(key[hashed][plain][0])
+            found.append((k, str(raw[hashed].iloc[int(np.flatnonzero(plain)[0])]), str(k)))
+        if not found:
+            continue
+        k, a, b = found[0]
+        if name in plan.sensitive:   # never echo a sensitive value: name the rows instead
+            at = np.flatnonzero(ok & (key == k))
+            a, b = rows.where(int(at[0])), rows.where(int(at[-1]))
+        raise StageError(f"ingest: column {name}: two distinct ids share key {k} ({a!r} and "
+                         f"{b!r}), a 63-bit hash collision; rename one of them in the source")
+
+
+def id_map_of(transactions: pd.DataFrame, raw_ids: dict[str, pd.Series], valid: np.ndarray,
+              plan: SourcePlan) -> pd.DataFrame:
+    "The raw value of every written key that is not its own text, for ids that are not sensitive."
+    parts = []
+    for name, raw in raw_ids.items():
+        if name in plan.sensitive or raw is None:
+            continue
+        kept = raw[valid].reset_index(drop=True)
+        has = kept.notna().to_numpy()
+        parts.append(pd.DataFrame({"field": name, "key": transactions[name].to_numpy()[has],
+                                   "raw": kept[has].to_numpy()}))
+    frame = pd.concat(parts, ignore_index=True) if parts else empty_id_map()
+    return frame.drop_duplicates().sort_values(["field", "key"], kind="stable").astype(
+        ID_MAP_COLUMNS).reset_index(drop=True)
 
 
 def ingest_rows(rows: SourceRows, params: IngestParams,
-                now: pd.Timestamp | None = None) -> IngestResult:
+                now: pd.Timestamp | None = None, secret: bytes | None = None) -> IngestResult:
     where = str(rows.files[0]) if len(rows.files) == 1 else f"{len(rows.files)} files"
     if len(rows.frame) == 0 and len(rows.unreadable) == 0:
         raise StageError(f"ingest: {where}: no rows to ingest")
-    mapped, extras = map_columns(rows.frame, params, where)
+    plan = source_plan(params)
+    if plan.sensitive and secret is None:
+        secret = require_secret(plan)
+    mapped, extras = map_columns(rows.frame, params, where, plan)
     mapped.index = pd.RangeIndex(len(mapped))
-    parsed, parse_failures = parse_columns(mapped, params, where)
+    parsed, parse_failures, raw_ids = parse_columns(mapped, params, where, plan, secret)
     parse_failures = parse_failures[~parse_failures.index.duplicated()]
     parsed_ok = np.ones(len(parsed), bool)
     parsed_ok[parse_failures.index.to_numpy()] = False
-    candidates = cast_canonical(parsed[parsed_ok])
+    check_collisions(raw_ids, parsed, parsed_ok, rows, plan)
+    candidates = cast_canonical(parsed[parsed_ok], plan.attributes)
     latest = (now or pd.Timestamp.now()).floor("s") if params.reject_future else None
-    rule_failures = validate_rows(candidates, latest, params.max_amount)
+    rule_failures = validate_rows(candidates, latest, params.max_amount, plan.attributes)
     failures = pd.concat([parse_failures, rule_failures])
     failures = failures[~failures.index.duplicated()].sort_index()
 
     valid = np.ones(len(parsed), bool)
     valid[failures.index.to_numpy()] = False
-    transactions = cast_canonical(parsed[valid])
+    transactions = cast_canonical(parsed[valid], plan.attributes)
+    id_map = id_map_of(transactions.reset_index(drop=True), raw_ids, valid, plan)
     if not transactions[SORT_KEYS[0]].is_monotonic_increasing or len(transactions) < 2 or \
             not _sorted_by_keys(transactions):
         order = np.lexsort((transactions["transaction_id"].to_numpy(),
@@ -486,6 +790,8 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
         "rule": failures["rule"].to_numpy(dtype=str),
     })
     for name in mapped.columns:  # raw values as text: some could not be parsed at all
+        if name.split("[")[0] in plan.sensitive:
+            continue   # a sensitive id is never stored raw, not even here
         quarantine[f"value_{name}"] = pd.array(mapped[name].iloc[bad].astype("string"))
     if len(rows.unreadable):   # records the reader could not split into fields
         records = rows.unreadable.assign(column="(record)")
@@ -494,7 +800,7 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
 
     report = ingest_report(rows, transactions, quarantine, extras, params)
     assert report["rows_read"] == report["rows_written"] + report["rows_quarantined"]
-    return IngestResult(transactions, quarantine, report)
+    return IngestResult(transactions, quarantine, report, id_map)
 
 
 def _sorted_by_keys(frame: pd.DataFrame) -> bool:
@@ -542,19 +848,26 @@ def check_invalid_share(result: IngestResult, rows: SourceRows, params: IngestPa
 
 # %% ../../nbs/11_ingest.ipynb #6c5b9902
 def write_outputs(result: IngestResult, transactions_path: Path, quarantine_path: Path,
-                  report_path: Path) -> None:
-    canonical = [c for c in CANONICAL_COLUMNS if c in result.transactions.columns]
+                  report_path: Path, id_map_path: Path | None = None,
+                  attributes: tuple[Attribute, ...] = ()) -> None:
+    declared = CANONICAL_COLUMNS + [a.name for a in attributes]
+    canonical = [c for c in declared if c in result.transactions.columns]
     extras = [c for c in result.transactions.columns if c not in canonical]
     table = pa_arrow.Table.from_pandas(result.transactions, preserve_index=False)
-    table = table.select(canonical + extras).cast(
-        pa_arrow.schema(list(arrow_schema(canonical)) + [table.schema.field(c) for c in extras]))
+    table = table.select(canonical + extras).cast(pa_arrow.schema(
+        list(arrow_schema(canonical, attributes)) + [table.schema.field(c) for c in extras]))
     table = table.replace_schema_metadata(None)
     quarantine = pa_arrow.Table.from_pandas(result.quarantine, preserve_index=False
                                             ).replace_schema_metadata(None)
+    ids = pa_arrow.Table.from_pandas(result.id_map, preserve_index=False).cast(pa_arrow.schema(
+        [("field", pa_arrow.string()), ("key", pa_arrow.int64()), ("raw", pa_arrow.string())])
+    ).replace_schema_metadata(None)
     with atomic_output(transactions_path) as t_tmp, atomic_output(quarantine_path) as q_tmp, \
-            atomic_output(report_path) as r_tmp:
+            atomic_output(report_path) as r_tmp, \
+            atomic_output(id_map_path or transactions_path.with_name("ids.parquet")) as i_tmp:
         pq.write_table(table, t_tmp, compression="zstd")
         pq.write_table(quarantine, q_tmp, compression="zstd")
+        pq.write_table(ids, i_tmp, compression="zstd")
         r_tmp.write_text(json.dumps(result.report, indent=2) + "\n")
 
 
@@ -562,10 +875,13 @@ def main(argv: list[str] | None = None) -> int:
     stage = start_stage("ingest", "Validate the source into data/interim.", argv)
     log, paths, params = stage.log, stage.paths, stage.params.ingest
     started = time.perf_counter()
+    plan = source_plan(params)
+    secret = require_secret(plan)   # before reading: a missing secret is a one-line refusal
     rows = read_source(paths.resolve(params.source), params)
-    result = ingest_rows(rows, params)
+    result = ingest_rows(rows, params, secret=secret)
     check_invalid_share(result, rows, params)
-    write_outputs(result, paths.interim_transactions, paths.quarantine, paths.ingest_report)
+    write_outputs(result, paths.interim_transactions, paths.quarantine, paths.ingest_report,
+                  paths.id_map, plan.attributes)
     r = result.report
     log.info(f"read {r['rows_read']:,} rows from {r['files']} files; wrote {r['rows_written']:,}, "
              f"quarantined {r['rows_quarantined']:,} in {time.perf_counter() - started:.1f}s")

@@ -15,8 +15,8 @@ import pandas as pd
 
 from ..cluster import dask_client
 from ..config.params import FeaturesParams
-from .engine import partition_features, transaction_features
-from .specs import FeatureSpec, entity_key
+from .engine import partition_features, transaction_features, with_derived
+from .specs import FeatureSpec, entity_key, entity_parts, spec_inputs
 from .store import (ROWS_PER_FILE, features_table, frame_columns, open_source,
                                 write_part)
 from ..io import atomic_output
@@ -28,8 +28,10 @@ __all__ = ['with_entity_key', 'entity_part', 'sample', 'with_positions', 'write_
 # %% ../../nbs/24_dask_engine.ipynb #a438c539
 def with_entity_key(frame: pd.DataFrame, entity: str) -> pd.DataFrame:
     "The rows with the entity's key as a column to shuffle on (the key the online state uses)."
-    ids = {c: frame[c].to_numpy() for c in ("customer_id", "terminal_id")}
-    return frame.assign(entity_key=entity_key(ids, entity))
+    columns = {c: frame[c].to_numpy() for c in ("customer_id", "terminal_id",
+                                                 *[p for p in entity_parts(entity)
+                                                   if p in frame.columns])}
+    return frame.assign(entity_key=entity_key(columns, entity))
 
 
 def entity_part(frame: pd.DataFrame, entity: str, specs: list[FeatureSpec]) -> pd.DataFrame:
@@ -40,11 +42,12 @@ def entity_part(frame: pd.DataFrame, entity: str, specs: list[FeatureSpec]) -> p
     return pd.DataFrame({"position": c["position"], **values})
 
 
-def sample() -> pd.DataFrame:
+def sample(extra: tuple[str, ...] = ()) -> pd.DataFrame:
     "A one-row stream, to tell Dask the kernel's output columns and types."
     return pd.DataFrame({"transaction_id": [0], "tx_datetime": pd.to_datetime(["2018-01-01"]),
                          "customer_id": [0], "terminal_id": [0], "tx_amount": [1.0],
-                         "tx_fraud": np.array([0], np.int8), "position": [0]})
+                         "tx_fraud": np.array([0], np.int8), "position": [0],
+                         **{c: ["x"] for c in extra}})
 
 
 def with_positions(frame: pd.DataFrame, offsets: np.ndarray, partition_info=None
@@ -60,7 +63,7 @@ def write_output_part(frame: pd.DataFrame, folder: str, labels: list[str],
         return pd.DataFrame({"rows": [0]})
     frame = frame.sort_index()
     c = frame_columns(frame.reset_index(drop=True))
-    features = {s.name: c[s.name] for s in specs}
+    features = with_derived({s.name: c[s.name] for s in specs if not s.derived}, c, specs)
     part = int(frame.index[0]) // rows_per_file
     write_part(features_table(c, labels, features), Path(folder), part)
     return pd.DataFrame({"rows": [len(frame)]})
@@ -72,7 +75,7 @@ def featurize_dask(source: Path, specs: tuple[FeatureSpec, ...], params: Feature
     import dask.dataframe as dd
 
     _, labels = open_source(source)
-    names = INPUT_COLUMNS + labels[1:]
+    names = INPUT_COLUMNS + labels[1:] + spec_inputs(specs)
     with dask_client():
         frame = dd.read_parquet(str(source), columns=names, split_row_groups=True)
         lengths = frame.map_partitions(len).compute().to_numpy()
@@ -90,7 +93,8 @@ def featurize_dask(source: Path, specs: tuple[FeatureSpec, ...], params: Feature
                                          meta={**frame.dtypes.to_dict(), "entity_key": "int64"})
             shuffled = keyed.shuffle("entity_key", npartitions=parts)
             values = shuffled.map_partitions(entity_part, entity, mine,
-                                             meta=entity_part(sample(), entity, mine).iloc[:0])
+                                             meta=entity_part(sample(tuple(spec_inputs(mine))),
+                                                              entity, mine).iloc[:0])
             joined = joined.merge(values, on="position", how="inner")
         divisions = list(range(0, n, rows_per_file)) + [n - 1 if n else 0]
         indexed = joined.set_index("position", divisions=divisions)

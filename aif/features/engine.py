@@ -22,17 +22,17 @@ from .kernels import (entity_order, grouped_order, is_first_in_history,
                                   seconds_since_previous, stable_argsort, window_counts,
                                   window_ends, window_float_sums, window_int_sums,
                                   window_label_times, window_starts)
-from .specs import MICROS_PER_DAY, FeatureSpec, entity_key
+from .specs import DERIVED, MICROS_PER_DAY, FeatureSpec, entity_key, spec_inputs
 from .store import (ROWS_PER_FILE, check_stream_order, features_table, open_source,
                                 table_columns, write_part)
 from ..io import atomic_output
 from ..schema import INPUT_COLUMNS, column_to_numpy, numpy_to_arrow
 
 # %% auto #0
-__all__ = ['SPILL_SCHEMA', 'StreamShape', 'partition_features', 'partition_features_sorted', 'row_features',
-           'grouped_row_features', 'aggregate', 'n_partitions', 'transaction_features', 'is_windowed',
-           'compute_features', 'feature_frame', 'source_shape', 'exact_chunks', 'SortedRun', 'spill_partitions',
-           'run_partition', 'featurize_out_of_core']
+__all__ = ['EARTH_RADIUS_KM', 'SPILL_SCHEMA', 'StreamShape', 'partition_features', 'partition_features_sorted', 'row_features',
+           'grouped_row_features', 'aggregate', 'n_partitions', 'haversine_km', 'transaction_features', 'with_derived',
+           'is_windowed', 'compute_features', 'feature_frame', 'source_shape', 'exact_chunks', 'SortedRun',
+           'spill_partitions', 'run_partition', 'featurize_out_of_core']
 
 # %% ../../nbs/23_local_engine.ipynb #8c86990a
 @dataclass(frozen=True)
@@ -128,6 +128,13 @@ def aggregate(eo, amount_s: np.ndarray, label_s: np.ndarray, specs: list[Feature
             elif agg == "mean_amount":
                 with np.errstate(invalid="ignore", divide="ignore"):
                     values = window_float_sums(amount_s, start, end) / count
+            elif agg == "sum_amount":
+                values = window_float_sums(amount_s, start, end)
+            elif agg == "std_amount":   # population sd; NaN for an empty window
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = window_float_sums(amount_s, start, end) / count
+                    square = window_float_sums(amount_s * amount_s, start, end) / count
+                    values = np.sqrt(np.maximum(square - mean * mean, 0.0))
             elif agg == "amount_to_mean":
                 with np.errstate(invalid="ignore", divide="ignore"):
                     mean = window_float_sums(amount_s, start, end) / count
@@ -160,20 +167,55 @@ def n_partitions(entity: str, shape: StreamShape, params: FeaturesParams, window
     return max(by_rows, -(-shape.max_entities(entity) * span // (2**62)))
 
 
+EARTH_RADIUS_KM = 6371.0088   # the mean radius (IUGG)
+
+
+def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    "Great-circle distance in kilometres between points given in degrees."
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    a = np.sin((p2 - p1) / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(
+        np.radians(np.asarray(lon2) - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
 def transaction_features(columns: dict, specs: list[FeatureSpec]) -> dict[str, np.ndarray]:
+    "Row features: what a transaction says by itself (derived ones come after, `with_derived`)."
     t = columns["tx_datetime"]
     day = t // (86_400 * 10**6)
     out = {}
     for spec in specs:
-        if spec.aggregation == "value":
-            out[spec.name] = columns["tx_amount"]
-        elif spec.aggregation == "weekend":
+        agg = spec.aggregation
+        if agg == "value":
+            out[spec.name] = np.asarray(columns[spec.inputs[0] if spec.inputs else "tx_amount"],
+                                        np.float64)
+        elif agg == "weekend":
             out[spec.name] = ((day + 3) % 7 >= 5).astype(np.int8)  # 1970-01-01 was a Thursday
-        elif spec.aggregation == "night":
+        elif agg == "night":
             out[spec.name] = ((t // (3600 * 10**6)) % 24 <= 6).astype(np.int8)
-        else:
+        elif agg == "hour":
+            out[spec.name] = ((t // (3600 * 10**6)) % 24).astype(np.int8)
+        elif agg == "weekday":
+            out[spec.name] = ((day + 3) % 7).astype(np.int8)   # 0 is Monday
+        elif agg == "haversine":
+            out[spec.name] = haversine_km(*(columns[c] for c in spec.inputs))
+        elif agg not in DERIVED:
             raise ValueError(f"unknown transaction aggregation {spec.aggregation}")
     return out
+
+
+def with_derived(values: dict, columns: dict, specs) -> dict[str, np.ndarray]:
+    "`values` with every derived feature of `specs` added, in declaration order."
+    for spec in specs:
+        if not spec.derived:
+            continue
+        a, b = (values[i] if i in values else columns[i] for i in spec.inputs)
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        if spec.aggregation == "difference":
+            values[spec.name] = a - b
+        else:
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                values[spec.name] = np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
+    return values
 
 
 def is_windowed(specs: list[FeatureSpec]) -> bool:
@@ -212,6 +254,7 @@ def compute_features(columns: dict, specs: tuple[FeatureSpec, ...],
                 # One scatter from the partition's sorted order straight to stream positions.
                 for name, v in values.items():
                     results.setdefault(name, np.empty(n, v.dtype))[targets] = v
+    results = with_derived(results, columns, specs)
     return {s.name: results[s.name] for s in specs}
 
 # %% ../../nbs/23_local_engine.ipynb #da3570e6
@@ -245,20 +288,22 @@ def source_shape(source: pq.ParquetFile) -> StreamShape:
     return StreamShape(n, lo or 0, hi or 0, customer, terminal)
 
 
-def exact_chunks(source: pq.ParquetFile, labels: list[str], size: int):
-    "The interim rows as numpy columns, in chunks of exactly `size` rows (the last shorter)."
+def exact_chunks(source: pq.ParquetFile, labels: list[str], size: int,
+                 extra: tuple[str, ...] = ()):
+    """The interim rows as numpy columns (with the attributes `extra`), in chunks of exactly
+    `size` rows (the last shorter)."""
     pending, held = [], 0
-    columns = INPUT_COLUMNS + labels[1:]
+    columns = INPUT_COLUMNS + labels[1:] + list(extra)
     for batch in source.iter_batches(batch_size=size, columns=columns):
         pending.append(batch)
         held += batch.num_rows
         while held >= size:
             table = pa.Table.from_batches(pending)
-            yield table_columns(table.slice(0, size), labels)
+            yield table_columns(table.slice(0, size), labels, extra)
             rest = table.slice(size)
             pending, held = rest.to_batches(), rest.num_rows
     if held:
-        yield table_columns(pa.Table.from_batches(pending), labels)
+        yield table_columns(pa.Table.from_batches(pending), labels, extra)
 
 
 class SortedRun:
@@ -293,12 +338,13 @@ class SortedRun:
 
 
 def spill_partitions(source: pq.ParquetFile, labels: list[str], shape: StreamShape,
-                     plan: dict[str, int], work: Path, where: str) -> None:
+                     plan: dict[str, int], work: Path, where: str,
+                     extra: tuple[str, ...] = ()) -> None:
     "Pass 1: every row to its partition file, one per (entity, partition)."
     writers = {(e, p): ipc.new_file(str(work / f"in-{e}-{p}.arrow"), SPILL_SCHEMA)
                for e, parts in plan.items() for p in range(parts)}
     position, last = 0, None
-    for columns in exact_chunks(source, labels, ROWS_PER_FILE):
+    for columns in exact_chunks(source, labels, ROWS_PER_FILE, extra):
         n = len(columns["transaction_id"])
         t, ids = columns["tx_datetime"], columns["transaction_id"]
         if last is not None:
@@ -347,7 +393,8 @@ def featurize_out_of_core(path: Path, specs: tuple[FeatureSpec, ...], params: Fe
     plan = {e: n_partitions(e, shape, params, is_windowed(s)) for e, s in by_entity.items()}
     with tempfile.TemporaryDirectory(prefix=".featurize-", dir=out.parent) as tmp:
         work = Path(tmp)
-        spill_partitions(source, labels, shape, plan, work, str(path))
+        extra = tuple(spec_inputs(specs))
+        spill_partitions(source, labels, shape, plan, work, str(path), extra)
         tasks = [(e, p) for e, parts in plan.items() for p in range(parts)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda task: run_partition(work, *task, by_entity[task[0]]), tasks))
@@ -356,13 +403,14 @@ def featurize_out_of_core(path: Path, specs: tuple[FeatureSpec, ...], params: Fe
         with atomic_output(out) as folder:
             folder.mkdir()
             position = 0
-            for i, columns in enumerate(exact_chunks(source, labels, ROWS_PER_FILE)):
+            for i, columns in enumerate(exact_chunks(source, labels, ROWS_PER_FILE, extra)):
                 n = len(columns["transaction_id"])
                 features = transaction_features(columns, tx_specs)
                 for run in runs:
                     rows, values = run.take_below(position + n)
                     for name, v in values.items():
                         features.setdefault(name, np.empty(n, v.dtype))[rows - position] = v
+                features = with_derived(features, columns, specs)
                 write_part(features_table(columns, labels, {s.name: features[s.name]
                                                             for s in specs}), folder, i)
                 position += n

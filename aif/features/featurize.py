@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .engine import compute_features, featurize_out_of_core
-from .specs import catalog, feature_specs
+from .specs import catalog, feature_specs, spec_inputs
 from .store import (check_stream_order, features_table, open_source, read_columns,
                                 write_features)
 from ..io import atomic_output, start_stage, write_timings
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info(f"{n_rows:,} rows > features.max_rows_in_memory: partitions spill to disk")
         featurize_out_of_core(source, specs, params.features, out)
     else:
-        columns, labels = read_columns(source)
+        columns, labels = read_columns(source, tuple(spec_inputs(specs)))
         check_stream_order(columns["tx_datetime"], columns["transaction_id"], str(source))
         features = compute_features(columns, specs, params.features)
         write_features(features_table(columns, labels, features), out)

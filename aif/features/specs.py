@@ -13,14 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config.params import FEATURE_GROUPS, FeaturesParams
+from ..config.params import FEATURE_GROUPS, FeaturesParams, ParamsError
 from .kernels import Window
 from ..io import StageError
+from ..keys import category_keys, keys_of_integers
+from ..schema import CANONICAL_COLUMNS
 
 # %% auto #0
-__all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'feature_specs',
-           'check_specs', 'feature_names', 'catalog', 'pair_key', 'check_pair_keys', 'entity_key', 'keys_of',
-           'lookback_days', 'horizon_us', 'spec_records', 'specs_from_records', 'specs_named']
+__all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'LABELLED_ENTITIES', 'ROW_AGGREGATIONS', 'DERIVED', 'WINDOWED',
+           'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'feature_specs', 'entity_parts', 'check_specs',
+           'declared_specs', 'spec_inputs', 'feature_names', 'catalog', 'pair_key', 'check_pair_keys', 'attribute_keys',
+           'entity_key', 'keys_of', 'lookback_days', 'horizon_us', 'spec_records', 'specs_from_records', 'specs_named']
 
 # %% ../../nbs/20_feature_specs.ipynb #71384e11
 LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
@@ -28,6 +31,13 @@ LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
 # aggregations over the entity's history that need no window
 WINDOWLESS = ("seconds_since_previous", "first_use")
 ENTITIES = ("transaction", "customer", "terminal", "customer_terminal")
+# entities whose keys follow from a transaction's card and terminal: the ones a label that
+# arrives later can be found in (the service remembers each id's card and terminal)
+LABELLED_ENTITIES = ("customer", "terminal", "customer_terminal")
+ROW_AGGREGATIONS = ("value", "weekend", "night", "hour", "weekday", "haversine")
+DERIVED = ("ratio", "difference")   # of two earlier features or columns
+WINDOWED = ("count", "mean_amount", "sum_amount", "std_amount", "amount_to_mean") + \
+    LABEL_AGGREGATIONS
 MICROS_PER_DAY = 86_400 * 1_000_000
 
 
@@ -41,6 +51,7 @@ class FeatureSpec:
     window_days: float | None = None   # None: all history (windowed aggregations)
     lag_days: float = 0.0
     include_current: bool = True       # does the window hold the current transaction?
+    inputs: tuple[str, ...] = ()       # the columns or features a row feature reads
 
     @property
     def uses_labels(self) -> bool:
@@ -50,7 +61,12 @@ class FeatureSpec:
     def computation(self) -> tuple:
         "What decides the feature's values (not its description or group)."
         return (self.name, self.entity, self.aggregation, self.window_days, self.lag_days,
-                self.include_current)
+                self.include_current, self.inputs)
+
+    @property
+    def derived(self) -> bool:
+        "Computed from other features of the same transaction (after them)."
+        return self.aggregation in DERIVED
 
     @property
     def windowed(self) -> bool:
@@ -141,21 +157,98 @@ def feature_specs(params: FeaturesParams, label_delay_days: int) -> tuple[Featur
                     "1 if the card never paid at this terminal before"),
     ]
     specs = tuple(s for s in specs if s.group in params.groups)
+    specs += declared_specs(params.declared, label_delay_days)
     check_specs(specs, label_delay_days)
     return specs
 
 
+def entity_parts(entity: str) -> list[str]:
+    "The entities a pair is made of (`customer+merchant_category`), or the entity itself."
+    return entity.split("+")
+
+
 def check_specs(specs: tuple[FeatureSpec, ...], label_delay_days: int) -> None:
-    "Refuse duplicate names and any label-reading feature that does not wait for the delay."
+    """Refuse duplicate names, a label-reading feature that does not wait for the delay or
+    that groups by an entity a late label cannot be found in, and inputs that come later."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate feature names: {sorted({n for n in names if names.count(n) > 1})}")
+    earlier = set(CANONICAL_COLUMNS)
     for s in specs:
         if s.uses_labels and s.lag_days < label_delay_days:
             raise ValueError(f"feature {s.name} reads labels with lag {s.lag_days} days, "
                              f"less than label_delay_days={label_delay_days}")
-        if s.entity not in ENTITIES:
+        if s.uses_labels and s.entity not in LABELLED_ENTITIES:
+            raise ValueError(f"feature {s.name} reads labels grouped by {s.entity}: labels are "
+                             "found by card and terminal only (entities: "
+                             f"{', '.join(LABELLED_ENTITIES)})")
+        parts = entity_parts(s.entity)
+        if len(parts) > 2 or any(p == "transaction" or not p.isidentifier() for p in parts) \
+                and s.entity != "transaction":
             raise ValueError(f"feature {s.name}: unknown entity {s.entity}")
+        later = names[names.index(s.name):]
+        if s.derived and any(i in later and i not in earlier for i in s.inputs):
+            raise ValueError(f"feature {s.name}: its inputs must be columns or features "
+                             "declared before it")
+        earlier.add(s.name)
+
+
+def _declared(d: dict, label_delay_days: int, where: str) -> FeatureSpec:
+    known = {"name", "aggregation", "entity", "window_days", "lag_days", "include_current",
+             "inputs", "description"}
+    if set(d) - known:
+        raise ParamsError(f"{where}: unknown key {sorted(set(d) - known)[0]} "
+                          f"(known: {', '.join(sorted(known))})")
+    if "name" not in d or "aggregation" not in d:
+        raise ParamsError(f"{where} needs a name and an aggregation")
+    name, agg = str(d["name"]), str(d["aggregation"])
+    entity = d.get("entity", "transaction")
+    entity = "+".join(entity) if isinstance(entity, list) else str(entity)
+    inputs = tuple(str(i) for i in d.get("inputs", ()))
+    arity = {"haversine": 4, "ratio": 2, "difference": 2}
+    row = agg in ROW_AGGREGATIONS or agg in DERIVED
+    if row != (entity == "transaction"):
+        raise ParamsError(f"{where}: {agg} is " + ("a row feature (no entity)" if row else
+                          "over an entity's history (entity: customer, terminal, an attribute "
+                          "or a pair [a, b])"))
+    if agg not in ROW_AGGREGATIONS + DERIVED + WINDOWED + WINDOWLESS:
+        raise ParamsError(f"{where}: unknown aggregation {agg!r} (see nbs/20_feature_specs)")
+    if agg in arity and len(inputs) != arity[agg]:
+        raise ParamsError(f"{where}: {agg} takes {arity[agg]} inputs, got {len(inputs)}")
+    if agg == "value" and len(inputs) > 1:
+        raise ParamsError(f"{where}: value takes one input (default tx_amount)")
+    window = d.get("window_days")
+    if agg in WINDOWED and window is None and agg not in LABEL_AGGREGATIONS:
+        raise ParamsError(f"{where}: {agg} needs window_days")
+    lag = float(d.get("lag_days", label_delay_days if agg in LABEL_AGGREGATIONS else 0.0))
+    spec = FeatureSpec(name, "declared", entity, agg, "", None if window is None
+                       else float(window), lag, bool(d.get("include_current", True)), inputs)
+    described = str(d.get("description") or _describe(spec))
+    return dataclasses.replace(spec, description=described)
+
+
+def _describe(s: FeatureSpec) -> str:
+    "A plain description of a declared feature, when its declaration gives none."
+    of = f" of {', '.join(s.inputs)}" if s.inputs else ""
+    if s.entity == "transaction":
+        return f"{s.aggregation}{of} (declared)"
+    span = s.window_label()
+    return f"{s.aggregation.replace('_', ' ')} of the {s.entity.replace('+', '-')}'s " \
+        f"transactions{' over ' + span if span else ''} (declared)"
+
+
+def declared_specs(declared: tuple[dict, ...], label_delay_days: int) -> tuple[FeatureSpec, ...]:
+    "The specs of `features.declared`, in order, checked."
+    return tuple(_declared(d, label_delay_days, f"params.yaml: features.declared[{i}]")
+                 for i, d in enumerate(declared))
+
+
+def spec_inputs(specs: tuple[FeatureSpec, ...]) -> list[str]:
+    "The attribute columns the specs read (beyond the canonical fields), in first use order."
+    names = {s.name for s in specs}
+    wanted = [c for s in specs for c in (*s.inputs, *entity_parts(s.entity))
+              if c not in CANONICAL_COLUMNS and c not in names and c not in ENTITIES]
+    return list(dict.fromkeys(wanted))
 
 
 def feature_names(specs: tuple[FeatureSpec, ...]) -> list[str]:
@@ -167,7 +260,8 @@ def catalog(specs: tuple[FeatureSpec, ...], label_delay_days: int) -> dict:
     return {"label_delay_days": label_delay_days, "n_features": len(specs), "features": [
         {"name": s.name, "description": s.description, "group": s.group, "entity": s.entity,
          "aggregation": s.aggregation, "window": s.window_label(), "uses_labels": s.uses_labels,
-         "label_delay_days": s.lag_days if s.uses_labels else None} for s in specs]}
+         "label_delay_days": s.lag_days if s.uses_labels else None,
+         **({"inputs": list(s.inputs)} if s.inputs else {})} for s in specs]}
 
 # %% ../../nbs/20_feature_specs.ipynb #5d9b3e72
 ENTITY_ID_COLUMNS = {"customer": "customer_id", "terminal": "terminal_id"}
@@ -199,15 +293,38 @@ def check_pair_keys(customer: np.ndarray, terminal: np.ndarray, key: np.ndarray)
                          f"{t[i + 1]}) share the key {k[i]}; report this data set")
 
 
+def attribute_keys(values: np.ndarray) -> np.ndarray:
+    "Keys of an attribute's values (an attribute used as an entity), by the rule of aif.keys."
+    if values.dtype.kind in "iu":
+        return keys_of_integers(values)
+    if values.dtype.kind == "b":
+        return values.astype(np.int64)
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all() or (np.floor(values) != values).any():
+            raise StageError("features: an attribute used as an entity has missing or "
+                             "fractional values")
+        return keys_of_integers(values.astype(np.int64))
+    return category_keys(values)
+
+
 def entity_key(columns: dict, entity: str) -> np.ndarray:
-    "Each row's key for `entity`, from numpy columns of the canonical ids."
+    """Each row's key for `entity`, from numpy columns: the canonical ids, an attribute's
+    values, or a pair of either (`customer+merchant_category`)."""
     if entity in ENTITY_ID_COLUMNS:
         return columns[ENTITY_ID_COLUMNS[entity]]
-    if entity != "customer_terminal":
-        raise ValueError(f"no key for entity {entity!r}")
-    key = pair_key(columns["customer_id"], columns["terminal_id"])
-    check_pair_keys(columns["customer_id"], columns["terminal_id"], key)
-    return key
+    if entity == "customer_terminal":
+        key = pair_key(columns["customer_id"], columns["terminal_id"])
+        check_pair_keys(columns["customer_id"], columns["terminal_id"], key)
+        return key
+    parts = entity_parts(entity)
+    if len(parts) == 2:
+        a, b = (entity_key(columns, p) for p in parts)
+        key = pair_key(a, b)
+        check_pair_keys(a, b, key)
+        return key
+    if entity in columns:
+        return attribute_keys(columns[entity])
+    raise ValueError(f"no key for entity {entity!r} (not an id, attribute or pair)")
 
 
 def keys_of(card: int, terminal: int) -> dict[str, int]:
@@ -236,7 +353,7 @@ def spec_records(specs: tuple[FeatureSpec, ...]) -> list[dict]:
 
 
 def specs_from_records(records: list[dict]) -> tuple[FeatureSpec, ...]:
-    return tuple(FeatureSpec(**r) for r in records)
+    return tuple(FeatureSpec(**{**r, "inputs": tuple(r.get("inputs", ()))}) for r in records)
 
 
 def specs_named(names: list[str], params: FeaturesParams, label_delay_days: int

@@ -15,13 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import StageError, atomic_output
+from ..keys import category_keys
 from ..schema import (INPUT_COLUMNS, KEY_COLUMNS, LABEL_COLUMNS, SORT_KEYS, arrow_schema,
                         column_to_numpy, numpy_to_arrow)
 
 # %% auto #0
-__all__ = ['READ_ERRORS', 'ROWS_PER_FILE', 'check_stream_order', 'unreadable', 'open_source', 'table_columns', 'read_columns',
-           'features_table', 'write_part', 'write_features', 'feature_files', 'read_features', 'read_span',
-           'read_part_window', 'frame_columns']
+__all__ = ['READ_ERRORS', 'ROWS_PER_FILE', 'check_stream_order', 'unreadable', 'open_source', 'attribute_array', 'table_columns',
+           'read_columns', 'features_table', 'write_part', 'write_features', 'feature_files', 'read_features',
+           'read_span', 'read_part_window', 'frame_columns']
 
 # %% ../../nbs/22_feature_store.ipynb #8c86990a
 def check_stream_order(time_us: np.ndarray, tx_id: np.ndarray, where: str) -> None:
@@ -52,22 +53,46 @@ def open_source(path: Path) -> tuple[pq.ParquetFile, list[str]]:
     return source, [c for c in LABEL_COLUMNS if c in names]
 
 
-def table_columns(table: pa.Table | pa.RecordBatch, labels: list[str]) -> dict:
-    "Canonical columns of `table` as numpy arrays (times as int64 microseconds)."
+def attribute_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """An attribute column as the engines take it: text (a category) as its int64 key by the
+    rule of `aif.keys` (a null as ""), so that every engine, the journal and the prediction log
+    hold fixed-width numbers; numbers as float64 (a null as NaN) or int64 when there is none;
+    booleans as int8."""
+    kind = column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return category_keys(column.fill_null("").to_numpy(zero_copy_only=False))
+    if pa.types.is_boolean(kind):
+        return np.asarray(column.fill_null(False).to_numpy(zero_copy_only=False), np.int8)
+    if pa.types.is_integer(kind) and column.null_count == 0:
+        return np.asarray(column.to_numpy(), np.int64)
+    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+
+
+def table_columns(table: pa.Table | pa.RecordBatch, labels: list[str],
+                  extra: tuple[str, ...] = ()) -> dict:
+    """Canonical columns of `table` as numpy arrays (times as int64 microseconds), and the
+    attributes `extra` (`attribute_array`)."""
     names = INPUT_COLUMNS + labels[1:]
     table = pa.Table.from_batches([table]) if isinstance(table, pa.RecordBatch) else table
+    missing = [c for c in extra if c not in table.column_names]
+    if missing:
+        raise StageError(f"features: attribute {missing[0]} is not in the interim data; declare "
+                         "it in ingest.attributes and run `dvc repro ingest`")
+    attributes = {c: attribute_array(table.column(c)) for c in extra}
     table = table.select(names).cast(arrow_schema(names))
-    return {c: column_to_numpy(table.column(c)) for c in names}
+    return {**{c: column_to_numpy(table.column(c)) for c in names}, **attributes}
 
 
-def read_columns(path: Path) -> tuple[dict, list[str]]:
-    "The whole interim file as numpy columns."
+def read_columns(path: Path, extra: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    "The whole interim file as numpy columns (with the attributes `extra`)."
     source, labels = open_source(path)
+    present = source.schema_arrow.names
     try:
-        table = source.read(columns=INPUT_COLUMNS + labels[1:])
+        table = source.read(columns=INPUT_COLUMNS + labels[1:] + [c for c in extra
+                                                                   if c in present])
     except READ_ERRORS as err:   # a file cut short opens, then fails here
         raise unreadable(path, err, "run `dvc repro ingest`") from None
-    return table_columns(table, labels), labels
+    return table_columns(table, labels, tuple(extra)), labels
 
 
 def features_table(columns: dict, labels: list[str], features: dict) -> pa.Table:

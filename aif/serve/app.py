@@ -26,7 +26,7 @@ from fastapi import Request
 
 from ..config.params import Params, ServeParams
 from ..config.paths import ProjectPaths
-from ..features.specs import FeatureSpec
+from ..features.specs import FeatureSpec, spec_inputs
 from ..features.store import read_columns
 from ..io import StageError, get_logger
 from ..schema import INPUT_COLUMNS
@@ -34,7 +34,7 @@ from .auth import Guard, is_loopback, token_main, tokens_path
 from .journal import Journal, JournalError
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
-from .schema import LABELS_BODY, SCORE_BODY, labels_body, request_columns, score_body
+from .schema import Requests
 from .state import AlreadyScored, OnlineFeatures, out_of_time
 from .telemetry import json_logger, make_tracer, service_metrics
 
@@ -65,6 +65,11 @@ class Service:
     journal: Journal | None = None   # what was acknowledged (nbs/64a_journal)
     snapshotting: int | None = None  # the pid of the child writing a snapshot, if any
     audit: Path | None = None        # one JSON line for every label recorded or changed
+    requests: Requests | None = None  # what /score and /labels accept (the ingest mapping)
+
+    def __post_init__(self):
+        if self.requests is None:
+            self.requests = Requests.of(self.params.ingest)
 
     def score(self, columns: dict[str, np.ndarray], request_id: str, started: float,
               checked: bool = False):
@@ -192,7 +197,8 @@ def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
     "Feed the state the interim transactions (with labels) before `until`, within its horizon."
     if not paths.interim_transactions.exists():
         return
-    columns, _ = read_columns(paths.interim_transactions)
+    extra = tuple(spec_inputs(state.specs))   # the attributes the features read
+    columns, _ = read_columns(paths.interim_transactions, extra)
     end = len(columns["tx_datetime"])
     if until is not None:
         limit = (np.datetime64(until, "us") - np.datetime64(0, "us")).astype(np.int64)
@@ -201,7 +207,8 @@ def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
     if state.horizon is not None and end:
         start = int(np.searchsorted(columns["tx_datetime"],
                                     columns["tx_datetime"][end - 1] - state.horizon))
-    state.observe({c: columns[c][start:end] for c in INPUT_COLUMNS}, compute=False)
+    state.observe({c: columns[c][start:end] for c in INPUT_COLUMNS + list(extra)},
+                  compute=False)
 
 # %% ../../nbs/66_app.ipynb #cb77170b
 async def reload_if_changed(service: Service) -> bool:
@@ -332,7 +339,7 @@ def lifespan_of(service: Service):
     return lifespan
 
 
-def document_score_body(app) -> None:
+def document_score_body(app, requests: Requests) -> None:
     "FastAPI's schema, plus the bodies it does not parse itself (see nbs/63)."
     from fastapi import FastAPI
 
@@ -340,7 +347,8 @@ def document_score_body(app) -> None:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
             known = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, adapter in (("ScoreBody", SCORE_BODY), ("LabelsBody", LABELS_BODY)):
+            for name, adapter in (("ScoreBody", requests.score_adapter),
+                                  ("LabelsBody", requests.labels_adapter)):
                 body = adapter.json_schema(ref_template="#/components/schemas/{model}")
                 known.update(body.pop("$defs", {}))
                 known[name] = body
@@ -532,14 +540,14 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
     from fastapi.responses import Response
 
     started = time.perf_counter()
-    items = score_body(raw)
+    items = service.requests.score_body(raw)
     limit = service.params.serve.max_explain_rows
     if explain and len(items) > limit:
         raise RequestValidationError([{
             "loc": ("query", "explain"), "type": "too_many_rows", "msg": f"explain=true takes "
             f"at most {limit} transactions (serve.max_explain_rows); send larger batches "
             "without it"}])
-    columns = request_columns(items)
+    columns = service.requests.columns(items)
     refusal = journal_refusal(service)
     if refusal is not None:
         return refusal
@@ -599,9 +607,7 @@ async def label_response(service: Service, raw: bytes, request: Request):
     from fastapi import HTTPException
     from fastapi.exceptions import RequestValidationError
 
-    items = labels_body(raw)
-    ids = np.array([x.transaction_id for x in items], np.int64)
-    labels = np.array([x.tx_fraud for x in items], np.int64)
+    ids, labels = service.requests.label_columns(service.requests.labels_body(raw))
     unique, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise RequestValidationError([{"loc": ("body", "labels"), "type": "duplicate_id",
@@ -678,7 +684,7 @@ def create_app(service: Service):
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     app = FastAPI(title="aif scoring service", lifespan=lifespan_of(service))
-    document_score_body(app)
+    document_score_body(app, service.requests)
     observe_requests(app, service)
 
     @app.post("/score", openapi_extra={"requestBody": {"required": True, "content": {

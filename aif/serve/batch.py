@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from ..config.params import Params
 from ..features.engine import feature_frame
-from ..features.store import frame_columns
+from ..features.store import attribute_array, frame_columns
 from ..io import StageError, atomic_output, start_stage
 from ..lifecycle.registry import model_version
 from ..modelling.model import Model
@@ -43,7 +44,10 @@ def read_transactions(path: Path, params: Params, log) -> tuple[pd.DataFrame, pd
 def transaction_columns(transactions: pd.DataFrame) -> tuple[dict, list[str]]:
     "Validated canonical rows as the engine's numpy columns, and the label columns they hold."
     labels = [c for c in LABEL_COLUMNS if c in transactions.columns]
-    return frame_columns(transactions[INPUT_COLUMNS + labels[1:]]), labels
+    attributes = [c for c in transactions.columns if c not in INPUT_COLUMNS + LABEL_COLUMNS]
+    columns = frame_columns(transactions[INPUT_COLUMNS + labels[1:]])
+    table = pa.Table.from_pandas(transactions[attributes], preserve_index=False)
+    return {**columns, **{c: attribute_array(table.column(c)) for c in attributes}}, labels
 
 # %% ../../nbs/67_batch.ipynb #ca0f1043
 OUTPUT_COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]

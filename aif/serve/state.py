@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features.engine import grouped_row_features, transaction_features
+from ..features.engine import grouped_row_features, transaction_features, with_derived
 from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
 from ..io import atomic_output
 
@@ -244,7 +244,7 @@ class KnownIds:
             del self.bounds[-2:]
             both = np.concatenate([older, newer])
             if kept_since is not None:    # what the clock has left behind is forgotten
-                both = both[(both["stamp"] >> 2) > kept_since]
+                both = both[(both["stamp"] >> 2) >= kept_since]
             self._push(both[np.argsort(both["id"], kind="stable")])
 
     def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -363,6 +363,8 @@ class OnlineFeatures:
                 for name, v in values.items():
                     out[name] = np.empty_like(v)
                     out[name][where] = v
+        if compute:
+            out = with_derived(out, rows, self.specs)
         values = {s.name: out[s.name] for s in self.specs} if compute else {}
         return Pending(rows, values, merged)
 
@@ -426,9 +428,10 @@ class OnlineFeatures:
         for i, card, terminal, label in zip(ids[known].tolist(), records["customer"].tolist(),
                                             records["terminal"].tolist(),
                                             labels[known].tolist(), strict=True):
-            keys = keys_of(card, terminal)
+            keys = keys_of(card, terminal)   # the entities labels are read in (nbs/20)
             for e, store in self.history.items():
-                store.set_label(keys[e], i, label)
+                if e in keys:
+                    store.set_label(keys[e], i, label)
         self.known.set_labels(run_of, at, labels[known])
         return {"known": known, "previous": previous}
 

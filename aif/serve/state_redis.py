@@ -218,7 +218,7 @@ class RedisFeatures(OnlineFeatures):
                         return False
                     record = np.frombuffer(value[:TX.itemsize], TX).copy()
                     keys = keys_of(int(record["customer"][0]), int(record["terminal"][0]))
-                    names = [h.name(keys[e]) for e, h in self.history.items()]
+                    names = [h.name(keys[e]) for e, h in self.history.items() if e in keys]
                     pipe.watch(tx_name, *names)
                     histories = pipe.mget(names)
                     pipe.multi()

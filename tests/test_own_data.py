@@ -1,0 +1,305 @@
+"""Bring your own data: any identifiers become keys by one rule, composite ids, a timestamp in
+two columns or as epoch numbers, typed attributes, sensitive ids under a secret, and personal
+data that never leaves ingest. Pure frames where the rule is the point (fast); the real CLI
+and the real service on a realistic export (`aif card-export`) end to end."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SMALL_MODELLING, run, write_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aif.config.params import IngestParams, ParamsError
+from aif.data.ingest import SourceRows, ingest_rows, read_source
+from aif.io import StageError
+from aif.keys import composite_text, key_of, keys_of_integers, keys_of_text
+
+NOW = pd.Timestamp("2026-01-01")
+SECRET = b"a-test-secret-of-32-bytes-or-more!!"
+
+
+def rows_of(frame: pd.DataFrame) -> SourceRows:
+    return SourceRows(frame, [Path("x.csv")], np.zeros(len(frame), int),
+                      np.arange(1, len(frame) + 1))
+
+
+def export(n: int = 4, **overrides) -> pd.DataFrame:
+    "Rows as a bank's export has them, read as text (CSV)."
+    base = {"trans_num": [f"md5-{i % 2}" for i in range(n)],
+            "cc_num": [str(4_000_000_000_000_000 + i % 3) for i in range(n)],
+            "trans_date": ["2018-04-01"] * n, "trans_time": [f"10:00:{i:02d}" for i in range(n)],
+            "merchant": [f"shop-{i}" for i in range(n)], "amt": [10.0 + i for i in range(n)],
+            "is_fraud": ["0"] * n, "category": ["travel"] * n, "lat": [50.5] * n,
+            "first": ["Jennifer"] * n, "ssn": ["123-45-6789"] * n}
+    base.update(overrides)
+    return pd.DataFrame({k: pd.array(v, dtype="string") if isinstance(v[0], str) else v
+                         for k, v in base.items()})
+
+
+MAPPING = {"transaction_id": ["trans_num", "cc_num"],
+           "tx_datetime": {"join": ["trans_date", "trans_time"]},
+           "customer_id": "cc_num", "terminal_id": "merchant", "tx_amount": "amt",
+           "tx_fraud": "is_fraud"}
+
+
+# --- the key rule ------------------------------------------------------------------------------
+
+id_texts = st.one_of(st.integers(-2**70, 2**70).map(str), st.text(min_size=1, max_size=12),
+                     st.integers(0, 10**6).map(lambda i: f"0{i}"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(id_texts, min_size=1, max_size=40))
+def test_the_vectorised_rule_is_the_one_value_rule(texts):
+    texts = [t.strip() or "x" for t in texts]
+    assert keys_of_text(pd.Series(texts)).tolist() == [key_of(t) for t in texts]
+    keys = keys_of_text(pd.Series(texts))
+    assert ((keys >= 0) & (keys < 2**63)).all()
+    for t, k in zip(texts, keys.tolist(), strict=True):   # canonical integers keep their value
+        if t.isascii() and t.isdigit() and (t == "0" or t[0] != "0") and int(t) < 2**63:
+            assert k == int(t)
+        else:   # anything else: SHA-256's first 8 bytes, top bit cleared (README, nbs/03a)
+            assert k == int.from_bytes(hashlib.sha256(t.encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=30))
+def test_a_card_has_one_key_as_integer_or_as_text(cards):
+    as_int = keys_of_integers(np.array(cards, np.uint64))
+    assert as_int.tolist() == keys_of_text(pd.Series([str(c) for c in cards])).tolist()
+
+
+def test_sensitive_ids_are_keyed_under_the_secret_whatever_their_form():
+    card = "4263982640269299"
+    keyed = keys_of_text(pd.Series([card]), SECRET)[0]
+    expected = int.from_bytes(hmac.new(SECRET, card.encode(), hashlib.sha256).digest()[:8],
+                              "big") & (2**63 - 1)
+    assert keyed == expected != key_of(card) and keyed != int(card)
+    assert keys_of_integers(np.array([int(card)]), SECRET)[0] == keyed
+
+
+# --- ingest: mappings, attributes, PII --------------------------------------------------------
+
+def test_an_export_with_composite_ids_split_times_and_attributes():
+    params = IngestParams(columns=MAPPING, attributes={
+        "merchant_category": {"column": "category", "type": "category", "values": ["travel"]},
+        "customer_lat": {"column": "lat", "type": "float", "min": -90, "max": 90}})
+    result = ingest_rows(rows_of(export()), params, now=NOW)
+    tx = result.transactions
+    assert len(tx) == 4 and result.quarantine.empty
+    # ids: md5 alone repeats, with the card it is unique; each is the key of its part list
+    assert tx.transaction_id.tolist() == [
+        key_of(composite_text([f"md5-{i % 2}", str(4_000_000_000_000_000 + i % 3)]))
+        for i in range(4)]
+    assert tx.customer_id.tolist() == [4_000_000_000_000_000 + i % 3 for i in range(4)]
+    assert tx.terminal_id.tolist() == [key_of(f"shop-{i}") for i in range(4)]
+    assert tx.tx_datetime.astype(str).tolist() == [f"2018-04-01 10:00:{i:02d}" for i in range(4)]
+    assert list(tx.columns[-2:]) == ["merchant_category", "customer_lat"]
+    assert tx.merchant_category.tolist() == ["travel"] * 4 and tx.customer_lat.dtype == "float64"
+    assert "first" not in tx.columns and "ssn" not in tx.columns   # PII: never read past ingest
+    # the id map gives every hashed key its raw id back (the card numbers keep their value)
+    merchants = result.id_map[result.id_map.field == "terminal_id"]
+    assert dict(zip(merchants.key, merchants.raw, strict=True)) == {
+        key_of(f"shop-{i}"): f"shop-{i}" for i in range(4)}
+    assert set(result.id_map.field) == {"transaction_id", "terminal_id"}
+
+
+def test_broken_attributes_are_quarantined_with_their_rule():
+    params = IngestParams(columns=MAPPING, attributes={
+        "merchant_category": {"column": "category", "type": "category", "values": ["travel"]},
+        "customer_lat": {"column": "lat", "type": "float", "min": -90, "max": 90},
+        "channel": {"column": "channel", "type": "int", "nullable": True},
+        "online": {"column": "online", "type": "bool"}})
+    frame = export(6, category=["travel", "spaceflight", "travel", None, "travel", "travel"],
+                   lat=[50.5, 50.5, 91.0, 50.5, 50.5, 50.5],
+                   channel=["1", "2", "3", "4", None, "2.5"],
+                   online=["yes", "no", "true", "0", "1", "maybe"])
+    result = ingest_rows(rows_of(frame), params, now=NOW)
+    q = result.quarantine
+    rules = dict(zip(q.source_row, zip(q.column, q.rule, strict=True), strict=True))
+    assert rules == {2: ("merchant_category", "unknown_category"),
+                     3: ("customer_lat", "out_of_range"), 4: ("merchant_category", "missing"),
+                     6: ("channel", "not_an_integer")}
+    kept = result.transactions.sort_values("tx_datetime")
+    assert kept.channel.tolist()[:1] == [1] and kept.channel.isna().tolist() == [False, True]
+    assert kept.online.tolist() == [True, True]
+
+
+def test_epoch_timestamps_are_instants_in_the_zone():
+    frame = export(2).drop(columns=["trans_date", "trans_time"]).assign(
+        unix_time=["1522576800", "1522576801"])   # 2018-04-01 10:00 UTC
+    columns = {**MAPPING, "tx_datetime": "unix_time"}
+    with pytest.raises(StageError, match="ingest.timezone"):
+        ingest_rows(rows_of(frame), IngestParams(columns=columns, datetime_unit="s"), now=NOW)
+    result = ingest_rows(rows_of(frame), IngestParams(columns=columns, datetime_unit="s",
+                                                      timezone="Europe/Brussels"), now=NOW)
+    assert result.transactions.tx_datetime.astype(str).tolist() == [
+        "2018-04-01 12:00:00", "2018-04-01 12:00:01"]
+    ms = frame.assign(unix_time=["1522576800000", "1522576800001"])
+    result = ingest_rows(rows_of(ms), IngestParams(columns=columns, datetime_unit="ms",
+                                                   timezone="UTC"), now=NOW)
+    assert result.transactions.tx_datetime.tolist() == [
+        pd.Timestamp("2018-04-01 10:00:00"), pd.Timestamp("2018-04-01 10:00:00.001")]
+
+
+def test_sensitive_ids_need_the_secret_and_are_never_stored_raw(monkeypatch):
+    params = IngestParams(columns=MAPPING, sensitive_ids=("customer_id",))
+    monkeypatch.delenv("AIF_ID_HASH_KEY", raising=False)
+    with pytest.raises(StageError, match="AIF_ID_HASH_KEY is not set"):
+        ingest_rows(rows_of(export()), params, now=NOW)
+    frame = export(5, amt=[10.0, 11.0, -3.0, 12.0, 13.0])
+    result = ingest_rows(rows_of(frame), params, now=NOW, secret=SECRET)
+    cards = [str(4_000_000_000_000_000 + i % 3) for i in range(5)]
+    kept = result.transactions.sort_values("tx_datetime")
+    assert kept.customer_id.tolist() == [keys_of_text(pd.Series([c]), SECRET)[0]
+                                         for i, c in enumerate(cards) if i != 2]
+    # the composite id holds the card number: keyed under the secret too, and in no id map
+    assert set(result.id_map.field) == {"terminal_id"}
+    q = result.quarantine
+    assert len(q) == 1 and not any(c.startswith(("value_customer", "value_transaction"))
+                                   for c in q.columns)
+    assert not any(c in q.astype(str).to_numpy().ravel().tolist() for c in cards)
+
+
+def test_pii_columns_are_not_read_and_cannot_be_mapped(tmp_path):
+    source = tmp_path / "export.csv"
+    export(3).to_csv(source, index=False)
+    rows = read_source(source, IngestParams(columns=MAPPING))
+    assert not {"first", "ssn"} & set(rows.frame.columns)
+    pq.write_table(pa.Table.from_pandas(export(3)), tmp_path / "export.parquet")
+    rows = read_source(tmp_path / "export.parquet", IngestParams(columns=MAPPING))
+    assert not {"first", "ssn"} & set(rows.frame.columns)
+    with pytest.raises(ParamsError, match="ingest.pii"):
+        read_source(source, IngestParams(columns={**MAPPING, "customer_id": "ssn"}))
+    kept = ingest_rows(read_source(source, IngestParams(columns=MAPPING, extra_columns="keep")),
+                       IngestParams(columns=MAPPING, extra_columns="keep"), now=NOW)
+    assert "category" in kept.transactions.columns and "first" not in kept.transactions.columns
+
+
+def test_two_raw_ids_with_one_key_stop_ingest_naming_both(monkeypatch):
+    import aif.data.ingest as ingest
+
+    real = ingest.keys_of_text
+
+    def colliding(texts, secret=None):   # a 63-bit collision, made to happen
+        keys = real(texts, secret)
+        keys[texts.astype(str).to_numpy() == "shop-1"] = key_of("shop-0")
+        return keys
+
+    monkeypatch.setattr(ingest, "keys_of_text", colliding)
+    with pytest.raises(StageError, match="'shop-0' and 'shop-1'|'shop-1' and 'shop-0'"):
+        ingest_rows(rows_of(export()), IngestParams(columns=MAPPING), now=NOW)
+
+
+# --- end to end: a realistic export from the raw files to an online score ----------------------
+
+def scan_for(values: set[str], root: Path, skip: tuple[str, ...] = ("landing",)) -> list[str]:
+    "Every place under `root` (Parquet cells, JSON, SQLite, text) where one of `values` appears."
+    found = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if ".dvc/cache" in str(path) or ".git/" in str(path) or set(skip) & set(path.parts) \
+                or path.suffix in (".py", ".ipynb", ".pyc"):
+            continue
+        if path.suffix == ".parquet":
+            table = pq.read_table(path)
+            text = " ".join(str(v) for c in table.columns for v in c.to_pylist())
+        elif path.suffix in (".sqlite", ".db"):
+            with sqlite3.connect(path) as db:
+                text = " ".join(str(row) for t, in db.execute(
+                    "select name from sqlite_master where type='table'").fetchall()
+                    for row in db.execute(f'select * from "{t}"'))
+        else:
+            text = path.read_bytes().decode("utf-8", "replace")
+        found += [f"{v} in {path}" for v in values if v in text]
+    return found
+
+
+def as_request(row) -> dict:
+    "One export row as a client sends it: ids as the export has them, the attributes by name."
+    return {"transaction_id": [row.trans_num, row.cc_num],
+            "tx_datetime": f"{row.trans_date}T{row.trans_time}", "customer_id": row.cc_num,
+            "terminal_id": row.merchant, "tx_amount": float(row.amt),
+            "merchant_category": row.category, "customer_lat": float(row.lat),
+            "customer_long": float(row.long), "merchant_lat": float(row.merch_lat),
+            "merchant_long": float(row.merch_long)}
+
+
+def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project: Path):
+    """Raw files to a model to the service, by params alone; replayed through the service,
+    the export's rows get the offline features, declared ones included; no PII anywhere."""
+    from test_serve import assert_same_features, service
+
+    from aif.config.params import SimulateParams
+    from aif.data.card_export import DECLARED_FEATURES, INGEST_PARAMS, export_frame
+
+    project, key = modelling_project, "AIF_ID_HASH_KEY"
+    write_params(project, ingest={**INGEST_PARAMS, "source": "data/landing/cards"},
+                 features={"declared": DECLARED_FEATURES})
+    run(["aif", "card-export", "--out", "data/landing/cards"], project)
+    secret = {key: "a-secret-for-the-end-to-end-test-0123456789"}
+    refused = run(["aif", "ingest"], project, check=False)
+    assert refused.returncode != 0 and "AIF_ID_HASH_KEY is not set" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    run(["dvc", "repro", "train"], project, WANDB_MODE="offline",
+        WANDB_API_KEY="not-a-real-key-9f3b2c", **secret)
+    report = json.loads((project / "reports/ingest.json").read_text())
+    assert report["rows_quarantined"] == 3 and report["rows_written"] > 50_000
+    features = pd.read_parquet(project / "data/processed/features.parquet")
+    model = json.loads((project / "models/model.json").read_text())
+    used = [f for f in model["features"] if f.startswith(("category_", "customer_category",
+                                                          "customer_merchant", "tx_hour"))]
+    assert len(used) >= 3   # the model was trained on declared features
+    raw = export_frame(SimulateParams(**SMALL_MODELLING["simulate"]))
+    cards = set(raw.cc_num.unique())
+    assert not set(features.customer_id) & {int(c) for c in cards}   # keyed, not the number
+    assert (features.terminal_id > 2**48).any()   # merchant names: hashed keys
+
+    replay = raw[(raw.trans_date >= "2018-07-06") & (raw.trans_date < "2018-07-07")]
+    requests = [as_request(r) for r in replay.itertuples()]
+    with service(project, "--state-until", "2018-07-06", **secret) as (client, _):
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["Transaction"]
+        assert schema["properties"]["transaction_id"]["maxItems"] == 2   # from the mapping
+        for tx in requests[:40]:                                         # one at a time ...
+            r = client.post("/score", json=tx)
+            assert r.status_code == 200, r.text
+        r = client.post("/score", json={"transactions": requests[40:]})   # ... then a batch
+        assert r.status_code == 200, r.text
+        again = client.post("/score", json=requests[5])    # a retry: its first answer
+        assert again.status_code == 200 and again.json() == client.post(
+            "/score", json=requests[5]).json()
+        assert client.post("/score", json={**requests[0], "customer_lat": 91.0}
+                           ).status_code == 422
+        labelled = client.post("/labels", json={"transaction_id": requests[0]["transaction_id"],
+                                                "tx_fraud": 1})
+        assert labelled.status_code == 200 and labelled.json()["unknown"] == 0, labelled.text
+        last = requests[-1]   # the same card as a number is the same card
+        as_number = client.post("/score", json={
+            **last, "transaction_id": [last["transaction_id"][0] + "-n", int(last["customer_id"])],
+            "customer_id": int(last["customer_id"]), "tx_datetime": last["tx_datetime"] + ".5"})
+        assert as_number.status_code == 200, as_number.text
+    log = pq.read_table(project / "reports/predictions").to_pandas()
+    replayed = log.iloc[:len(requests)].sort_values("transaction_id").reset_index(drop=True)
+    offline = features.set_index("transaction_id").loc[replayed.transaction_id].reset_index()
+    assert len(replayed) == len(requests) and replayed.transaction_id.is_unique
+    assert_same_features(replayed, offline, model["features"])
+    card = log[log.customer_id == log.customer_id.iloc[-1]].sort_values("tx_datetime")
+    assert card.customer_nb_tx_1d.diff().iloc[-1] == 1
+
+    pii = {str(v) for c in ("first", "last", "street", "ssn", "dob") for v in raw[c].unique()}
+    wanted = {v for v in pii if len(v) > 5} | cards
+    written = {p.relative_to(project).parts[0] for p in project.rglob("*.parquet")}
+    assert {"data", "reports", "models"} <= written and (project / "wandb").is_dir()
+    seen = scan_for(wanted, project / "data/landing", skip=())   # the scan sees them where they are
+    assert {hit.split(" in /")[0] for hit in seen} == wanted
+    leaks = scan_for(wanted, project)
+    assert not leaks, leaks[:5]
