@@ -164,3 +164,19 @@ def test_reasons_and_onset_name_what_was_found():
         "data quality: volume or unseen terminals out of range"]
     assert first_alert_chunk(np.array([0, 1, 2, 2]), ["a", "b", "c", "d"]) == "c"
     assert first_alert_chunk(np.array([0, 1]), ["a", "b"]) is None
+
+
+def test_a_category_feature_drifts_by_its_categories_not_by_its_keys():
+    "PSI on categories and the Jensen-Shannon distance: a new category's share raises an alert."
+    from aif.monitor.drift import categorical_drift, categorical_profile
+
+    rng = np.random.default_rng(0)
+    keys = np.array([2**62 + 7, 11, 2**40])     # category keys: their size means nothing
+    reference = rng.choice(keys, 30_000, p=[0.5, 0.3, 0.2])
+    same = rng.choice(keys, 10_000, p=[0.5, 0.3, 0.2])
+    new = np.where(rng.random(10_000) < 0.3, 999, rng.choice(keys, 10_000, p=[0.5, 0.3, 0.2]))
+    d = categorical_drift(categorical_profile(reference), np.concatenate([same, new]),
+                          np.repeat([0, 1], 10_000), 2)
+    t = DriftThresholds()
+    levels = drift_levels(d["psi"], d["jensen_shannon"], t, statistic="jensen_shannon")
+    assert list(levels) == [0, 2] and abs(d["unseen_share"][1] - 0.3) < 0.02

@@ -277,6 +277,7 @@ class DriftThresholds:
     "(warn, alert) bounds of each drift statistic."
     psi: tuple[float, float] = (0.1, 0.25)
     wasserstein: tuple[float, float] = (0.1, 0.2)
+    jensen_shannon: tuple[float, float] = (0.1, 0.2)   # category features (nbs/40)
 
     def of(self, statistic: str) -> tuple[float, float]:
         return getattr(self, statistic)

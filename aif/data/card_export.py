@@ -49,7 +49,7 @@ INGEST_PARAMS = {
     "sensitive_ids": ["customer_id"],
 }
 # features declared on the export's attributes (nbs/20_feature_specs): a category used as an
-# entity, a card-category pair, a distance, a ratio of two features
+# entity, a card-category pair, a distance, the category itself for LightGBM, a ratio
 DECLARED_FEATURES = [
     {"name": "category_nb_tx_1d", "entity": "merchant_category", "aggregation": "count",
      "window_days": 1},
@@ -60,6 +60,7 @@ DECLARED_FEATURES = [
     {"name": "customer_merchant_km", "aggregation": "haversine",
      "inputs": ["customer_lat", "customer_long", "merchant_lat", "merchant_long"]},
     {"name": "tx_hour", "aggregation": "hour"},
+    {"name": "category", "aggregation": "category", "inputs": ["merchant_category"]},
     {"name": "amount_to_customer_category_avg", "aggregation": "ratio",
      "inputs": ["tx_amount", "customer_category_avg_amount_30d"]},
 ]

@@ -12,18 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..cluster import dask_client
 from ..config.params import FeaturesParams
 from .engine import partition_features, transaction_features, with_derived
 from .specs import FeatureSpec, entity_key, entity_parts, spec_inputs
-from .store import (ROWS_PER_FILE, features_table, frame_columns, open_source,
-                                write_part)
+from .store import (ROWS_PER_FILE, attribute_array, features_table, frame_columns,
+                                open_source, write_part)
 from ..io import atomic_output
 from ..schema import INPUT_COLUMNS
 
 # %% auto #0
-__all__ = ['with_entity_key', 'entity_part', 'sample', 'with_positions', 'write_output_part', 'featurize_dask']
+__all__ = ['with_entity_key', 'engine_attributes', 'entity_part', 'sample', 'with_positions', 'write_output_part',
+           'featurize_dask']
 
 # %% ../../nbs/24_dask_engine.ipynb #a438c539
 def with_entity_key(frame: pd.DataFrame, entity: str) -> pd.DataFrame:
@@ -32,6 +34,12 @@ def with_entity_key(frame: pd.DataFrame, entity: str) -> pd.DataFrame:
                                                  *[p for p in entity_parts(entity)
                                                    if p in frame.columns])}
     return frame.assign(entity_key=entity_key(columns, entity))
+
+
+def engine_attributes(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    "Attribute columns as the local engine holds them (`attribute_array`: categories as keys)."
+    table = pa.Table.from_pandas(frame[names], preserve_index=False)
+    return frame.assign(**{c: attribute_array(table.column(c)) for c in names})
 
 
 def entity_part(frame: pd.DataFrame, entity: str, specs: list[FeatureSpec]) -> pd.DataFrame:
@@ -78,6 +86,8 @@ def featurize_dask(source: Path, specs: tuple[FeatureSpec, ...], params: Feature
     names = INPUT_COLUMNS + labels[1:] + spec_inputs(specs)
     with dask_client():
         frame = dd.read_parquet(str(source), columns=names, split_row_groups=True)
+        if spec_inputs(specs):
+            frame = frame.map_partitions(engine_attributes, spec_inputs(specs))
         lengths = frame.map_partitions(len).compute().to_numpy()
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         n = int(offsets[-1])

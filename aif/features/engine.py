@@ -198,6 +198,12 @@ def transaction_features(columns: dict, specs: list[FeatureSpec]) -> dict[str, n
             out[spec.name] = ((day + 3) % 7).astype(np.int8)   # 0 is Monday
         elif agg == "haversine":
             out[spec.name] = haversine_km(*(columns[c] for c in spec.inputs))
+        elif agg == "category":   # the value's key (nbs/22); the model encodes it (nbs/31)
+            values = columns[spec.inputs[0]]
+            if values.dtype.kind not in "iu":
+                raise ValueError(f"feature {spec.name}: {spec.inputs[0]} is not a category "
+                                 "or integer attribute")
+            out[spec.name] = values.astype(np.int64)
         elif agg not in DERIVED:
             raise ValueError(f"unknown transaction aggregation {spec.aggregation}")
     return out

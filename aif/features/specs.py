@@ -21,9 +21,10 @@ from ..schema import CANONICAL_COLUMNS
 
 # %% auto #0
 __all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'LABELLED_ENTITIES', 'ROW_AGGREGATIONS', 'DERIVED', 'WINDOWED',
-           'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'feature_specs', 'entity_parts', 'check_specs',
-           'declared_specs', 'spec_inputs', 'feature_names', 'catalog', 'pair_key', 'check_pair_keys', 'attribute_keys',
-           'entity_key', 'keys_of', 'lookback_days', 'horizon_us', 'spec_records', 'specs_from_records', 'specs_named']
+           'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'builtin_declarations', 'feature_specs',
+           'entity_parts', 'check_specs', 'declared_specs', 'spec_inputs', 'feature_names', 'catalog', 'pair_key',
+           'check_pair_keys', 'attribute_keys', 'entity_key', 'keys_of', 'lookback_days', 'horizon_us', 'spec_records',
+           'specs_from_records', 'specs_named']
 
 # %% ../../nbs/20_feature_specs.ipynb #71384e11
 LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
@@ -34,7 +35,7 @@ ENTITIES = ("transaction", "customer", "terminal", "customer_terminal")
 # entities whose keys follow from a transaction's card and terminal: the ones a label that
 # arrives later can be found in (the service remembers each id's card and terminal)
 LABELLED_ENTITIES = ("customer", "terminal", "customer_terminal")
-ROW_AGGREGATIONS = ("value", "weekend", "night", "hour", "weekday", "haversine")
+ROW_AGGREGATIONS = ("value", "weekend", "night", "hour", "weekday", "haversine", "category")
 DERIVED = ("ratio", "difference")   # of two earlier features or columns
 WINDOWED = ("count", "mean_amount", "sum_amount", "std_amount", "amount_to_mean") + \
     LABEL_AGGREGATIONS
@@ -62,6 +63,11 @@ class FeatureSpec:
         "What decides the feature's values (not its description or group)."
         return (self.name, self.entity, self.aggregation, self.window_days, self.lag_days,
                 self.include_current, self.inputs)
+
+    @property
+    def categorical(self) -> bool:
+        "Given to the model as a category (codes of a vocabulary frozen at training)."
+        return self.aggregation == "category"
 
     @property
     def derived(self) -> bool:
@@ -94,70 +100,102 @@ def _days(n: float) -> str:
     return f"{n:g}d"
 
 
-def feature_specs(params: FeaturesParams, label_delay_days: int) -> tuple[FeatureSpec, ...]:
-    "All features switched on in `params`, in output order."
+def builtin_declarations(params: FeaturesParams, label_delay_days: int
+                         ) -> list[tuple[str, dict]]:
+    """The built-in groups, as (group, declaration) pairs in the language of
+    `features.declared`: the handbook's baseline and the stronger groups are declarations
+    like any other, with the windows of `params`."""
     d = float(label_delay_days)
-    specs = [
-        FeatureSpec("tx_amount", "baseline", "transaction", "value", "amount of the transaction"),
-        FeatureSpec("tx_during_weekend", "baseline", "transaction", "weekend",
-                    "1 if the local time is on a Saturday or Sunday"),
-        FeatureSpec("tx_during_night", "baseline", "transaction", "night",
-                    "1 if the local hour is 0 to 6 (00:00-06:59)"),
-    ]
+    out = [("baseline", {"name": "tx_amount", "aggregation": "value",
+                         "description": "amount of the transaction"}),
+           ("baseline", {"name": "tx_during_weekend", "aggregation": "weekend",
+                         "description": "1 if the local time is on a Saturday or Sunday"}),
+           ("baseline", {"name": "tx_during_night", "aggregation": "night",
+                         "description": "1 if the local hour is 0 to 6 (00:00-06:59)"})]
     for n in params.customer_windows_days:
-        specs += [
-            FeatureSpec(f"customer_nb_tx_{_days(n)}", "baseline", "customer", "count",
-                        f"the card's transactions in the last {n} days, this one included", n),
-            FeatureSpec(f"customer_avg_amount_{_days(n)}", "baseline", "customer", "mean_amount",
-                        f"the card's mean amount over the last {n} days, this one included", n)]
+        out += [("baseline", {
+            "name": f"customer_nb_tx_{_days(n)}", "entity": "customer", "aggregation": "count",
+            "window_days": n,
+            "description": f"the card's transactions in the last {n} days, this one included"}),
+            ("baseline", {
+                "name": f"customer_avg_amount_{_days(n)}", "entity": "customer",
+                "aggregation": "mean_amount", "window_days": n,
+                "description": f"the card's mean amount over the last {n} days, this one "
+                "included"})]
     for n in params.terminal_windows_days:
-        specs += [
-            FeatureSpec(f"terminal_nb_tx_{_days(n)}", "baseline", "terminal", "count",
-                        f"the terminal's transactions over {n} days ending {d:g} days ago", n, d),
-            FeatureSpec(f"terminal_risk_{_days(n)}", "baseline", "terminal", "fraud_rate",
-                        f"the terminal's fraud rate over {n} days ending {d:g} days ago "
-                        "(labels known by then; 0 when it had no transactions)", n, d)]
+        out += [("baseline", {
+            "name": f"terminal_nb_tx_{_days(n)}", "entity": "terminal", "aggregation": "count",
+            "window_days": n, "lag_days": d,
+            "description": f"the terminal's transactions over {n} days ending {d:g} days ago"}),
+            ("baseline", {
+                "name": f"terminal_risk_{_days(n)}", "entity": "terminal",
+                "aggregation": "fraud_rate", "window_days": n, "lag_days": d,
+                "description": f"the terminal's fraud rate over {n} days ending {d:g} days ago "
+                "(labels known by then; 0 when it had no transactions)"})]
     longest = float(max(params.customer_windows_days))
     longest_t = float(max(params.terminal_windows_days))
-    hour = params.velocity_window_hours / 24
-    specs += [
-        FeatureSpec(f"customer_amount_to_avg_{_days(longest)}", "amount_profile", "customer",
-                    "amount_to_mean", f"this amount over the card's mean amount in the "
-                    f"{longest:g} days before it (NaN without earlier transactions)", longest,
-                    include_current=False),
-        FeatureSpec(f"customer_amount_to_genuine_avg_{_days(longest)}", "amount_profile",
-                    "customer", "amount_to_genuine_mean",
-                    f"this amount over the card's mean genuine amount in the {longest:g} days "
-                    f"ending {d:g} days ago (labels known by then; NaN without one)", longest, d),
-        FeatureSpec(f"customer_nb_tx_{params.velocity_window_hours:g}h", "velocity", "customer",
-                    "count", f"the card's transactions in the last "
-                    f"{params.velocity_window_hours:g} hours, this one included", hour),
-        FeatureSpec("customer_seconds_since_prev_tx", "velocity", "customer",
-                    "seconds_since_previous", "seconds since the card's previous transaction"),
-        FeatureSpec(f"terminal_recent_nb_tx_{params.velocity_window_hours:g}h",
-                    "terminal_activity", "terminal", "count",
-                    f"the terminal's transactions in the last {params.velocity_window_hours:g} "
-                    "hours, this one included (no labels)", hour),
-        FeatureSpec("terminal_recent_nb_tx_1d", "terminal_activity", "terminal", "count",
-                    "the terminal's transactions in the last day, this one included (no labels)",
-                    1.0),
-        FeatureSpec(f"terminal_days_since_first_fraud_{_days(longest_t)}", "terminal_history",
-                    "terminal", "days_since_first_fraud",
-                    f"days since the terminal's first fraud known in the {longest_t:g} days ending "
-                    f"{d:g} days ago (NaN without one)", longest_t, d),
-        FeatureSpec(f"terminal_days_since_last_fraud_{_days(longest_t)}", "terminal_history",
-                    "terminal", "days_since_last_fraud",
-                    f"days since the terminal's last fraud known in the {longest_t:g} days ending "
-                    f"{d:g} days ago (NaN without one)", longest_t, d),
-        FeatureSpec("customer_known_frauds", "card_history", "customer", "fraud_count",
-                    f"the card's frauds known {d:g} days ago (all history up to then)", None, d),
-        FeatureSpec(f"customer_risk_{_days(longest)}", "card_history", "customer", "fraud_rate",
-                    f"the card's fraud rate over {longest:g} days ending {d:g} days ago", longest, d),
-        FeatureSpec("customer_terminal_first_use", "novelty", "customer_terminal", "first_use",
-                    "1 if the card never paid at this terminal before"),
+    hours = params.velocity_window_hours
+    out += [
+        ("amount_profile", {
+            "name": f"customer_amount_to_avg_{_days(longest)}", "entity": "customer",
+            "aggregation": "amount_to_mean", "window_days": longest, "include_current": False,
+            "description": f"this amount over the card's mean amount in the {longest:g} days "
+            "before it (NaN without earlier transactions)"}),
+        ("amount_profile", {
+            "name": f"customer_amount_to_genuine_avg_{_days(longest)}", "entity": "customer",
+            "aggregation": "amount_to_genuine_mean", "window_days": longest, "lag_days": d,
+            "description": f"this amount over the card's mean genuine amount in the "
+            f"{longest:g} days ending {d:g} days ago (labels known by then; NaN without one)"}),
+        ("velocity", {
+            "name": f"customer_nb_tx_{hours:g}h", "entity": "customer", "aggregation": "count",
+            "window_days": hours / 24,
+            "description": f"the card's transactions in the last {hours:g} hours, this one "
+            "included"}),
+        ("velocity", {
+            "name": "customer_seconds_since_prev_tx", "entity": "customer",
+            "aggregation": "seconds_since_previous",
+            "description": "seconds since the card's previous transaction"}),
+        ("terminal_activity", {
+            "name": f"terminal_recent_nb_tx_{hours:g}h", "entity": "terminal",
+            "aggregation": "count", "window_days": hours / 24,
+            "description": f"the terminal's transactions in the last {hours:g} hours, this one "
+            "included (no labels)"}),
+        ("terminal_activity", {
+            "name": "terminal_recent_nb_tx_1d", "entity": "terminal", "aggregation": "count",
+            "window_days": 1.0, "description": "the terminal's transactions in the last day, "
+            "this one included (no labels)"}),
+        ("terminal_history", {
+            "name": f"terminal_days_since_first_fraud_{_days(longest_t)}", "entity": "terminal",
+            "aggregation": "days_since_first_fraud", "window_days": longest_t, "lag_days": d,
+            "description": f"days since the terminal's first fraud known in the {longest_t:g} "
+            f"days ending {d:g} days ago (NaN without one)"}),
+        ("terminal_history", {
+            "name": f"terminal_days_since_last_fraud_{_days(longest_t)}", "entity": "terminal",
+            "aggregation": "days_since_last_fraud", "window_days": longest_t, "lag_days": d,
+            "description": f"days since the terminal's last fraud known in the {longest_t:g} "
+            f"days ending {d:g} days ago (NaN without one)"}),
+        ("card_history", {
+            "name": "customer_known_frauds", "entity": "customer", "aggregation": "fraud_count",
+            "lag_days": d,
+            "description": f"the card's frauds known {d:g} days ago (all history up to then)"}),
+        ("card_history", {
+            "name": f"customer_risk_{_days(longest)}", "entity": "customer",
+            "aggregation": "fraud_rate", "window_days": longest, "lag_days": d,
+            "description": f"the card's fraud rate over {longest:g} days ending {d:g} days ago"}),
+        ("novelty", {
+            "name": "customer_terminal_first_use", "entity": "customer_terminal",
+            "aggregation": "first_use",
+            "description": "1 if the card never paid at this terminal before"}),
     ]
-    specs = tuple(s for s in specs if s.group in params.groups)
-    specs += declared_specs(params.declared, label_delay_days)
+    return out
+
+
+def feature_specs(params: FeaturesParams, label_delay_days: int) -> tuple[FeatureSpec, ...]:
+    "All features switched on in `params`, in output order: the groups', then the declared."
+    specs = [_declared(d, label_delay_days, f"features group {group}", group)
+             for group, d in builtin_declarations(params, label_delay_days)
+             if group in params.groups]
+    specs = tuple(specs) + declared_specs(params.declared, label_delay_days)
     check_specs(specs, label_delay_days)
     return specs
 
@@ -193,7 +231,8 @@ def check_specs(specs: tuple[FeatureSpec, ...], label_delay_days: int) -> None:
         earlier.add(s.name)
 
 
-def _declared(d: dict, label_delay_days: int, where: str) -> FeatureSpec:
+def _declared(d: dict, label_delay_days: int, where: str, group: str = "declared"
+              ) -> FeatureSpec:
     known = {"name", "aggregation", "entity", "window_days", "lag_days", "include_current",
              "inputs", "description"}
     if set(d) - known:
@@ -205,7 +244,7 @@ def _declared(d: dict, label_delay_days: int, where: str) -> FeatureSpec:
     entity = d.get("entity", "transaction")
     entity = "+".join(entity) if isinstance(entity, list) else str(entity)
     inputs = tuple(str(i) for i in d.get("inputs", ()))
-    arity = {"haversine": 4, "ratio": 2, "difference": 2}
+    arity = {"haversine": 4, "ratio": 2, "difference": 2, "category": 1}
     row = agg in ROW_AGGREGATIONS or agg in DERIVED
     if row != (entity == "transaction"):
         raise ParamsError(f"{where}: {agg} is " + ("a row feature (no entity)" if row else
@@ -221,7 +260,7 @@ def _declared(d: dict, label_delay_days: int, where: str) -> FeatureSpec:
     if agg in WINDOWED and window is None and agg not in LABEL_AGGREGATIONS:
         raise ParamsError(f"{where}: {agg} needs window_days")
     lag = float(d.get("lag_days", label_delay_days if agg in LABEL_AGGREGATIONS else 0.0))
-    spec = FeatureSpec(name, "declared", entity, agg, "", None if window is None
+    spec = FeatureSpec(name, group, entity, agg, "", None if window is None
                        else float(window), lag, bool(d.get("include_current", True)), inputs)
     described = str(d.get("description") or _describe(spec))
     return dataclasses.replace(spec, description=described)

@@ -26,8 +26,8 @@ from ..features.specs import FeatureSpec, specs_from_records, specs_named
 from ..io import StageError, atomic_output
 
 # %% auto #0
-__all__ = ['FIXED_PARAMS', 'lgbm_params', 'fit_booster', 'Calibration', 'library_versions', 'files_digest', 'loaded_code_digest',
-           'Prediction', 'Model', 'compile_trees']
+__all__ = ['FIXED_PARAMS', 'MAX_CATEGORIES', 'lgbm_params', 'fit_booster', 'Encoding', 'Calibration', 'library_versions',
+           'files_digest', 'loaded_code_digest', 'Prediction', 'Model', 'compile_trees']
 
 # %% ../../nbs/31_model.ipynb #c234934f
 FIXED_PARAMS = {"objective": "binary", "verbose": -1, "deterministic": True,
@@ -41,10 +41,11 @@ def lgbm_params(tuned: dict, seed: int) -> dict:
 def fit_booster(X: np.ndarray, y: np.ndarray, params: dict, num_boost_round: int,
                 valid: tuple[np.ndarray, np.ndarray] | None = None,
                 early_stopping_rounds: int | None = None,
-                record: dict | None = None, feature_names: list[str] | None = None
-                ) -> lgb.Booster:
-    "Train LightGBM; with `valid`, stop early on its log loss."
-    train_set = lgb.Dataset(X, y, free_raw_data=True, feature_name=feature_names or "auto")
+                record: dict | None = None, feature_names: list[str] | None = None,
+                categorical: list[int] | None = None) -> lgb.Booster:
+    "Train LightGBM; with `valid`, stop early on its log loss. `categorical`: column indices."
+    train_set = lgb.Dataset(X, y, free_raw_data=True, feature_name=feature_names or "auto",
+                            categorical_feature=categorical or "auto")
     valid_sets, callbacks = [], []
     fit_params = dict(params)
     if valid is not None:
@@ -58,6 +59,51 @@ def fit_booster(X: np.ndarray, y: np.ndarray, params: dict, num_boost_round: int
         callbacks.append(lgb.record_evaluation(record))
     return lgb.train(fit_params, train_set, num_boost_round=num_boost_round,
                      valid_sets=valid_sets, callbacks=callbacks)
+
+# %% ../../nbs/31_model.ipynb #7a1e0c56
+MAX_CATEGORIES = 1000   # per feature; the rest share "other"
+
+
+@dataclass(frozen=True)
+class Encoding:
+    "How a model's feature columns become its matrix: category keys as frozen codes."
+    features: list[str]
+    categories: dict[str, list[int]]   # feature: its vocabulary; code i is vocabulary[i]
+
+    @classmethod
+    def fit(cls, frame, features: list[str], categorical: list[str]) -> Encoding:
+        "Freeze a vocabulary for each of `categorical` on the rows of `frame`."
+        vocabularies = {}
+        for name in categorical:
+            keys, counts = np.unique(np.asarray(frame[name], np.int64), return_counts=True)
+            order = np.lexsort((keys, -counts))[:MAX_CATEGORIES]
+            vocabularies[name] = keys[order].tolist()
+        return cls(list(features), vocabularies)
+
+    @property
+    def categorical(self) -> list[int]:
+        "The matrix columns LightGBM reads as categories."
+        return [i for i, name in enumerate(self.features) if name in self.categories]
+
+    def codes(self, name: str, keys) -> np.ndarray:
+        "Each key's code in `name`'s vocabulary; the vocabulary's length for any other."
+        vocabulary = np.asarray(self.categories[name], np.int64)
+        order = np.argsort(vocabulary, kind="stable")
+        ranked = vocabulary[order]
+        keys = np.asarray(keys, np.int64)
+        at = np.minimum(np.searchsorted(ranked, keys), max(len(ranked) - 1, 0))
+        found = (ranked[at] == keys) if len(ranked) else np.zeros(len(keys), bool)
+        return np.where(found, order[at] if len(ranked) else 0, len(vocabulary))
+
+    def matrix(self, rows) -> np.ndarray:
+        "The features, in order, as float64 (a frame, or a mapping of columns)."
+        if not self.categories:   # no category: the columns as they are
+            if hasattr(rows, "to_numpy"):
+                return rows[self.features].to_numpy(np.float64)
+            return np.column_stack([rows[n] for n in self.features]).astype(np.float64)
+        return np.column_stack([self.codes(n, rows[n]) if n in self.categories
+                                else np.asarray(rows[n], np.float64)
+                                for n in self.features]).astype(np.float64)
 
 # %% ../../nbs/31_model.ipynb #ba139d7f
 @dataclass(frozen=True)
@@ -135,11 +181,13 @@ class Model:
     def threshold(self) -> float:
         return self.info["alert"]["threshold"]
 
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding(self.features, self.info.get("categories", {}))
+
     def matrix(self, rows) -> np.ndarray:
         "The model's features, in its order, as float64 (a frame, or a mapping of columns)."
-        if hasattr(rows, "to_numpy"):
-            return rows[self.features].to_numpy(np.float64)
-        return np.column_stack([rows[n] for n in self.features]).astype(np.float64)
+        return self.encoding.matrix(rows)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         if self.compiled is not None:

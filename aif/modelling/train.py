@@ -18,8 +18,8 @@ from ..config.params import Params
 from ..features.specs import feature_names, feature_specs, spec_records
 from ..features.store import read_span
 from ..io import StageError, start_stage
-from .model import (Calibration, Model, files_digest, fit_booster, library_versions,
-                                 lgbm_params, loaded_code_digest)
+from .model import (Calibration, Encoding, Model, files_digest, fit_booster,
+                                 library_versions, lgbm_params, loaded_code_digest)
 from .split import (Period, Protocol, in_period, load_periods, prequential_folds,
                                  split_frame, test_protocol)
 from ..tracking import tracked_run
@@ -44,24 +44,25 @@ def alert_threshold(scores: np.ndarray, n_days: int, budget: int) -> float:
 
 
 def out_of_fold_calibration(frame: pd.DataFrame, fold: Protocol, lgb_params: dict,
-                            rounds: int, features: list[str]) -> Calibration:
+                            rounds: int, features: list[str], categorical: list[str] = ()
+                            ) -> Calibration:
     "Isotonic map fitted on `fold`'s assessment scores from a model fitted on its training window."
     train, assess = split_frame(frame, fold)
-    booster = fit_booster(train[features].to_numpy(np.float64), train.tx_fraud.to_numpy(),
-                          lgb_params, rounds)
-    return calibration_on(booster, assess, features)
+    encoding = Encoding.fit(train, features, list(categorical))   # the fold's own vocabulary
+    booster = fit_booster(encoding.matrix(train), train.tx_fraud.to_numpy(), lgb_params, rounds,
+                          categorical=encoding.categorical)
+    return calibration_on(booster, encoding, assess)
 
 
-def calibration_on(booster, assess: pd.DataFrame, features: list[str]) -> Calibration:
+def calibration_on(booster, encoding: Encoding, assess: pd.DataFrame) -> Calibration:
     "Isotonic map from `booster`'s scores on `assess`, rows it never saw, to their labels."
-    return Calibration.fit(booster.predict(assess[features].to_numpy(np.float64)),
-                           assess.tx_fraud.to_numpy())
+    return Calibration.fit(booster.predict(encoding.matrix(assess)), assess.tx_fraud.to_numpy())
 
 
-def scores_in(booster, frame: pd.DataFrame, period: Period, features: list[str]) -> np.ndarray:
+def scores_in(booster, encoding: Encoding, frame: pd.DataFrame, period: Period) -> np.ndarray:
     "`booster`'s scores on the rows of `frame` within `period`."
     rows = frame[in_period(frame.tx_datetime.to_numpy(), period)]
-    return booster.predict(rows[features].to_numpy(np.float64))
+    return booster.predict(encoding.matrix(rows))
 
 # %% ../../nbs/33_train.ipynb #af81246f
 @dataclass
@@ -72,29 +73,38 @@ class Fitted:
     rows: int
     frauds: int
     curves: dict
+    encoding: Encoding | None = None   # the category vocabularies, frozen on the training rows
 
 
 def fit_local(paths, protocol: Protocol, calibration_fold: Protocol, delay: Period,
-              features: list[str], lgb_params: dict, rounds: int) -> Fitted:
+              features: list[str], lgb_params: dict, rounds: int, categorical: list[str] = ()
+              ) -> Fitted:
     frame = load_periods(paths.features, [protocol, calibration_fold], features)
     train, _ = split_frame(frame, protocol)
     if train.tx_fraud.sum() == 0:
         raise StageError(f"train: no fraud in the training window {protocol.train}")
     curves: dict = {}
-    X = train[features].to_numpy(np.float64)
+    encoding = Encoding.fit(train, features, list(categorical))
+    X = encoding.matrix(train)
     booster = fit_booster(X, train.tx_fraud.to_numpy(), lgb_params, rounds,
                           valid=(X, train.tx_fraud.to_numpy()), record=curves,
-                          feature_names=features)
+                          feature_names=features, categorical=encoding.categorical)
     return Fitted(booster,
-                  out_of_fold_calibration(frame, calibration_fold, lgb_params, rounds, features),
-                  scores_in(booster, frame, delay, features),
-                  len(train), int(train.tx_fraud.sum()), curves)
+                  out_of_fold_calibration(frame, calibration_fold, lgb_params, rounds, features,
+                                          categorical),
+                  scores_in(booster, encoding, frame, delay),
+                  len(train), int(train.tx_fraud.sum()), curves, encoding)
 
 
 def fit_dask(paths, protocol: Protocol, calibration_fold: Protocol, delay: Period,
-             features: list[str], lgb_params: dict, rounds: int) -> Fitted:
+             features: list[str], lgb_params: dict, rounds: int, categorical: list[str] = ()
+             ) -> Fitted:
     from aif.cluster import dask_client
     from aif.modelling.train_dask import fit_booster_dask
+
+    if categorical:
+        raise StageError(f"train: category features ({', '.join(categorical)}) are trained by "
+                         "the local engine only; set train.engine: local")
 
     if calibration_fold.assess.end != delay.start:   # the one span read below covers both
         raise StageError("train: the calibration fold must end where the delay period starts")
@@ -107,8 +117,9 @@ def fit_dask(paths, protocol: Protocol, calibration_fold: Protocol, delay: Perio
                                  calibration_fold)
     scored = read_span(paths.features, calibration_fold.assess.start, delay.end, features)
     assess = scored[scored.transaction_id.isin(assess_keys.transaction_id)]
-    return Fitted(booster, calibration_on(fold_booster, assess, features),
-                  scores_in(booster, scored, delay, features), rows, frauds, {})
+    plain = Encoding(features, {})
+    return Fitted(booster, calibration_on(fold_booster, plain, assess),
+                  scores_in(booster, plain, scored, delay), rows, frauds, {}, plain)
 
 # %% ../../nbs/33_train.ipynb #7fb79f04
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     delay = Period(protocol.train.end, params.label_delay_days)
     started = time.perf_counter()
     fit = fit_dask if params.train.engine == "dask" else fit_local
-    fitted = fit(paths, protocol, calibration_fold, delay, features, lgb_params, rounds)
+    fitted = fit(paths, protocol, calibration_fold, delay, features, lgb_params, rounds,
+                 [s.name for s in specs if s.categorical])
     threshold = alert_threshold(fitted.delay_scores, delay.days, params.evaluate.alert_budget)
     info = {
         "features": features, "feature_specs": spec_records(specs),
@@ -147,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_sha256": files_digest(list(paths.features.glob("part-*.parquet"))),
         "code_sha256": loaded_code_digest(),
         "versions": library_versions(),
+        **({"categories": fitted.encoding.categories} if fitted.encoding.categories else {}),
     }
     model = Model(fitted.booster, info)
     model.save(paths.models)

@@ -22,7 +22,8 @@ from ..io import StageError, atomic_output, save_figure, start_stage, write_timi
 from ..features.store import feature_files, read_features
 from ..features.specs import feature_names, feature_specs, lookback_days
 from ..metrics import average_precision
-from .model import files_digest, fit_booster, lgbm_params, loaded_code_digest
+from .model import (Encoding, files_digest, fit_booster, lgbm_params,
+                                 loaded_code_digest)
 from .split import (Protocol, check_history, load_periods, prequential_folds,
                                  split_frame)
 from ..tracking import tracked_run
@@ -63,17 +64,22 @@ class Fold:
     y_train: np.ndarray
     X_assess: np.ndarray
     y_assess: np.ndarray
+    categorical: list[int] | None = None   # columns LightGBM reads as categories
 
 
-def make_folds(frame: pd.DataFrame, protocols: list[Protocol], features: list[str]) -> list[Fold]:
+def make_folds(frame: pd.DataFrame, protocols: list[Protocol], features: list[str],
+               categorical: list[str] = ()) -> list[Fold]:
+    "Each fold's matrices; category features encoded with the fold's own training rows."
     folds = []
     for protocol in protocols:
         train, assess = split_frame(frame, protocol)
         if train.tx_fraud.sum() == 0 or assess.tx_fraud.sum() == 0:
             raise StageError(f"tune: a fold (training {protocol.train}, assessment "
                              f"{protocol.assess}) has no fraud; widen split or use fewer folds")
-        folds.append(Fold(train[features].to_numpy(np.float64), train.tx_fraud.to_numpy(),
-                          assess[features].to_numpy(np.float64), assess.tx_fraud.to_numpy()))
+        encoding = Encoding.fit(train, features, list(categorical))
+        folds.append(Fold(encoding.matrix(train), train.tx_fraud.to_numpy(),
+                          encoding.matrix(assess), assess.tx_fraud.to_numpy(),
+                          encoding.categorical))
     return folds
 
 
@@ -84,7 +90,8 @@ def cross_validate(lgb_params: dict, folds: list[Fold], tune: TuneParams,
     for i, fold in enumerate(folds):
         booster = fit_booster(fold.X_train, fold.y_train, lgb_params, tune.max_boost_rounds,
                               valid=(fold.X_assess, fold.y_assess),
-                              early_stopping_rounds=tune.early_stopping_rounds)
+                              early_stopping_rounds=tune.early_stopping_rounds,
+                              categorical=fold.categorical)
         best = booster.best_iteration or booster.current_iteration()
         scores.append(average_precision(fold.y_assess,
                                         booster.predict(fold.X_assess, num_iteration=best)))
@@ -233,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     first_day = read_features(paths.features, ["tx_datetime"]).column(0)[0].as_py()
     check_history(protocols, np.datetime64(first_day, "D"), lookback_days(specs))
     started = time.perf_counter()
-    folds = make_folds(load_periods(paths.features, protocols, features), protocols, features)
+    folds = make_folds(load_periods(paths.features, protocols, features), protocols, features,
+                       [s.name for s in specs if s.categorical])
     paths.models.mkdir(exist_ok=True)
     name = study_name(params, features)
     # the trials a study holds were scored on these feature files by this code

@@ -14,7 +14,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['EPSILON', 'GRID', 'LEVELS', 'psi', 'level', 'NumericProfile', 'numeric_profile', 'chunk_histograms',
-           'chunk_quantiles', 'numeric_drift', 'chunk_means', 'outside_band']
+           'chunk_quantiles', 'numeric_drift', 'CategoricalProfile', 'categorical_profile', 'categorical_drift',
+           'chunk_means', 'outside_band']
 
 # %% ../../nbs/40_drift.ipynb #4692f7bf
 EPSILON = 1e-4
@@ -107,6 +108,42 @@ def numeric_drift(profile: NumericProfile, values: np.ndarray, chunk: np.ndarray
     return {"psi": psi(profile.shares, shares),
             "wasserstein": np.mean(np.abs(q - profile.quantiles[None, :]), axis=1) / scale,
             "missing_share": shares[:, -1]}
+
+# %% ../../nbs/40_drift.ipynb #3c5e7a02
+@dataclass(frozen=True)
+class CategoricalProfile:
+    "The reference's categories (sorted) and their shares, the last bin for unseen ones."
+    categories: np.ndarray
+    shares: np.ndarray
+
+    def bins(self, values: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(self.categories, values)
+        at = np.minimum(at, max(len(self.categories) - 1, 0))
+        known = self.categories[at] == values if len(self.categories) else np.zeros(
+            len(values), bool)
+        return np.where(known, at, len(self.categories))
+
+
+def categorical_profile(values: np.ndarray) -> CategoricalProfile:
+    categories, counts = np.unique(np.asarray(values), return_counts=True)
+    shares = np.append(counts / max(counts.sum(), 1), 0.0)
+    return CategoricalProfile(categories, shares)
+
+
+def categorical_drift(profile: CategoricalProfile, values: np.ndarray, chunk: np.ndarray,
+                      n_chunks: int) -> dict[str, np.ndarray]:
+    "Per chunk: PSI on the categories, the Jensen-Shannon distance, the unseen share."
+    n_bins = len(profile.shares)
+    shares = chunk_histograms(profile.bins(np.asarray(values)), chunk, n_chunks, n_bins)
+    mean = (shares + profile.shares[None, :]) / 2
+
+    def kl(p):   # to the mixture; 0 log 0 = 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.sum(np.where(p > 0, p * np.log2(p / mean), 0.0), axis=1)
+
+    js = np.sqrt(np.maximum((kl(shares) + kl(profile.shares[None, :])) / 2, 0.0))
+    return {"psi": psi(profile.shares, shares), "jensen_shannon": js,
+            "unseen_share": shares[:, -1]}
 
 # %% ../../nbs/40_drift.ipynb #b2f696a6
 def chunk_means(values: np.ndarray, chunk: np.ndarray, n_chunks: int) -> np.ndarray:

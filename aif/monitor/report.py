@@ -7,8 +7,10 @@ exits with a code a scheduler can act on."""
 # %% ../../nbs/43_report.ipynb #0e1c9a8a
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -19,7 +21,8 @@ from ..config.paths import ProjectPaths
 from ..io import StageError, atomic_output, start_stage, write_timings
 
 # %% auto #0
-__all__ = ['EXIT_ALERT', 'EXIT_FAILED', 'WINDOW', 'report_parameters', 'scrub_run_metadata', 'export_html', 'run_report', 'main']
+__all__ = ['EXIT_ALERT', 'EXIT_FAILED', 'WINDOW', 'report_parameters', 'scrub_run_metadata', 'export_html',
+           'stderr_of_children_discarded', 'run_report', 'main']
 
 # %% ../../nbs/43_report.ipynb #63480c9b
 EXIT_ALERT, EXIT_FAILED = 3, 4
@@ -75,22 +78,43 @@ def export_html(notebook: Path, html: Path) -> None:
         tmp.write_text(body)
 
 
+@contextlib.contextmanager
+def stderr_of_children_discarded():
+    """Point file descriptor 2 at /dev/null while the kernel runs: the kernel process inherits
+    it, and its shutdown can log a zmq traceback (a race in ipykernel, seen under load) that
+    is not the user's concern. What the report itself says comes back in one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def run_report(paths: ProjectPaths, parameters: dict, run_dir: Path) -> tuple[dict, dict]:
     "Execute the template into `run_dir`: its summary and timings, or StageError on failure."
     import papermill
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     run_dir.mkdir(parents=True, exist_ok=True)
     executed = run_dir / "drift_report.ipynb"
     try:
-        papermill.execute_notebook(str(paths.drift_template), str(executed),
-                                   parameters=parameters, kernel_name="python3",
-                                   cwd=str(paths.root), progress_bar=False, log_output=False,
-                                   # the kernel's own messages (start-up warnings, the interrupt
-                                   # papermill sends after a failed cell) are not the user's concern
-                                   extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+        with stderr_of_children_discarded():
+            papermill.execute_notebook(str(paths.drift_template), str(executed),
+                                       parameters=parameters, kernel_name="python3",
+                                       cwd=str(paths.root), progress_bar=False,
+                                       log_output=False,
+                                       extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except PapermillExecutionError as err:
         raise StageError(f"monitor: the report failed ({err.ename}: {err.evalue}); "
+                         f"see {executed}") from None
+    except DeadKernelError as err:
+        raise StageError(f"monitor: the report's kernel died ({str(err).splitlines()[0]}); "
                          f"see {executed}") from None
     notebook = json.loads(executed.read_text())
     timings = scrub_run_metadata(notebook, paths)

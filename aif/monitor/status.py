@@ -32,13 +32,15 @@ def mean_checked_features(compared: list[str], specs: dict[str, FeatureSpec],
                           chunk_days: int) -> set[str]:
     "Features also judged by their chunk means: no labels, a window of at most one chunk."
     return {f for f in compared if f in specs and not specs[f].uses_labels
-            and (specs[f].window_days or 0) <= chunk_days}
+            and not specs[f].categorical and (specs[f].window_days or 0) <= chunk_days}
 
 # %% ../../nbs/42_status.ipynb #2f7b5c80
-def drift_levels(psi: np.ndarray, wasserstein: np.ndarray, thresholds: DriftThresholds,
-                 mean_moved: np.ndarray | None = None) -> np.ndarray:
-    "A feature's (or the score's) level per chunk."
-    levels = np.minimum(level(psi, thresholds.psi), level(wasserstein, thresholds.wasserstein))
+def drift_levels(psi: np.ndarray, distance: np.ndarray, thresholds: DriftThresholds,
+                 mean_moved: np.ndarray | None = None, statistic: str = "wasserstein"
+                 ) -> np.ndarray:
+    """A feature's (or the score's) level per chunk: the lower of PSI's and the distance's
+    (Wasserstein / sd, or Jensen-Shannon for a category feature)."""
+    levels = np.minimum(level(psi, thresholds.psi), level(distance, thresholds.of(statistic)))
     return levels if mean_moved is None else np.where(mean_moved, 2, levels)
 
 
@@ -68,8 +70,11 @@ def reasons(feature_rows: list[dict], prediction_level: np.ndarray, max_score_ps
     found = []
     for row in feature_rows:
         if row["level"] == "alert":
+            distance = (f"Jensen-Shannon {row['max_jensen_shannon']:.2f}, unseen share "
+                        f"{row['max_missing_share']:.2f}" if row.get("max_jensen_shannon")
+                        is not None else f"Wasserstein/sd {row['max_wasserstein']:.2f}")
             found.append(f"data drift: {row['feature']} (PSI {row['max_psi']:.2f}, "
-                         f"Wasserstein/sd {row['max_wasserstein']:.2f}, mean outside the band "
+                         f"{distance}, mean outside the band "
                          f"on {row['chunks_mean_outside_band']} chunk(s)) on "
                          f"{len(row['chunks_alert'])} chunk(s)")
     if prediction_level.max(initial=0) == 2:
