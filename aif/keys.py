@@ -22,7 +22,7 @@ import pyarrow as pa_arrow
 
 # %% auto #0
 __all__ = ['KEY_LIMIT', 'HASH_KEY_ENV', 'is_canonical', 'hashed_key', 'key_of', 'composite_text', 'id_text', 'keys_of_text',
-           'keys_of_integers', 'category_keys', 'collisions', 'secret_from_environment']
+           'keys_of_integers', 'category_keys', 'collisions', 'secret_fingerprint', 'secret_from_environment']
 
 # %% ../nbs/03a_keys.ipynb #a1c0e005
 KEY_LIMIT = 2**63            # keys are in [0, KEY_LIMIT): a non-negative int64
@@ -147,6 +147,12 @@ def collisions(texts: pd.Series, keys: np.ndarray) -> list[tuple[int, str, str]]
                          ).drop_duplicates()
     shared = pairs[pairs["key"].duplicated(keep=False)]
     return [(int(k), *g["text"].iloc[:2].tolist()) for k, g in shared.groupby("key")][:3]
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """A short public name for a secret (an HMAC of a fixed text under it): ingest records it,
+    and the service refuses to key requests under another secret than the data's."""
+    return hmac.digest(secret, b"aif: which secret keyed these ids", "sha256")[:8].hex()
 
 
 def secret_from_environment() -> bytes | None:

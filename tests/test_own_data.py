@@ -252,10 +252,23 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
     refused = run(["aif", "ingest"], project, check=False)
     assert refused.returncode != 0 and "AIF_ID_HASH_KEY is not set" in refused.stderr
     assert "Traceback" not in refused.stderr
-    run(["dvc", "repro", "train"], project, WANDB_MODE="offline",
+    run(["dvc", "repro", "evaluate"], project, WANDB_MODE="offline",
         WANDB_API_KEY="not-a-real-key-9f3b2c", **secret)
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    assert 0 < metrics["model"]["average_precision"] <= 1
+    # batch scoring reads the raw export through the same mapping, keys and features
+    run(["aif", "score", "--input", "data/landing/cards", "--output", "scored.parquet",
+         "--since", "2018-07-06"], project, **secret)
+    scored = pd.read_parquet(project / "scored.parquet")
+    assert len(scored) > 100 and scored.fraud_probability.between(0, 1).all()
     report = json.loads((project / "reports/ingest.json").read_text())
     assert report["rows_quarantined"] == 3 and report["rows_written"] > 20_000
+    assert report["sensitive_ids"]["fields"] == ["customer_id", "transaction_id"]
+    # DVC cannot see the secret change; the service can: another secret is refused at start
+    wrong = run(["timeout", "60", "aif", "serve", "--port", "0"], project, check=False,
+                AIF_ID_HASH_KEY="another-secret-0123456789abcdef0123456789")
+    assert wrong.returncode not in (0, 124) and "not the secret the data was keyed with" \
+        in wrong.stderr and "Traceback" not in wrong.stderr
     features = pd.read_parquet(project / "data/processed/features.parquet")
     model = json.loads((project / "models/model.json").read_text())
     used = [f for f in model["features"] if f.startswith(("category", "customer_category",

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from ..config.params import IngestParams, ParamsError
 from ..io import StageError, atomic_output, start_stage
 from ..keys import (HASH_KEY_ENV, collisions, composite_text, keys_of_integers, keys_of_text,
-                      secret_from_environment)
+                      secret_fingerprint, secret_from_environment)
 from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_KEYS,
                         Attribute, arrow_schema, attributes_of, transaction_schema)
 
@@ -799,6 +799,9 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
         quarantine = quarantine.astype({"source_row": np.int64, "source_line": np.int64})
 
     report = ingest_report(rows, transactions, quarantine, extras, params)
+    if plan.sensitive:   # which secret keyed them: DVC cannot see it change, the service can
+        report["sensitive_ids"] = {"fields": sorted(plan.sensitive),
+                                   "key_fingerprint": secret_fingerprint(secret)}
     assert report["rows_read"] == report["rows_written"] + report["rows_quarantined"]
     return IngestResult(transactions, quarantine, report, id_map)
 

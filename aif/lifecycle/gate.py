@@ -19,6 +19,7 @@ import pandas as pd
 from ..config.params import GateParams, Params, params_from_text
 from ..config.paths import ProjectPaths
 from ..features.engine import feature_frame
+from ..features.specs import spec_inputs
 from ..features.store import read_columns
 from .registry import Version, get_output, materialise, read_at
 from ..metrics import calibration_error, score_metrics, segment_table
@@ -39,14 +40,15 @@ def window_rows(paths: ProjectPaths, commit: str, params: Params, models: dict[s
     """The protocol, each model's test rows with its own features (a model without recorded
     specs: those of its own commit's params), and each card's first appearance."""
     protocol = test_protocol(params.split, params.label_delay_days)
+    specs = {who: model.feature_specs(own_params[who].features) for who, model in models.items()}
+    attributes = tuple(dict.fromkeys(c for s in specs.values() for c in spec_inputs(s)))
     with tempfile.TemporaryDirectory() as tmp:
         interim = get_output(paths, commit, paths.interim_transactions,
                              Path(tmp) / "transactions.parquet")
-        columns, labels = read_columns(interim)
+        columns, labels = read_columns(interim, attributes)   # what declared features read
     tests, first_seen = {}, None
-    for who, model in models.items():
-        frame = feature_frame(columns, labels, model.feature_specs(own_params[who].features),
-                              params.features)
+    for who in models:
+        frame = feature_frame(columns, labels, specs[who], params.features)
         if first_seen is None:
             first_seen = frame.groupby("customer_id").tx_datetime.min()
         t = frame.tx_datetime

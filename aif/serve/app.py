@@ -34,6 +34,7 @@ from .auth import Guard, is_loopback, token_main, tokens_path
 from .journal import Journal, JournalError
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
+from ..keys import HASH_KEY_ENV, secret_fingerprint
 from .schema import Requests
 from .state import AlreadyScored, OnlineFeatures, out_of_time
 from .telemetry import json_logger, make_tracer, service_metrics
@@ -43,7 +44,7 @@ __all__ = ['Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state'
            'reload_if_changed', 'watch_registry', 'flush_log', 'write_snapshot', 'snapshot', 'snapshot_every',
            'lifespan_of', 'document_score_body', 'observe_requests', 'request_unfit', 'limited_body', 'service_now',
            'refuse_out_of_time', 'original_answers', 'conflict', 'score_response', 'label_response', 'audit_labels',
-           'record_scores', 'create_app', 'keep_freed_memory', 'build_service', 'main']
+           'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -740,8 +741,22 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def check_key_secret(paths: ProjectPaths, requests: Requests) -> None:
+    """Refuse to key requests under another secret than the one ingest keyed the data with:
+    every card would be a new card, silently (`reports/ingest.json` names it by fingerprint)."""
+    if requests.secret is None or not paths.ingest_report.exists():
+        return
+    recorded = json.loads(paths.ingest_report.read_text()).get("sensitive_ids", {})
+    expected = recorded.get("key_fingerprint")
+    if expected is not None and expected != secret_fingerprint(requests.secret):
+        raise StageError(f"serve: {HASH_KEY_ENV} is not the secret the data was keyed with "
+                         f"(reports/ingest.json: key fingerprint {expected}); set the same one")
+
+
 def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                   until: str | None) -> Service:
+    requests = Requests.of(params.ingest)   # first: a missing or wrong secret stops here
+    check_key_secret(paths, requests)
     loaded = load_model(paths, model_dir)
     serve = params.serve
     snapshot = paths.resolve(serve.snapshot) if serve.snapshot else None
@@ -761,7 +776,8 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                    make_tracer(), json_logger(),
                    guard=Guard(tokens_path(paths, serve), serve.auth.open_probes),
                    fixed_model=model_dir is not None, journal=journal,
-                   audit=paths.resolve(serve.label_audit) if serve.label_audit else None)
+                   audit=paths.resolve(serve.label_audit) if serve.label_audit else None,
+                   requests=requests)
 
 
 def main(argv: list[str] | None = None) -> int:
