@@ -516,7 +516,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'aif.schema.numpy_to_arrow': ('schema.html#numpy_to_arrow', 'aif/schema.py'),
                             'aif.schema.transaction_schema': ('schema.html#transaction_schema', 'aif/schema.py')},
             'aif.serve.app': { 'aif.serve.app.Service': ('app.html#service', 'aif/serve/app.py'),
-                               'aif.serve.app.Service.__post_init__': ('app.html#service.__post_init__', 'aif/serve/app.py'),
                                'aif.serve.app.Service.score': ('app.html#service.score', 'aif/serve/app.py'),
                                'aif.serve.app.audit_labels': ('app.html#audit_labels', 'aif/serve/app.py'),
                                'aif.serve.app.build_service': ('app.html#build_service', 'aif/serve/app.py'),

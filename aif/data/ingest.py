@@ -307,9 +307,8 @@ def _joined_text(parts: list[pd.Series]) -> pd.Series:
 
 
 def map_columns(frame: pd.DataFrame, params: IngestParams, where: str,
-                plan: SourcePlan | None = None) -> tuple[pd.DataFrame, list[str]]:
+                plan: SourcePlan) -> tuple[pd.DataFrame, list[str]]:
     "Source columns under canonical names (composite parts as name[i]), and the extras kept."
-    plan = plan or source_plan(params)
     required = set(REQUIRED_COLUMNS) | {a.name for a in plan.attributes}
     for f in plan.fields:
         missing = [c for c in f.columns if c not in frame.columns]
@@ -625,11 +624,10 @@ def parse_attribute(s: pd.Series, attribute: Attribute) -> tuple[pd.Series, pd.S
 
 
 def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
-                  plan: SourcePlan | None = None, secret: bytes | None = None
+                  plan: SourcePlan, secret: bytes | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.Series]]:
     """Canonical columns and attributes in their exact values (ids as keys), a (column, rule)
     table of rows that failed, and each id field's raw texts (`parse_ids`)."""
-    plan = plan or source_plan(params)
     sources = {f.name: f for f in plan.fields}
     attributes = {a.name: a for a in plan.attributes}
     parts = [c for c in frame.columns if "[" in c]
@@ -851,7 +849,7 @@ def check_invalid_share(result: IngestResult, rows: SourceRows, params: IngestPa
 
 # %% ../../nbs/11_ingest.ipynb #6c5b9902
 def write_outputs(result: IngestResult, transactions_path: Path, quarantine_path: Path,
-                  report_path: Path, id_map_path: Path | None = None,
+                  report_path: Path, id_map_path: Path,
                   attributes: tuple[Attribute, ...] = ()) -> None:
     declared = CANONICAL_COLUMNS + [a.name for a in attributes]
     canonical = [c for c in declared if c in result.transactions.columns]
@@ -867,7 +865,7 @@ def write_outputs(result: IngestResult, transactions_path: Path, quarantine_path
     ).replace_schema_metadata(None)
     with atomic_output(transactions_path) as t_tmp, atomic_output(quarantine_path) as q_tmp, \
             atomic_output(report_path) as r_tmp, \
-            atomic_output(id_map_path or transactions_path.with_name("ids.parquet")) as i_tmp:
+            atomic_output(id_map_path) as i_tmp:
         pq.write_table(table, t_tmp, compression="zstd")
         pq.write_table(quarantine, q_tmp, compression="zstd")
         pq.write_table(ids, i_tmp, compression="zstd")

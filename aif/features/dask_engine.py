@@ -83,11 +83,12 @@ def featurize_dask(source: Path, specs: tuple[FeatureSpec, ...], params: Feature
     import dask.dataframe as dd
 
     _, labels = open_source(source)
-    names = INPUT_COLUMNS + labels[1:] + spec_inputs(specs)
+    attributes = spec_inputs(specs)
+    names = INPUT_COLUMNS + labels[1:] + attributes
     with dask_client():
         frame = dd.read_parquet(str(source), columns=names, split_row_groups=True)
-        if spec_inputs(specs):
-            frame = frame.map_partitions(engine_attributes, spec_inputs(specs))
+        if attributes:
+            frame = frame.map_partitions(engine_attributes, attributes)
         lengths = frame.map_partitions(len).compute().to_numpy()
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         n = int(offsets[-1])

@@ -221,8 +221,9 @@ def check_specs(specs: tuple[FeatureSpec, ...], label_delay_days: int) -> None:
                              "found by card and terminal only (entities: "
                              f"{', '.join(LABELLED_ENTITIES)})")
         parts = entity_parts(s.entity)
-        if len(parts) > 2 or any(p == "transaction" or not p.isidentifier() for p in parts) \
-                and s.entity != "transaction":
+        malformed = len(parts) > 2 or any(p == "transaction" or not p.isidentifier()
+                                          for p in parts)
+        if s.entity != "transaction" and malformed:
             raise ValueError(f"feature {s.name}: unknown entity {s.entity}")
         later = names[names.index(s.name):]
         if s.derived and any(i in later and i not in earlier for i in s.inputs):

@@ -68,10 +68,6 @@ class Service:
     audit: Path | None = None        # one JSON line for every label recorded or changed
     requests: Requests | None = None  # what /score and /labels accept (the ingest mapping)
 
-    def __post_init__(self):
-        if self.requests is None:
-            self.requests = Requests.of(self.params.ingest)
-
     def score(self, columns: dict[str, np.ndarray], request_id: str, started: float,
               checked: bool = False):
         """The logged rows of a scored batch, the model that scored it, its feature matrix,
