@@ -3,6 +3,7 @@ codes; bad parameters fail with a clear message and the failure code."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,30 @@ def test_thresholds_are_parameters_and_alert_exits_3(trained_project: Path):
         assert relaxed.returncode == 0
     finally:
         params.write_text(original)
+
+
+def test_the_report_reads_offline_in_a_browser(trained_project: Path, tmp_path: Path):
+    "The status first, every figure shown, nothing fetched: the HTML alone is the report."
+    from browser import HEIGHT, WIDTH, box, browser, images_loaded, requests_made
+
+    folder = trained_project / "reports/monitoring/latest"
+    summary = json.loads((folder / "summary.json").read_text())
+    html = (folder / "drift_report.html").read_text()
+    fetched = re.findall(r'(?:src|href)="(https?:[^"]+)"|from [\'"](https?:[^\'"]+)', html)
+    assert fetched == []   # scripts, styles, images and modules all inline
+    with browser() as driver:
+        driver.get((folder / "drift_report.html").as_uri())
+        banner = box(driver, "#status-banner")
+        assert 0 <= banner["top"] < banner["bottom"] <= HEIGHT and banner["right"] <= WIDTH
+        text = driver.find_element("id", "status-banner").text
+        assert text.startswith(summary["status"].upper())
+        assert images_loaded(driver) == (3, 3)   # features, scores and alert rate, performance
+        assert [url for url in requests_made(driver)
+                if not url.startswith(("data:", "file:"))] == []
+        page = driver.find_element("tag name", "body").text
+        for section in ("Data drift per feature", "Data quality", "Prediction drift",
+                        "Performance", "Concept drift"):
+            assert section in page
+        assert "Out[" not in page and "In [" not in page   # no prompts
+        assert "score PSI: up to" in page and "alert rate:" in page and "ADWIN watched" in page
+        driver.save_screenshot(str(tmp_path / "drift_report.png"))

@@ -610,3 +610,23 @@ def test_requests_generated_from_the_openapi_schema_get_no_500_and_hostile_ones_
     errors = [json.loads(line) for line in (project / "serve.log").read_text().splitlines()
               if line.startswith("{") and '"unhandled error"' in line]
     assert errors == []
+
+
+def test_the_api_docs_render_offline_in_a_browser(project: Path):
+    "Swagger UI from the service's own assets: nothing fetched from elsewhere; no ReDoc."
+    from browser import browser, requests_made
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shown
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with service(project) as (client, _), browser() as driver:
+        base = str(client.base_url).rstrip("/")
+        driver.get(f"{base}/docs")
+        title = WebDriverWait(driver, 30).until(shown.visibility_of_element_located(
+            (By.CSS_SELECTOR, ".swagger-ui .info .title")))
+        assert title.text.startswith("aif scoring service")
+        WebDriverWait(driver, 30).until(shown.visibility_of_element_located(
+            (By.ID, "operations-default-score_score_post")))
+        assert [u for u in requests_made(driver) if not u.startswith(base)] == []
+        driver.save_screenshot(str(project / "docs.png"))
+        assert client.get("/redoc").status_code == 404   # its bundle fetches a CDN logo

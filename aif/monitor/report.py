@@ -21,7 +21,7 @@ from ..config.paths import ProjectPaths
 from ..io import StageError, atomic_output, start_stage, write_timings
 
 # %% auto #0
-__all__ = ['EXIT_ALERT', 'EXIT_FAILED', 'WINDOW', 'report_parameters', 'scrub_run_metadata', 'export_html',
+__all__ = ['EXIT_ALERT', 'EXIT_FAILED', 'WINDOW', 'OFFLINE_TEMPLATE', 'report_parameters', 'scrub_run_metadata', 'export_html',
            'stderr_of_children_discarded', 'run_report', 'main']
 
 # %% ../../nbs/43_report.ipynb #63480c9b
@@ -68,12 +68,29 @@ def scrub_run_metadata(notebook: dict, paths: ProjectPaths) -> dict:
     return timings
 
 # %% ../../nbs/43_report.ipynb #3f9b1d64
-def export_html(notebook: Path, html: Path) -> None:
-    "The executed notebook as HTML without code cells (nbconvert --no-input)."
+# JupyterLab's look without what it fetches: require.js, MathJax and Mermaid come from a CDN
+# in nbconvert's `lab` template (widgets too, when a notebook has any), and the report must open on an air-gapped laptop (figures are
+# embedded by the notebook itself).
+OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}"""
+
+
+def export_html(notebook: Path, html: Path, title: str = "Drift report") -> None:
+    "The executed notebook as one self-contained HTML page: no code, no prompts, no CDN."
+    import jinja2
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(exclude_input=True).from_notebook_node(nbformat.read(notebook, 4))
+    exporter = HTMLExporter(extra_loaders=[jinja2.DictLoader({"offline.j2": OFFLINE_TEMPLATE})],
+                            template_file="offline.j2", exclude_input=True,
+                            exclude_input_prompt=True, exclude_output_prompt=True)
+    executed = nbformat.read(notebook, 4)
+    # a cell that shows nothing takes no room (the computing cells come before the banner)
+    executed.cells = [c for c in executed.cells if c.cell_type != "code" or c.outputs]
+    body, _ = exporter.from_notebook_node(executed, resources={"metadata": {"name": title}})
     with atomic_output(html) as tmp:
         tmp.write_text(body)
 
@@ -120,7 +137,8 @@ def run_report(paths: ProjectPaths, parameters: dict, run_dir: Path) -> tuple[di
     timings = scrub_run_metadata(notebook, paths)
     with atomic_output(executed) as tmp:
         tmp.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
-    export_html(executed, run_dir / "drift_report.html")
+    export_html(executed, run_dir / "drift_report.html",
+                f"Drift report {parameters['current']} ({parameters['run_id']})")
     return json.loads((run_dir / "summary.json").read_text()), timings
 
 # %% ../../nbs/43_report.ipynb #13dbdfad

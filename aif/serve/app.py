@@ -40,11 +40,12 @@ from .state import AlreadyScored, OnlineFeatures, out_of_time
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
-__all__ = ['Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'replay', 'recover_log', 'fill_from_interim',
-           'reload_if_changed', 'watch_registry', 'flush_log', 'write_snapshot', 'snapshot', 'snapshot_every',
-           'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
-           'refuse_out_of_time', 'original_answers', 'conflict', 'score_response', 'label_response', 'audit_labels',
-           'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
+__all__ = ['API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'replay', 'recover_log',
+           'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log', 'write_snapshot', 'snapshot',
+           'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body',
+           'service_now', 'refuse_out_of_time', 'original_answers', 'conflict', 'score_response', 'label_response',
+           'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service',
+           'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -340,14 +341,20 @@ def lifespan_of(service: Service):
     return lifespan
 
 
-def document_score_body(app, requests: Requests) -> None:
-    "FastAPI's schema, plus the bodies it does not parse itself (see nbs/63)."
+def document_score_body(app, requests: Requests, tokens: bool = False) -> None:
+    """FastAPI's schema, plus the bodies it does not parse itself (see nbs/63) and, when the
+    service needs `tokens`, the bearer scheme (Swagger UI's Authorize button)."""
     from fastapi import FastAPI
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
-            known = schema.setdefault("components", {}).setdefault("schemas", {})
+            components = schema.setdefault("components", {})
+            if tokens:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path in ("/score", "/labels"):
+                    schema["paths"][path]["post"]["security"] = [{"bearer": []}]
+            known = components.setdefault("schemas", {})
             for name, adapter in (("ScoreBody", requests.score_adapter),
                                   ("LabelsBody", requests.labels_adapter)):
                 body = adapter.json_schema(ref_template="#/components/schemas/{model}")
@@ -367,7 +374,7 @@ class ObserveRequests:
     turns of the event loop to each request (tails under load)."""
 
     ROUTES = frozenset({"/score", "/labels", "/health", "/ready", "/version", "/metrics",
-                        "/docs", "/openapi.json", "/redoc"})
+                        "/docs", "/openapi.json"})
 
     def __init__(self, app, service: Service):
         self.app, self.service = app, service
@@ -702,13 +709,23 @@ def record_scores(service: Service, logged: dict) -> None:
         metrics["score"].observe(float(s))
 
 
+API_DESCRIPTION = """Scores card transactions with the model in production and keeps the
+online feature state. `POST /score` takes one transaction or `{"transactions": [...]}` (fields
+as the ingest mapping names them); `POST /labels` records confirmed labels. A transaction sent
+again unchanged gets its first answer; changed, a 409. When the service was started with a
+tokens file, send `Authorization: Bearer <token>` (`aif serve token add score`)."""
+
+
 def create_app(service: Service):
-    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
+    from fastapi_offline import FastAPIOffline
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    app = FastAPI(title="aif scoring service", lifespan=lifespan_of(service))
-    document_score_body(app, service.requests)
+    # /docs (Swagger UI) from assets in the package, not a CDN: it works on an air-gapped
+    # laptop. No /redoc: ReDoc's bundle fetches its logo from cdn.redoc.ly whatever it is given.
+    app = FastAPIOffline(title="aif scoring service", lifespan=lifespan_of(service),
+                         redoc_url=None, description=API_DESCRIPTION)
+    document_score_body(app, service.requests, tokens=service.guard.path is not None)
     app.add_middleware(ObserveRequests, service=service)
 
     @app.post("/score", openapi_extra={"requestBody": {"required": True, "content": {
