@@ -9,7 +9,7 @@ UV_VERSION := $(shell sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements.lock)
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test bench lint lock hooks export clean-nbs check-nbs clean
+.PHONY: help install repro test bench lint lock lab hooks export clean-nbs check-nbs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -41,17 +41,31 @@ lock: ## refresh requirements.lock from pyproject.toml (needs network)
 		--upgrade --quiet -o requirements.lock
 	@rm -f $(STAMP)
 
-hooks: $(STAMP) ## install git hooks that clean notebooks and check the export before commit
-	nbdev-install-hooks
-	@printf '#!/bin/sh\nmake --no-print-directory check-nbs\n' > .git/hooks/pre-commit && chmod +x .git/hooks/pre-commit
-	@echo "pre-commit hook installed: it runs 'make check-nbs'"
+lab: $(STAMP) ## JupyterLab on 127.0.0.1, the project kernel, notebooks cleaned as saved (LAB_ARGS=...)
+	@# the kernel runs this venv's python, found through a symlinked .venv too
+	@$(realpath $(BIN))/python -m ipykernel install --sys-prefix --name python3 \
+		--display-name "Python 3 (aif .venv)" >/dev/null
+	@# nbdev's clean runs on every save (pyproject: jupyter_hooks = true), from this command
+	@# line rather than ~/.jupyter: what `make check-nbs` wants is what Lab writes
+	jupyter lab --ServerApp.ip=127.0.0.1 \
+		--ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter $(LAB_ARGS)
+
+hooks: $(STAMP) ## this clone only: `make check-nbs` before each commit, nbdev's notebook merge driver
+	@printf '#!/bin/sh\nexec make --no-print-directory check-nbs\n' > .git/hooks/pre-commit
+	@chmod +x .git/hooks/pre-commit
+	@git config --local merge.jupyternotebook.name "resolve notebook conflicts with nbdev"
+	@git config --local merge.jupyternotebook.driver "$(BIN)/nbdev-merge %O %A %B %P"
+	@grep -qxF '*.ipynb merge=jupyternotebook' .git/info/attributes 2>/dev/null || \
+		echo '*.ipynb merge=jupyternotebook' >> .git/info/attributes
+	@echo "installed in this clone only: .git/hooks/pre-commit (make check-nbs), the merge driver"
+	@echo "in .git/config and .git/info/attributes; git diff is unchanged; nothing outside the repo"
 
 export: $(STAMP) ## regenerate aif/ from nbs/ and clean the notebooks
 	nbdev-export
 	nbdev-clean
 
 check-nbs: $(STAMP) ## fail if nbdev-export or nbdev-clean would change a tracked file
-	python -m pytest -q tests/test_notebooks.py -k "export or clean"
+	python -m pytest -q tests/test_notebooks.py -k "would_change_nothing or papermill"
 
 clean: ## remove the virtual environment and caches (data and models stay)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

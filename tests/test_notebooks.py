@@ -74,3 +74,65 @@ def test_clean_keeps_papermill_parameters_tag(tmp_path: Path):
 def test_lint_is_clean():
     result = run(["ruff", "check", "aif", "tests", "benchmarks"], REPO, check=False)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_saving_in_lab_leaves_the_notebooks_as_committed(tmp_path: Path):
+    """`make lab`'s server, given a notebook as JupyterLab saves it (kernel display name,
+    language_info, execution counts, cell timings), writes it clean: the committed bytes, and
+    `make check-nbs` passes. Run in a clone of the repository sharing this .venv."""
+    import json
+    import os
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(REPO), str(clone)], tmp_path)
+    (clone / ".venv").symlink_to(REPO / ".venv")
+    committed = (clone / "nbs/10_simulate.ipynb").read_bytes()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "test-token-0123456789"
+    lab = subprocess.Popen(
+        ["make", "-o", ".venv/.installed", "lab",
+         # --allow-root: CI and this machine run as root, which Jupyter refuses by default
+         f"LAB_ARGS=--port {port} --no-browser --allow-root --IdentityProvider.token={token}"],
+        cwd=clone, start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "lab.log").open("w"))
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api",
+                       headers={"Authorization": f"token {token}"}, timeout=30)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert lab.poll() is None, (tmp_path / "lab.log").read_text()[-2000:]
+            try:
+                if api.get("/status").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "JupyterLab did not start"
+            time.sleep(0.5)
+        model = api.get("/contents/nbs/10_simulate.ipynb", params={"content": 1}).json()
+        notebook = model["content"]
+        notebook["metadata"]["kernelspec"]["display_name"] = "Python 3 (aif .venv)"
+        notebook["metadata"]["language_info"] = {"name": "python", "version": "3.11.9"}
+        for i, cell in enumerate(c for c in notebook["cells"] if c["cell_type"] == "code"):
+            cell["execution_count"] = i + 1
+            cell["metadata"]["execution"] = {"iopub.status.busy": "2026-12-02T06:40:00.0Z"}
+        saved = api.put("/contents/nbs/10_simulate.ipynb", json={
+            "type": "notebook", "format": "json", "content": notebook})
+        assert saved.status_code == 200, saved.text
+    finally:
+        api.close()
+        if lab.poll() is None:
+            os.killpg(lab.pid, signal.SIGTERM)
+            lab.wait(timeout=60)
+    written = (clone / "nbs/10_simulate.ipynb").read_bytes()
+    assert json.loads(written) == json.loads(committed) and written == committed
+    check = run(["make", "-o", ".venv/.installed", "--no-print-directory", "check-nbs"], clone,
+                check=False)
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
