@@ -234,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
     stage = start_stage("tune", "Tune LightGBM with Optuna.", argv, add_arguments)
     log, paths, params = stage.log, stage.paths, stage.params
+    # Optuna logs each trial's parameters on a 400-character line; the study, the tuning report
+    # and its history figure keep them all
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     specs = feature_specs(params.features, params.label_delay_days)
     features = feature_names(specs)
     protocols = prequential_folds(params.split, params.label_delay_days, params.tune.n_folds)
