@@ -23,8 +23,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## create .venv and install the locked dependencies (done by every target)
 
-repro: $(STAMP) ## run the whole DVC pipeline (simulate -> ingest -> ...)
+repro: $(STAMP) ## run the whole DVC pipeline (simulate -> ingest -> ...), then say what it made
 	dvc repro
+	@echo && aif summary
 
 test: $(STAMP) ## run every test: pytest (notebooks, pipeline, properties) on 2 workers
 	python -m pytest -n 2 $(PYTEST_ARGS)

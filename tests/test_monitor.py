@@ -123,3 +123,13 @@ def test_the_report_reads_offline_in_a_browser(trained_project: Path, tmp_path: 
         assert "Out[" not in page and "In [" not in page   # no prompts
         assert "score PSI: up to" in page and "alert rate:" in page and "ADWIN watched" in page
         driver.save_screenshot(str(tmp_path / "drift_report.png"))
+
+
+def test_summary_says_what_the_pipeline_made(trained_project: Path):
+    "`aif summary`, the end of `make repro`: the test figures as written, and where things are."
+    metrics = json.loads((trained_project / "reports/metrics.json").read_text())["model"]
+    out = run(["aif", "summary"], trained_project).stdout
+    assert f"AP                     {metrics['average_precision']:.3f} (baseline" in out
+    assert f"card precision@{metrics['k']}" in out
+    assert "reports/monitoring/latest/drift_report.html" in out and "reports/model_card.md" in out
+    assert max(map(len, out.splitlines())) <= 100   # readable in a terminal
