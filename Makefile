@@ -48,8 +48,15 @@ lab: $(STAMP) ## JupyterLab on 127.0.0.1, the project kernel, notebooks cleaned 
 		--display-name "Python 3 (aif .venv)" >/dev/null
 	@# nbdev's clean runs on every save (pyproject: jupyter_hooks = true), from this command
 	@# line rather than ~/.jupyter: what `make check-nbs` wants is what Lab writes
+	@# no news feed or update check: nothing fetched from the internet (air-gapped laptops);
+	@# the answer to Lab's "fetch news?" question goes into .venv's settings, not ~/.jupyter
+	@mkdir -p $(realpath $(VENV))/share/jupyter/lab/settings
+	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+		> $(realpath $(VENV))/share/jupyter/lab/settings/overrides.json
 	jupyter lab --ServerApp.ip=127.0.0.1 \
-		--ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter $(LAB_ARGS)
+		--ContentsManager.pre_save_hook=nbdev.clean.clean_jupyter --LabApp.news_url=None \
+		--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate \
+		$(LAB_ARGS)
 
 hooks: $(STAMP) ## this clone only: `make check-nbs` before each commit, nbdev's notebook merge driver
 	@printf '#!/bin/sh\nexec make --no-print-directory check-nbs\n' > .git/hooks/pre-commit
