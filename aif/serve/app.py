@@ -419,21 +419,22 @@ class ObserveRequests:
             except Exception as err:   # a bug: counted, logged with the request id, answered
                 service.logger.error("unhandled error", extra={"fields": {
                     "request_id": request_id, "path": path, "error": type(err).__name__}})
-                status[0] = 500
                 await JSONResponse(status_code=500, content={"detail": [{
                     "type": "internal", "msg": f"internal error; request id {request_id}"}]})(
                         scope, receive, send_with_id)
-        self.observe(request, request_id, status[0], time.perf_counter() - started)
+        self.observe(path, request.method, request_id, status[0],
+                     time.perf_counter() - started)
 
-    def observe(self, request: Request, request_id: str, status: int, elapsed: float) -> None:
+    def observe(self, path: str, method: str, request_id: str, status: int,
+                elapsed: float) -> None:
         metrics = self.service.metrics
         # by route: an unknown path is "other", so no client can mint series
-        endpoint = request.scope["path"] if request.scope["path"] in self.ROUTES else "other"
+        endpoint = path if path in self.ROUTES else "other"
         metrics["requests"].labels(endpoint, str(status)).inc()
         metrics["latency"].labels(endpoint).observe(elapsed)
         if endpoint != "/metrics" and self.service.logger.isEnabledFor(logging.INFO):
             self.service.logger.info("request", extra={"fields": {
-                "request_id": request_id, "method": request.method, "path": endpoint,
+                "request_id": request_id, "method": method, "path": endpoint,
                 "status": status, "latency_ms": round(elapsed * 1000, 3),
                 "model_version": self.service.loaded.version}})
 
