@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,24 @@ SMALL_MODELLING = {
     "evaluate": {"k": 10, "alert_budget": 20, "shap_sample": 500},
     "monitor": {"reference": "2018-06-24:2018-07-01", "current": "2018-07-01:2018-07-10"},
 }
+
+
+def wait_until_up(get, proc: subprocess.Popen, log: Path, what: str, timeout: float = 90,
+                  pause: float = 0.2) -> None:
+    """Call `get()` (an HTTP GET) until it answers 200; fail with the end of `log` if the
+    process `proc` exits first, or after `timeout` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if get().status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{what} did not start"
+        time.sleep(pause)
 
 
 def run_env(**extra: str) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-from conftest import run_env, write_params
+from conftest import run_env, wait_until_up, write_params
 from test_serve import TEST_START, assert_same_features, free_port, interim, payload
 
 from aif.config.params import load_params
@@ -39,16 +39,8 @@ class Server:
                                       TEST_START], cwd=self.project, env=run_env(),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while True:
-            assert self.proc.poll() is None, (self.project / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.1)
+        wait_until_up(lambda: httpx.get(f"{url}/ready", timeout=5), self.proc,
+                      self.project / "serve.log", "the service", pause=0.1)
         self.url = url
 
     def kill9(self) -> None:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run
+from conftest import REPO, run, wait_until_up
 
 NOTEBOOKS = sorted(p.relative_to(REPO / "nbs") for p in (REPO / "nbs").rglob("*.ipynb")
                    if ".ipynb_checkpoints" not in p.parts)
@@ -85,7 +85,6 @@ def test_saving_in_lab_leaves_the_notebooks_as_committed(tmp_path: Path):
     import signal
     import socket
     import subprocess
-    import time
 
     import httpx
 
@@ -106,16 +105,8 @@ def test_saving_in_lab_leaves_the_notebooks_as_committed(tmp_path: Path):
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api",
                        headers={"Authorization": f"token {token}"}, timeout=30)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert lab.poll() is None, (tmp_path / "lab.log").read_text()[-2000:]
-            try:
-                if api.get("/status").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "JupyterLab did not start"
-            time.sleep(0.5)
+        wait_until_up(lambda: api.get("/status"), lab, tmp_path / "lab.log", "JupyterLab",
+                      pause=0.5)
         model = api.get("/contents/nbs/10_simulate.ipynb", params={"content": 1}).json()
         notebook = model["content"]
         notebook["metadata"]["kernelspec"]["display_name"] = "Python 3 (aif .venv)"

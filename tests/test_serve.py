@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run, run_env, write_params
+from conftest import REPO, run, run_env, wait_until_up, write_params
 
 TEST_START = "2018-06-24"   # the small config's test week, which the replay scores
 KEY = "not-a-real-key-serve-7c1"
@@ -49,17 +49,7 @@ def service(project: Path, *args: str, **env: str):
                             env=run_env(**env), stdout=log, stderr=subprocess.STDOUT)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError((project / "serve.log").read_text())
-            try:
-                if client.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.2)
+        wait_until_up(lambda: client.get("/ready"), proc, project / "serve.log", "the service")
         yield client, proc
     finally:
         client.close()
@@ -419,15 +409,7 @@ def test_keys_scopes_loopback_and_tls(project: Path, tmp_path: Path):
     client = httpx.Client(base_url=f"https://127.0.0.1:{port}", timeout=30,
                           verify=ssl.create_default_context(cafile=str(cert)))
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if client.get("/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert proc.poll() is None, (project / "serve.log").read_text()
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.2)
+        wait_until_up(lambda: client.get("/ready"), proc, project / "serve.log", "the service")
         assert client.get("/health").status_code == 200          # open, like /ready here
         missing = client.post("/score", json=tx)
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
