@@ -389,11 +389,11 @@ class ObserveRequests:
         request = Request(scope)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
-        path, status = scope["path"], [500]
+        path, status, replying = scope["path"], [500], [False]
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], replying[0] = message["status"], True
                 message["headers"] = [*message.get("headers", ()),
                                       (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
@@ -419,9 +419,12 @@ class ObserveRequests:
             except Exception as err:   # a bug: counted, logged with the request id, answered
                 service.logger.error("unhandled error", extra={"fields": {
                     "request_id": request_id, "path": path, "error": type(err).__name__}})
-                await JSONResponse(status_code=500, content={"detail": [{
-                    "type": "internal", "msg": f"internal error; request id {request_id}"}]})(
-                        scope, receive, send_with_id)
+                if replying[0]:   # a reply half sent cannot become a 500: uvicorn drops the
+                    status[0] = 500   # connection, and the client sees a broken reply
+                else:
+                    await JSONResponse(status_code=500, content={"detail": [{
+                        "type": "internal", "msg": f"internal error; request id {request_id}"}]})(
+                            scope, receive, send_with_id)
         self.observe(path, request.method, request_id, status[0],
                      time.perf_counter() - started)
 
