@@ -80,7 +80,12 @@ def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
                           and t[j] <= t[i] - w.lag
                           and (w.length is None or t[j] > t[i] - w.lag - w.length)]
             n = len(window)
-            amounts = [amount[j] for j in window]
+            column = tx[s.column].to_numpy() if s.column else amount   # raw values
+            values = [column[j] for j in window]
+            if s.kind in ("min", "max", "distinct_count"):
+                out[s.name][i] = len(set(values)) if s.kind == "distinct_count" else (
+                    (min if s.kind == "min" else max)(values) if n else np.nan)
+                continue
             frauds = sum(label[j] for j in window)
             fraud_times = [t[j] for j in window if label[j] == 1]
             if s.aggregation == "amount_to_genuine_mean":
@@ -92,17 +97,17 @@ def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
                 pick = min if s.aggregation == "days_since_first_fraud" else max
                 out[s.name][i] = (t[i] - pick(fraud_times)) / DAY if fraud_times else np.nan
                 continue
-            mean = math.fsum(amounts) / n if n else np.nan
+            mean = math.fsum(values) / n if n else np.nan
             out[s.name][i] = {
                 "count": n,
-                "sum_amount": math.fsum(amounts),
-                "std_amount": math.sqrt(math.fsum((a - mean) ** 2 for a in amounts) / n)
+                "sum": math.fsum(values),
+                "std": math.sqrt(math.fsum((a - mean) ** 2 for a in values) / n)
                 if n else np.nan,
-                "mean_amount": math.fsum(amounts) / n if n else np.nan,
-                "amount_to_mean": amount[i] / (math.fsum(amounts) / n) if n else np.nan,
+                "mean": mean,
+                "to_mean": column[i] / mean if n else np.nan,
                 "fraud_count": frauds,
                 "fraud_rate": frauds / n if n else 0.0,
-            }[s.aggregation]
+            }[s.kind]
 
 
 def haversine(lat1, lon1, lat2, lon2) -> float:
@@ -149,10 +154,10 @@ def transactions(draw, max_rows: int = 120) -> pd.DataFrame:
 def assert_equal_features(fast: dict, slow: dict, specs, scale: float = 1.0) -> None:
     for s in specs:
         a, b = np.asarray(fast[s.name], float), np.asarray(slow[s.name], float)
-        if s.aggregation in ("count", "fraud_count", "first_use", "weekend", "night", "hour",
-                             "weekday"):
-            assert np.array_equal(a, b), s.name
-        elif s.aggregation == "std_amount":   # from window sums of x and x^2 (nbs/23)
+        if s.kind in ("count", "fraud_count", "first_use", "weekend", "night", "hour",
+                      "weekday", "distinct_count", "min", "max"):
+            assert np.array_equal(a, b, equal_nan=True), s.name
+        elif s.kind == "std":   # from window sums of x and x^2 (nbs/23)
             assert np.array_equal(np.isnan(a), np.isnan(b)), s.name
             ok = ~np.isnan(a)
             assert np.allclose(a[ok], b[ok], rtol=1e-6, atol=1e-6 * scale), s.name
@@ -173,17 +178,27 @@ def test_fast_engine_equals_reference(tx, rows_per_partition):
 ENTITIES = ["customer", "terminal", "channel", ["customer", "channel"], ["channel", "terminal"]]
 FREE = ["count", "mean_amount", "sum_amount", "std_amount", "amount_to_mean",
         "seconds_since_previous", "first_use"]
+OF_COLUMN = ["sum", "mean", "std", "min", "max", "to_mean"]
 LABELLED = ["fraud_count", "fraud_rate", "days_since_first_fraud", "days_since_last_fraud",
             "amount_to_genuine_mean"]
 
 
 @st.composite
-def declarations(draw) -> tuple[dict, ...]:
+def declarations(draw, kinds=("entity", "column", "labelled", "row", "derived")
+                 ) -> tuple[dict, ...]:
     "Random features declared on the data: any entity, aggregation and window, rows, ratios."
     out = []
     for i in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["entity", "labelled", "row", "derived"]))
-        if kind == "entity":
+        kind = draw(st.sampled_from(kinds))
+        if kind == "column":   # a window over an attribute: a number, or a category's values
+            agg = draw(st.sampled_from([*OF_COLUMN, "distinct_count"]))
+            d = {"aggregation": agg, "inputs": ["channel"] if agg == "distinct_count" else
+                 draw(st.sampled_from([["lat"], ["tx_amount"], []]))}
+            d |= {"entity": draw(st.sampled_from(ENTITIES)),
+                  "window_days": draw(st.sampled_from([0.25, 1, 3, 30])),
+                  "lag_days": draw(st.sampled_from([0, 0, 2])),
+                  "include_current": draw(st.booleans())}
+        elif kind == "entity":
             d = {"entity": draw(st.sampled_from(ENTITIES)),
                  "aggregation": draw(st.sampled_from(FREE)),
                  "window_days": draw(st.sampled_from([0.25, 1, 3, 30])),
@@ -215,7 +230,16 @@ def test_declared_features_equal_the_reference(tx, declared, rows_per_partition)
     specs = feature_specs(params, DELAY)
     fast = compute_features(columns_of(tx), specs, params)
     assert_equal_features(fast, reference_features(tx, specs), specs,
-                          scale=float(tx.tx_amount.max()))
+                          scale=max(float(tx.tx_amount.max()), float(tx.lat.abs().max())))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tx=transactions(), declared=declarations(kinds=("column",)),
+       rows_per_partition=st.sampled_from([3, 1_000_000]))
+def test_windows_over_columns_equal_the_reference(tx, declared, rows_per_partition):
+    "Windows over an attribute (sum to max of a number, distinct values of a category)."
+    test_declared_features_equal_the_reference.hypothesis.inner_test(
+        tx, declared, rows_per_partition)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -47,7 +47,16 @@ DECLARED = (
     {"name": "km_to_brussels", "aggregation": "haversine", "inputs": ["lat", "lon", "lat", "lon"]},
     {"name": "hour", "aggregation": "hour"},
     {"name": "to_card_channel_avg", "aggregation": "ratio",
-     "inputs": ["tx_amount", "card_channel_avg_2d"]})
+     "inputs": ["tx_amount", "card_channel_avg_2d"]},
+    # windows over attributes: the history keeps the columns they read
+    {"name": "card_max_lat_2d", "entity": "customer", "aggregation": "max", "inputs": ["lat"],
+     "window_days": 2},
+    {"name": "card_min_amount_1d_lagged", "entity": "customer", "aggregation": "min",
+     "window_days": 1, "lag_days": 0.25},
+    {"name": "terminal_channels_1d", "entity": "terminal", "aggregation": "distinct_count",
+     "inputs": ["channel"], "window_days": 1},
+    {"name": "channel_lon_to_mean_2d", "entity": "channel", "aggregation": "to_mean",
+     "inputs": ["lon"], "window_days": 2, "include_current": False})
 
 
 def offline_at(columns: dict, arrived: list[int], row: int, specs, params) -> dict:

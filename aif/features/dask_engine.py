@@ -17,7 +17,7 @@ import pyarrow as pa
 from ..cluster import dask_client
 from ..config.params import FeaturesParams
 from .engine import partition_features, transaction_features, with_derived
-from .specs import FeatureSpec, entity_key, entity_parts, spec_inputs
+from .specs import FeatureSpec, entity_key, entity_parts, spec_inputs, window_columns
 from .store import (ROWS_PER_FILE, attribute_array, features_table, frame_columns,
                                 open_source, write_part)
 from ..io import atomic_output
@@ -45,7 +45,8 @@ def engine_attributes(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 def entity_part(frame: pd.DataFrame, entity: str, specs: list[FeatureSpec]) -> pd.DataFrame:
     frame = frame.sort_values("position")
     c = frame_columns(frame)
-    values = partition_features(entity_key(c, entity), c["tx_datetime"], c["tx_amount"],
+    windowed = {name: c[name] for name in ("tx_amount", *window_columns(specs))}
+    values = partition_features(entity_key(c, entity), c["tx_datetime"], windowed,
                                 c["tx_fraud"], specs)
     return pd.DataFrame({"position": c["position"], **values})
 
@@ -55,7 +56,7 @@ def sample(extra: tuple[str, ...] = ()) -> pd.DataFrame:
     return pd.DataFrame({"transaction_id": [0], "tx_datetime": pd.to_datetime(["2018-01-01"]),
                          "customer_id": [0], "terminal_id": [0], "tx_amount": [1.0],
                          "tx_fraud": np.array([0], np.int8), "position": [0],
-                         **{c: ["x"] for c in extra}})
+                         **{c: [0] for c in extra}})   # attributes as the engine holds them
 
 
 def with_positions(frame: pd.DataFrame, offsets: np.ndarray, partition_info=None

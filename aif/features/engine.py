@@ -20,19 +20,21 @@ import pyarrow.parquet as pq
 from ..config.params import FeaturesParams
 from .kernels import (entity_order, grouped_order, is_first_in_history,
                                   seconds_since_previous, stable_argsort, window_counts,
-                                  window_ends, window_float_sums, window_int_sums,
-                                  window_label_times, window_starts)
-from .specs import DERIVED, MICROS_PER_DAY, FeatureSpec, entity_key, spec_inputs
+                                  window_distinct_counts, window_ends, window_extremes,
+                                  window_float_sums, window_int_sums, window_label_times,
+                                  window_starts)
+from .specs import (DERIVED, MICROS_PER_DAY, OF_COLUMN, FeatureSpec, entity_key,
+                                spec_inputs, window_columns)
 from .store import (ROWS_PER_FILE, check_stream_order, features_table, open_source,
                                 table_columns, write_part)
 from ..io import atomic_output
 from ..schema import INPUT_COLUMNS, column_to_numpy, numpy_to_arrow
 
 # %% auto #0
-__all__ = ['EARTH_RADIUS_KM', 'SPILL_SCHEMA', 'StreamShape', 'partition_features', 'partition_features_sorted', 'row_features',
-           'grouped_row_features', 'aggregate', 'n_partitions', 'haversine_km', 'transaction_features', 'with_derived',
-           'is_windowed', 'compute_features', 'feature_frame', 'source_shape', 'exact_chunks', 'SortedRun',
-           'spill_partitions', 'run_partition', 'featurize_out_of_core']
+__all__ = ['EARTH_RADIUS_KM', 'StreamShape', 'partition_features', 'partition_features_sorted', 'row_features',
+           'grouped_row_features', 'of_column', 'aggregate', 'n_partitions', 'haversine_km', 'transaction_features',
+           'with_derived', 'is_windowed', 'compute_features', 'feature_frame', 'spill_schema', 'source_shape',
+           'exact_chunks', 'SortedRun', 'spill_partitions', 'run_partition', 'featurize_out_of_core']
 
 # %% ../../nbs/23_local_engine.ipynb #8c86990a
 @dataclass(frozen=True)
@@ -61,10 +63,11 @@ class StreamShape:
         return self.n_rows
 
 # %% ../../nbs/23_local_engine.ipynb #e9eb596f
-def partition_features(key: np.ndarray, time_us: np.ndarray, amount: np.ndarray,
+def partition_features(key: np.ndarray, time_us: np.ndarray, columns: dict[str, np.ndarray],
                        label: np.ndarray, specs: list[FeatureSpec]) -> dict[str, np.ndarray]:
-    "Features of one entity's `specs` for one partition (rows in stream order)."
-    order, sorted_values = partition_features_sorted(key, time_us, amount, label, specs)
+    """Features of one entity's `specs` for one partition (rows in stream order); `columns`
+    holds the columns the windows read (`tx_amount`, and attributes: `window_columns`)."""
+    order, sorted_values = partition_features_sorted(key, time_us, columns, label, specs)
     out = {}
     for name, values in sorted_values.items():
         out[name] = np.empty_like(values)
@@ -72,89 +75,119 @@ def partition_features(key: np.ndarray, time_us: np.ndarray, amount: np.ndarray,
     return out
 
 
-def partition_features_sorted(key: np.ndarray, time_us: np.ndarray, amount: np.ndarray,
-                              label: np.ndarray, specs: list[FeatureSpec]
+def _sorted(columns: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: values[order] for name, values in columns.items()}
+
+
+def partition_features_sorted(key: np.ndarray, time_us: np.ndarray,
+                              columns: dict[str, np.ndarray], label: np.ndarray,
+                              specs: list[FeatureSpec]
                               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     "Like `partition_features`, in (entity, time, id) order: returns that order and the values."
     eo = entity_order(key, time_us)
-    return eo.order, aggregate(eo, amount[eo.order], label[eo.order], specs)
+    return eo.order, aggregate(eo, _sorted(columns, eo.order), label[eo.order], specs)
 
 
-def row_features(key: np.ndarray, time_us: np.ndarray, amount: np.ndarray, label: np.ndarray,
-                 specs: list[FeatureSpec], rows: np.ndarray) -> dict[str, np.ndarray]:
+def row_features(key: np.ndarray, time_us: np.ndarray, columns: dict[str, np.ndarray],
+                 label: np.ndarray, specs: list[FeatureSpec], rows: np.ndarray
+                 ) -> dict[str, np.ndarray]:
     """Features of `specs` for rows `rows` (input positions) only, over the whole partition's
     history: what online scoring asks for a few new transactions. Same code, same numbers."""
     eo = entity_order(key, time_us)
     sorted_position = np.empty(len(eo.order), np.int64)
     sorted_position[eo.order] = np.arange(len(eo.order))
-    return aggregate(eo, amount[eo.order], label[eo.order], specs, sorted_position[rows])
+    return aggregate(eo, _sorted(columns, eo.order), label[eo.order], specs,
+                     sorted_position[rows])
 
 
-def grouped_row_features(bounds: np.ndarray, time_us: np.ndarray, amount: np.ndarray,
-                         label: np.ndarray, specs: list[FeatureSpec], rows: np.ndarray
-                         ) -> dict[str, np.ndarray]:
+def grouped_row_features(bounds: np.ndarray, time_us: np.ndarray,
+                         columns: dict[str, np.ndarray], label: np.ndarray,
+                         specs: list[FeatureSpec], rows: np.ndarray) -> dict[str, np.ndarray]:
     """`row_features` for input already grouped by entity (group i is `bounds[i]:bounds[i + 1]`,
     each in (time, id) order), as the online state keeps it: no sort, same numbers."""
-    return aggregate(grouped_order(bounds, time_us), amount, label, specs, rows)
+    return aggregate(grouped_order(bounds, time_us), columns, label, specs, rows)
 
 
-def aggregate(eo, amount_s: np.ndarray, label_s: np.ndarray, specs: list[FeatureSpec],
-              rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    "Every spec's values at sorted rows `rows` (default: all rows), in that order."
+def _numeric(values: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    if values.dtype.kind not in "fiub":
+        raise ValueError(f"feature {spec.name}: {spec.column} is not numeric")
+    return values
+
+
+def of_column(kind: str, x: np.ndarray, start: np.ndarray, end: np.ndarray,
+              count: np.ndarray, at) -> np.ndarray:
+    "A windowed aggregation `kind` of one numeric column `x` (sorted order), at rows `at`."
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if kind == "sum":
+            return window_float_sums(x, start, end)
+        if kind in ("min", "max"):
+            return window_extremes(x, start, end, largest=kind == "max")
+        mean = window_float_sums(x, start, end) / count
+        if kind == "mean":
+            return mean
+        if kind == "to_mean":
+            return np.where(count > 0, x[at] / mean, np.nan)
+        # std: the population sd; NaN for an empty window
+        x = np.asarray(x, np.float64)
+        square = window_float_sums(x * x, start, end) / count
+        return np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+
+def aggregate(eo, columns_s: dict[str, np.ndarray], label_s: np.ndarray,
+              specs: list[FeatureSpec], rows: np.ndarray | None = None
+              ) -> dict[str, np.ndarray]:
+    """Every spec's values at sorted rows `rows` (default: all rows), in that order;
+    `columns_s`: the columns the windows read, in sorted order."""
     starts, ends = {}, {}  # windows share edges: one search per distinct edge
     at = slice(None) if rows is None else rows
 
-    def window(spec):
+    def window(spec, rows=rows):
         w = spec.window
-        start_of, end_of = (w.length, w.lag), (w.lag, w.include_current)
+        start_of, end_of = (w.length, w.lag, rows is None), (w.lag, w.include_current,
+                                                              rows is None)
         if start_of not in starts:
             starts[start_of] = window_starts(eo, w, rows)
         if end_of not in ends:
             ends[end_of] = window_ends(eo, w, rows)
         return starts[start_of], np.maximum(ends[end_of], starts[start_of])
 
+    amount_s = columns_s["tx_amount"]
     out = {}
     for spec in specs:
-        agg = spec.aggregation
-        if agg == "seconds_since_previous":
+        kind = spec.kind
+        if kind == "seconds_since_previous":
             values = seconds_since_previous(eo, rows)
-        elif agg == "first_use":
+        elif kind == "first_use":
             values = is_first_in_history(eo, rows)
+        elif kind == "distinct_count":   # needs the windows of every row (nbs/21)
+            x = columns_s[spec.column]
+            if x.dtype.kind not in "iub":
+                raise ValueError(f"feature {spec.name}: {spec.column} is not a category")
+            values = window_distinct_counts(eo, x, *window(spec, None))[at].astype(np.int32)
         else:
             start, end = window(spec)
             count = window_counts(start, end)
-            if agg == "count":
+            if kind == "count":
                 values = count.astype(np.int32)
-            elif agg == "mean_amount":
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    values = window_float_sums(amount_s, start, end) / count
-            elif agg == "sum_amount":
-                values = window_float_sums(amount_s, start, end)
-            elif agg == "std_amount":   # population sd; NaN for an empty window
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = window_float_sums(amount_s, start, end) / count
-                    square = window_float_sums(amount_s * amount_s, start, end) / count
-                    values = np.sqrt(np.maximum(square - mean * mean, 0.0))
-            elif agg == "amount_to_mean":
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = window_float_sums(amount_s, start, end) / count
-                    values = np.where(count > 0, amount_s[at] / mean, np.nan)
-            elif agg == "fraud_count":
+            elif kind in OF_COLUMN:
+                values = of_column(kind, _numeric(columns_s[spec.column], spec), start, end,
+                                   count, at)
+            elif kind == "fraud_count":
                 values = window_int_sums(label_s, start, end).astype(np.int32)
-            elif agg == "fraud_rate":
+            elif kind == "fraud_rate":
                 frauds = window_int_sums(label_s, start, end)
                 values = np.divide(frauds, count, out=np.zeros(len(count)), where=count > 0)
-            elif agg == "amount_to_genuine_mean":
+            elif kind == "amount_to_genuine_mean":
                 genuine = count - window_int_sums(label_s, start, end)
                 genuine_sum = window_float_sums(np.where(label_s == 0, amount_s, 0.0), start, end)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     values = np.where(genuine > 0, amount_s[at] / (genuine_sum / genuine), np.nan)
-            elif agg in ("days_since_first_fraud", "days_since_last_fraud"):
+            elif kind in ("days_since_first_fraud", "days_since_last_fraud"):
                 first, last, has = window_label_times(label_s, eo.time, start, end)
-                since = eo.time[at] - (first if agg == "days_since_first_fraud" else last)
+                since = eo.time[at] - (first if kind == "days_since_first_fraud" else last)
                 values = np.where(has, since / MICROS_PER_DAY, np.nan)
             else:
-                raise ValueError(f"unknown aggregation {agg} ({spec.name})")
+                raise ValueError(f"unknown aggregation {spec.aggregation} ({spec.name})")
         out[spec.name] = values
     return out
 
@@ -244,12 +277,14 @@ def compute_features(columns: dict, specs: tuple[FeatureSpec, ...],
             rows_by_partition = stable_argsort(partition)
             edges = np.searchsorted(partition[rows_by_partition], np.arange(parts + 1))
 
-        inputs = [key, columns["tx_datetime"], columns["tx_amount"], columns["tx_fraud"]]
+        windowed = {c: columns[c] for c in ("tx_amount", *window_columns(entity_specs))}
 
-        def run(rows, inputs=inputs, specs=entity_specs):
+        def run(rows, key=key, windowed=windowed, specs=entity_specs):
+            time, label = columns["tx_datetime"], columns["tx_fraud"]
             if rows is not None:  # gathered here, so only the running partitions are copied
-                inputs = [values[rows] for values in inputs]
-            order, values = partition_features_sorted(*inputs, specs=specs)
+                key, time, label = key[rows], time[rows], label[rows]
+                windowed = {c: v[rows] for c, v in windowed.items()}
+            order, values = partition_features_sorted(key, time, windowed, label, specs)
             return (order if rows is None else rows[order]), values
 
         groups = [None] if parts == 1 else [rows_by_partition[edges[p]:edges[p + 1]]
@@ -274,9 +309,31 @@ def feature_frame(columns: dict, labels: list[str], specs: tuple[FeatureSpec, ..
     return frame
 
 # %% ../../nbs/23_local_engine.ipynb #105a2e50
-SPILL_SCHEMA = pa.schema([("position", pa.int64()), ("key", pa.int64()),
-                          ("time_us", pa.int64()), ("amount", pa.float64()),
-                          ("label", pa.int8())])
+def _engine_type(source: pq.ParquetFile, name: str) -> pa.DataType:
+    "The type `attribute_array` gives a column of the whole file (chunks may differ alone)."
+    kind = source.schema_arrow.field(name).type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.int64()
+    if pa.types.is_boolean(kind):
+        return pa.int8()
+    if pa.types.is_integer(kind):
+        index = source.schema_arrow.get_field_index(name)
+        stats = [source.metadata.row_group(g).column(index).statistics
+                 for g in range(source.metadata.num_row_groups)]
+        if all(st is not None and st.has_null_count for st in stats):
+            nulls = sum(st.null_count for st in stats)
+        else:
+            nulls = source.read(columns=[name]).column(0).null_count
+        return pa.int64() if nulls == 0 else pa.float64()
+    return pa.float64()
+
+
+def spill_schema(source: pq.ParquetFile, windowed: list[str]) -> pa.Schema:
+    """A partition file's layout: position, key, time and label of each row, and the columns
+    `windowed` its entity's windows read (the amount, attributes)."""
+    return pa.schema([("position", pa.int64()), ("key", pa.int64()), ("time_us", pa.int64()),
+                      ("label", pa.int8())] +
+                     [(c, _engine_type(source, c)) for c in windowed])
 
 
 def source_shape(source: pq.ParquetFile) -> StreamShape:
@@ -344,10 +401,12 @@ class SortedRun:
 
 
 def spill_partitions(source: pq.ParquetFile, labels: list[str], shape: StreamShape,
-                     plan: dict[str, int], work: Path, where: str,
-                     extra: tuple[str, ...] = ()) -> None:
-    "Pass 1: every row to its partition file, one per (entity, partition)."
-    writers = {(e, p): ipc.new_file(str(work / f"in-{e}-{p}.arrow"), SPILL_SCHEMA)
+                     plan: dict[str, int], windowed: dict[str, list[str]], work: Path,
+                     where: str, extra: tuple[str, ...] = ()) -> None:
+    """Pass 1: every row to its partition file, one per (entity, partition); `windowed`: the
+    columns each entity's windows read."""
+    schemas = {e: spill_schema(source, windowed[e]) for e in plan}
+    writers = {(e, p): ipc.new_file(str(work / f"in-{e}-{p}.arrow"), schemas[e])
                for e, parts in plan.items() for p in range(parts)}
     position, last = 0, None
     for columns in exact_chunks(source, labels, ROWS_PER_FILE, extra):
@@ -361,13 +420,14 @@ def spill_partitions(source: pq.ParquetFile, labels: list[str], shape: StreamSha
         for entity, parts in plan.items():
             key = entity_key(columns, entity)
             partition = key % parts
+            schema = schemas[entity]
             for p in range(parts):
                 rows = np.flatnonzero(partition == p)
-                writers[entity, p].write_batch(pa.record_batch([
-                    numpy_to_arrow(positions[rows]), numpy_to_arrow(key[rows]),
-                    numpy_to_arrow(columns["tx_datetime"][rows]),
-                    numpy_to_arrow(columns["tx_amount"][rows]),
-                    numpy_to_arrow(columns["tx_fraud"][rows])], schema=SPILL_SCHEMA))
+                arrays = [positions[rows], key[rows], columns["tx_datetime"][rows],
+                          columns["tx_fraud"][rows], *(columns[c][rows] for c in windowed[entity])]
+                writers[entity, p].write_batch(pa.record_batch(
+                    [numpy_to_arrow(a).cast(f.type) for a, f in zip(arrays, schema, strict=True)],
+                    schema=schema))
         position += n
     for writer in writers.values():
         writer.close()
@@ -377,9 +437,10 @@ def run_partition(work: Path, entity: str, p: int, specs: list[FeatureSpec]) -> 
     "Pass 2: the kernel on one spilled partition; results saved beside their positions."
     source = work / f"in-{entity}-{p}.arrow"
     table = ipc.open_file(pa.memory_map(str(source))).read_all()
-    inputs = {n: column_to_numpy(table.column(n)) for n in SPILL_SCHEMA.names}
-    position = inputs.pop("position")
-    values = partition_features(**inputs, specs=specs)
+    c = {n: column_to_numpy(table.column(n)) for n in table.column_names}
+    position = c.pop("position")
+    key, time_us, label = c.pop("key"), c.pop("time_us"), c.pop("label")
+    values = partition_features(key, time_us, c, label, specs)
     names = ["position", *values]
     arrays = [numpy_to_arrow(position), *(numpy_to_arrow(v) for v in values.values())]
     schema = pa.schema([(n, a.type) for n, a in zip(names, arrays, strict=True)])
@@ -400,7 +461,8 @@ def featurize_out_of_core(path: Path, specs: tuple[FeatureSpec, ...], params: Fe
     with tempfile.TemporaryDirectory(prefix=".featurize-", dir=out.parent) as tmp:
         work = Path(tmp)
         extra = tuple(spec_inputs(specs))
-        spill_partitions(source, labels, shape, plan, work, str(path), extra)
+        windowed = {e: ["tx_amount", *window_columns(s)] for e, s in by_entity.items()}
+        spill_partitions(source, labels, shape, plan, windowed, work, str(path), extra)
         tasks = [(e, p) for e, parts in plan.items() for p in range(parts)]
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             list(pool.map(lambda task: run_partition(work, *task, by_entity[task[0]]), tasks))

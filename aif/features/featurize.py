@@ -14,13 +14,29 @@ import time
 from pathlib import Path
 
 from .engine import compute_features, featurize_out_of_core
-from .specs import catalog, feature_specs, spec_inputs
+import pyarrow as pa
+
+from .specs import OF_COLUMN, FeatureSpec, catalog, feature_specs, spec_inputs
 from .store import (check_stream_order, features_table, open_source, read_columns,
                                 write_features)
-from ..io import atomic_output, start_stage, write_timings
+from ..io import StageError, atomic_output, start_stage, write_timings
 
 # %% auto #0
-__all__ = ['main']
+__all__ = ['check_window_columns', 'main']
+
+# %% ../../nbs/25_featurize.ipynb #363101b1
+def check_window_columns(specs: tuple[FeatureSpec, ...], schema: pa.Schema) -> None:
+    "Refuse numbers over a category attribute and distinct counts of a float, in one line."
+    for s in specs:
+        if s.column is None or s.column not in schema.names:
+            continue   # a missing attribute is named when the columns are read
+        kind = schema.field(s.column).type
+        if s.kind in OF_COLUMN and (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise StageError(f"features: {s.name}: {s.aggregation} of {s.column}, a category; "
+                             "windows of numbers read a float or int attribute")
+        if s.kind == "distinct_count" and pa.types.is_floating(kind):
+            raise StageError(f"features: {s.name}: distinct_count of {s.column}, a float; it "
+                             "counts the values of a category, int or bool attribute")
 
 # %% ../../nbs/25_featurize.ipynb #363101ba
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     source = args.input or paths.interim_transactions
     out = args.output or paths.features
-    n_rows = open_source(source)[0].metadata.num_rows
+    source_file = open_source(source)[0]
+    check_window_columns(specs, source_file.schema_arrow)
+    n_rows = source_file.metadata.num_rows
     if params.features.engine == "dask":
         from aif.features.dask_engine import featurize_dask
 

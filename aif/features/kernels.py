@@ -13,7 +13,7 @@ import numpy as np
 # %% auto #0
 __all__ = ['Window', 'EntityOrder', 'stable_argsort', 'entity_order', 'grouped_order', 'window_starts', 'window_ends',
            'window_bounds', 'window_counts', 'window_int_sums', 'window_float_sums', 'window_label_times',
-           'seconds_since_previous', 'is_first_in_history']
+           'window_extremes', 'window_distinct_counts', 'seconds_since_previous', 'is_first_in_history']
 
 # %% ../../nbs/21_window_kernels.ipynb #6189804d
 @dataclass(frozen=True)
@@ -142,6 +142,50 @@ def window_label_times(label: np.ndarray, time: np.ndarray, start: np.ndarray,
     first[has] = time[positives[prefix[start][has]]]
     last[has] = time[positives[prefix[end][has] - 1]]
     return first, last, has
+
+# %% ../../nbs/21_window_kernels.ipynb #7a1b2c3e
+def window_extremes(values: np.ndarray, start: np.ndarray, end: np.ndarray,
+                    largest: bool) -> np.ndarray:
+    "Min (or max, `largest`) of `values` over windows [start, end); NaN for an empty window."
+    pick = np.maximum if largest else np.minimum
+    out = np.full(len(start), np.nan)
+    length = end - start
+    has = np.flatnonzero(length > 0)
+    if len(has) == 0:
+        return out
+    level = np.frexp(length[has])[1] - 1     # floor(log2 L), exact for integers
+    first, last = start[has], end[has]
+    found = np.empty(len(has))
+    span = np.asarray(values, np.float64)    # span[i]: the extreme of rows [i, i + 2^k)
+    for k in range(int(level.max()) + 1):
+        if k:
+            half = 1 << (k - 1)
+            span = pick(span[:-half], span[half:])
+        mine = np.flatnonzero(level == k)
+        found[mine] = pick(span[first[mine]], span[last[mine] - (1 << k)])
+    out[has] = found
+    return out
+
+
+def window_distinct_counts(eo: EntityOrder, values: np.ndarray, start: np.ndarray,
+                           end: np.ndarray) -> np.ndarray:
+    """Distinct `values` (sorted order, integer keys) in the window [start, end) of every
+    sorted row: `start` and `end` are given for all rows, as `window_bounds` makes them."""
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    row = np.arange(n)
+    by_value = np.lexsort((row, values, eo.rank))
+    repeat = (values[by_value][1:] == values[by_value][:-1]) & (
+        eo.rank[by_value][1:] == eo.rank[by_value][:-1])
+    prev = np.full(n, -1)
+    prev[by_value[1:][repeat]] = by_value[:-1][repeat]
+    first = np.maximum(np.searchsorted(start, prev, side="right"),
+                       np.searchsorted(end, row, side="right"))
+    stop = np.searchsorted(start, row, side="right")
+    runs = first < stop
+    change = np.bincount(first[runs], minlength=n + 1) - np.bincount(stop[runs], minlength=n + 1)
+    return np.cumsum(change[:n])
 
 # %% ../../nbs/21_window_kernels.ipynb #70eae1f3
 def seconds_since_previous(eo: EntityOrder, rows: np.ndarray | None = None) -> np.ndarray:

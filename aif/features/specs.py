@@ -20,11 +20,11 @@ from ..keys import category_keys, keys_of_integers
 from ..schema import CANONICAL_COLUMNS
 
 # %% auto #0
-__all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'LABELLED_ENTITIES', 'ROW_AGGREGATIONS', 'DERIVED', 'WINDOWED',
-           'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'builtin_declarations', 'feature_specs',
-           'entity_parts', 'check_specs', 'declared_specs', 'spec_inputs', 'feature_names', 'catalog', 'pair_key',
-           'check_pair_keys', 'attribute_keys', 'entity_key', 'keys_of', 'lookback_days', 'horizon_us', 'spec_records',
-           'specs_from_records', 'specs_named']
+__all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'LABELLED_ENTITIES', 'ROW_AGGREGATIONS', 'DERIVED', 'OF_COLUMN',
+           'OF_AMOUNT', 'WINDOWED', 'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'builtin_declarations',
+           'feature_specs', 'entity_parts', 'check_specs', 'declared_specs', 'spec_inputs', 'window_columns',
+           'feature_names', 'catalog', 'pair_key', 'check_pair_keys', 'attribute_keys', 'entity_key', 'keys_of',
+           'lookback_days', 'horizon_us', 'spec_records', 'specs_from_records', 'specs_named']
 
 # %% ../../nbs/20_feature_specs.ipynb #71384e11
 LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
@@ -37,8 +37,12 @@ ENTITIES = ("transaction", "customer", "terminal", "customer_terminal")
 LABELLED_ENTITIES = ("customer", "terminal", "customer_terminal")
 ROW_AGGREGATIONS = ("value", "weekend", "night", "hour", "weekday", "haversine", "category")
 DERIVED = ("ratio", "difference")   # of two earlier features or columns
-WINDOWED = ("count", "mean_amount", "sum_amount", "std_amount", "amount_to_mean") + \
-    LABEL_AGGREGATIONS
+# windowed aggregations of one numeric column (`inputs`, default the amount); the handbook's
+# names for them over the amount are aliases
+OF_COLUMN = ("sum", "mean", "std", "min", "max", "to_mean")
+OF_AMOUNT = {"sum_amount": "sum", "mean_amount": "mean", "std_amount": "std",
+             "amount_to_mean": "to_mean"}
+WINDOWED = ("count", *OF_AMOUNT, *OF_COLUMN, "distinct_count") + LABEL_AGGREGATIONS
 MICROS_PER_DAY = 86_400 * 1_000_000
 
 
@@ -63,6 +67,18 @@ class FeatureSpec:
         "What decides the feature's values (not its description or group)."
         return (self.name, self.entity, self.aggregation, self.window_days, self.lag_days,
                 self.include_current, self.inputs)
+
+    @property
+    def column(self) -> str | None:
+        "The column a windowed aggregation of values reads (None: it reads none)."
+        if self.aggregation in OF_COLUMN or self.aggregation == "distinct_count":
+            return self.inputs[0] if self.inputs else "tx_amount"
+        return "tx_amount" if self.aggregation in OF_AMOUNT else None
+
+    @property
+    def kind(self) -> str:
+        "The computation: the aggregation, with the handbook's amount aliases resolved."
+        return OF_AMOUNT.get(self.aggregation, self.aggregation)
 
     @property
     def categorical(self) -> bool:
@@ -225,6 +241,9 @@ def check_specs(specs: tuple[FeatureSpec, ...], label_delay_days: int) -> None:
                                           for p in parts)
         if s.entity != "transaction" and malformed:
             raise ValueError(f"feature {s.name}: unknown entity {s.entity}")
+        if s.windowed and s.inputs and s.inputs[0] in set(names) - set(CANONICAL_COLUMNS):
+            raise ValueError(f"feature {s.name}: a window aggregates a column (the amount or "
+                             f"an attribute), not the feature {s.inputs[0]}")
         later = names[names.index(s.name):]
         if s.derived and any(i in later and i not in earlier for i in s.inputs):
             raise ValueError(f"feature {s.name}: its inputs must be columns or features "
@@ -255,8 +274,12 @@ def _declared(d: dict, label_delay_days: int, where: str, group: str = "declared
         raise ParamsError(f"{where}: unknown aggregation {agg!r} (see nbs/20_feature_specs)")
     if agg in arity and len(inputs) != arity[agg]:
         raise ParamsError(f"{where}: {agg} takes {arity[agg]} inputs, got {len(inputs)}")
-    if agg == "value" and len(inputs) > 1:
-        raise ParamsError(f"{where}: value takes one input (default tx_amount)")
+    if agg in ("value", *OF_COLUMN) and len(inputs) > 1:
+        raise ParamsError(f"{where}: {agg} takes one input (default tx_amount)")
+    if agg == "distinct_count" and len(inputs) != 1:
+        raise ParamsError(f"{where}: distinct_count takes one input (a category attribute)")
+    if inputs and agg not in (*arity, "value", *OF_COLUMN, "distinct_count"):
+        raise ParamsError(f"{where}: {agg} takes no inputs")
     window = d.get("window_days")
     if agg in WINDOWED and window is None and agg not in LABEL_AGGREGATIONS:
         raise ParamsError(f"{where}: {agg} needs window_days")
@@ -289,6 +312,11 @@ def spec_inputs(specs: tuple[FeatureSpec, ...]) -> list[str]:
     wanted = [c for s in specs for c in (*s.inputs, *entity_parts(s.entity))
               if c not in CANONICAL_COLUMNS and c not in names and c not in ENTITIES]
     return list(dict.fromkeys(wanted))
+
+
+def window_columns(specs: tuple[FeatureSpec, ...]) -> list[str]:
+    "The columns the windows of `specs` aggregate beyond the amount, in first use order."
+    return list(dict.fromkeys(s.column for s in specs if s.column not in (None, "tx_amount")))
 
 
 def feature_names(specs: tuple[FeatureSpec, ...]) -> list[str]:

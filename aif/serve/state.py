@@ -14,36 +14,64 @@ from pathlib import Path
 import numpy as np
 
 from ..features.engine import grouped_row_features, transaction_features, with_derived
-from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
+from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of, window_columns
 from ..io import atomic_output
 
 # %% auto #0
-__all__ = ['HISTORY', 'RAW', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'take', 'place', 'spans', 'Arena',
-           'Merged', 'merge', 'AlreadyScored', 'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'Pending',
-           'OnlineFeatures', 'durable']
+__all__ = ['HISTORY', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'history_dtype', 'history_columns',
+           'history_rows', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge', 'AlreadyScored', 'LabelChangeRefused',
+           'out_of_time', 'stamp_of', 'KnownIds', 'Pending', 'OnlineFeatures', 'durable']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
 # concatenation promotes fields array by array, ten times slower for thousands of keys).
 HISTORY = np.dtype([("time", "i8"), ("amount", "f8"), ("label", "i8"), ("id", "i8")])
-RAW = np.dtype((np.void, HISTORY.itemsize))
 # Snapshots and shared state name their format: version 2 keyed card-terminal pairs with
 # `aif.features.specs.pair_key`, version 3 added the known ids with their label state and
 # answer; state kept under another format is rebuilt, never misread.
 STATE_FORMAT_KEY, STATE_FORMAT = "aif_state_format", "3"
 
 
-# Rows move as raw 32-byte records: numpy copies a structured dtype field by field, 3-5x
-# slower, and these moves are most of a batch's time.
+def history_dtype(specs) -> np.dtype:
+    "An entity's history rows: `HISTORY`, and a field per attribute its windows read."
+    categories = {s.column for s in specs if s.kind == "distinct_count"}
+    return np.dtype(HISTORY.descr + [(f"@{c}", "i8" if c in categories else "f8")
+                                     for c in window_columns(specs)])
+
+
+def history_columns(rows: np.ndarray, specs) -> dict[str, np.ndarray]:
+    "The columns the windows of `specs` read, from history rows (what the kernels take)."
+    return {"tx_amount": np.ascontiguousarray(rows["amount"]),
+            **{c: np.ascontiguousarray(rows[f"@{c}"]) for c in window_columns(specs)}}
+
+
+def history_rows(rows: dict, dtype: np.dtype) -> np.ndarray:
+    "A batch's transactions (numpy columns) as history rows of `dtype`."
+    new = np.empty(len(rows["transaction_id"]), dtype)
+    new["time"], new["amount"], new["id"] = (rows["tx_datetime"], rows["tx_amount"],
+                                             rows["transaction_id"])
+    new["label"] = rows.get("tx_fraud", 0)
+    for name in dtype.names[len(HISTORY.names):]:
+        values = np.asarray(rows[name[1:]])
+        if dtype[name].kind == "i" and values.dtype.kind not in "iub":
+            raise ValueError(f"{name[1:]} is not a category (a distinct count reads it)")
+        new[name] = values
+    return new
+
+
+# Rows move as raw records of 8-byte words: numpy copies a structured dtype field by field,
+# 3-5x slower, and these moves are most of a batch's time.
 def take(rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
     "rows[positions], fast."
-    words = np.take(rows.view(np.int64).reshape(-1, 4), positions, axis=0)
-    return words.view(HISTORY).reshape(-1)
+    words = np.take(rows.view(np.int64).reshape(-1, rows.dtype.itemsize // 8), positions,
+                    axis=0)
+    return words.view(rows.dtype).reshape(-1)
 
 
 def place(into: np.ndarray, positions, rows: np.ndarray) -> None:
     "into[positions] = rows, fast (positions: an index array or a slice)."
-    into.view(RAW)[positions] = rows.view(RAW)
+    raw = np.dtype((np.void, into.dtype.itemsize))
+    into.view(raw)[positions] = rows.view(raw)
 
 # %% ../../nbs/60_online_state.ipynb #0c01513a
 def spans(start: np.ndarray, length: np.ndarray) -> np.ndarray:
@@ -63,9 +91,13 @@ class Arena:
     used: int = 0
 
     @classmethod
-    def empty(cls) -> Arena:
+    def empty(cls, dtype: np.dtype = HISTORY) -> Arena:
         none = np.empty(0, np.int64)
-        return cls(none, none.copy(), none.copy(), np.empty(0, HISTORY))
+        return cls(none, none.copy(), none.copy(), np.empty(0, dtype))
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.rows.dtype
 
     @classmethod
     def of(cls, keys: np.ndarray, rows: np.ndarray) -> Arena:
@@ -120,7 +152,7 @@ class Arena:
         "Move the live rows, in key order, to the front of a buffer of `capacity` rows."
         live = take(self.rows, spans(self.start, self.length))
         if capacity != len(self.rows):
-            self.rows = np.empty(max(capacity, len(live)), HISTORY)
+            self.rows = np.empty(max(capacity, len(live)), self.rows.dtype)
         place(self.rows, slice(0, len(live)), live)
         self.start = np.cumsum(self.length) - self.length
         self.used = len(live)
@@ -155,7 +187,7 @@ def merge(store, keys: np.ndarray, new: np.ndarray) -> Merged:
     old_len, old_rows = store.get(unique)
     sizes = old_len + counts
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    rows = np.empty(int(bounds[-1]), HISTORY)
+    rows = np.empty(int(bounds[-1]), new.dtype)
     source = np.full(len(rows), -1)
     new_at = np.repeat(bounds[:-1] + old_len - first, counts) + np.arange(len(new))
     place(rows, new_at, new)
@@ -303,7 +335,9 @@ class OnlineFeatures:
     @classmethod
     def empty(cls, specs: tuple[FeatureSpec, ...], lateness: int = 0) -> OnlineFeatures:
         entities = {s.entity for s in specs if s.entity != "transaction"}
-        return cls(tuple(specs), horizon_us(specs), {e: Arena.empty() for e in sorted(entities)},
+        return cls(tuple(specs), horizon_us(specs),
+                   {e: Arena.empty(history_dtype([s for s in specs if s.entity == e]))
+                    for e in sorted(entities)},
                    KnownIds(), lateness)
 
     def current_clock(self) -> int | None:
@@ -338,27 +372,24 @@ class OnlineFeatures:
 
     def prepare(self, rows: dict, compute: bool = True, check: bool = True) -> Pending:
         "The batch's features and merged histories; nothing is kept yet."
-        n = len(rows["transaction_id"])
         seen = self.already_scored(rows["transaction_id"]) if check else []
         if seen:
             raise AlreadyScored(seen)
         out = transaction_features(rows, [s for s in self.specs if s.entity == "transaction"]) \
             if compute else {}
-        new = np.empty(n, HISTORY)
-        new["time"], new["amount"], new["id"] = (rows["tx_datetime"], rows["tx_amount"],
-                                                 rows["transaction_id"])
-        new["label"] = rows.get("tx_fraud", 0)
+        new = {}   # the batch as history rows, one layout per set of attributes kept
         keys = {entity: entity_key(rows, entity) for entity in self.history}
         merged = {}
         for entity, store in self.history.items():
-            m = merged[entity] = merge(store, keys[entity], new)
+            if store.dtype not in new:
+                new[store.dtype] = history_rows(rows, store.dtype)
+            m = merged[entity] = merge(store, keys[entity], new[store.dtype])
             if compute:
                 specs = [s for s in self.specs if s.entity == entity]
                 targets = np.flatnonzero(m.source >= 0)
                 values = grouped_row_features(
-                    m.bounds, np.ascontiguousarray(m.rows["time"]),
-                    np.ascontiguousarray(m.rows["amount"]), np.ascontiguousarray(m.rows["label"]),
-                    specs, targets)
+                    m.bounds, np.ascontiguousarray(m.rows["time"]), history_columns(m.rows, specs),
+                    np.ascontiguousarray(m.rows["label"]), specs, targets)
                 where = m.source[targets]   # targets are in (key, time, id) order
                 for name, v in values.items():
                     out[name] = np.empty_like(v)
@@ -463,8 +494,10 @@ class OnlineFeatures:
                         "time": known["stamp"] >> 2, "amount": pa.nulls(len(known), pa.float64()),
                         "label": known["stamp"] & 3, "id": known["id"],
                         "terminal": known["terminal"]})
+        # entities keep different attributes: a column one does not keep is null in its rows
         table = pa.concat_tables([part(entity, *store.everything())
-                                  for entity, store in self.history.items()] + [ids])
+                                  for entity, store in self.history.items()] + [ids],
+                                 promote_options="default")
         table = table.replace_schema_metadata({
             STATE_FORMAT_KEY: STATE_FORMAT, "journal_seq": str(self.journal_seq),
             "clock": "" if self.clock is None else str(self.clock)})
@@ -474,6 +507,7 @@ class OnlineFeatures:
 
     def load(self, path: Path) -> None:
         "Read a snapshot `save` wrote; ValueError for one in another format (older keys)."
+        import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
@@ -486,12 +520,18 @@ class OnlineFeatures:
         def of(entity: str) -> dict[str, np.ndarray]:
             part = table.filter(pc.equal(table.column("entity"), entity))
             return {c: part.column(c).to_numpy() for c in ("key", "time", "label", "id")} | {
+                c: part.column(c) for c in part.column_names if c.startswith("@")} | {
                 c: part.column(c) for c in ("amount", "terminal")}
 
-        for name in self.history:
+        for name, store in self.history.items():
             part = of(name)
-            rows = np.empty(len(part["key"]), HISTORY)
-            for field_name in HISTORY.names:
+            lacking = [f for f in store.dtype.names if f not in part or (
+                isinstance(part[f], pa.ChunkedArray) and part[f].null_count)]
+            if lacking:   # saved for features that did not read this attribute
+                raise ValueError(f"{path}: a feature-state snapshot without {lacking[0]} for "
+                                 f"{name} (another feature layout)")
+            rows = np.empty(len(part["key"]), store.dtype)
+            for field_name in store.dtype.names:
                 rows[field_name] = np.asarray(part[field_name])
             self.history[name] = Arena.of(part["key"], rows)
         part = of("transaction")

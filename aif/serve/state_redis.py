@@ -7,13 +7,14 @@ so several `aif serve` replicas behind a load balancer see one state. Select it 
 # %% ../../nbs/61_state_redis.ipynb #e56dc898
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
 from .state import (HISTORY, STATE_FORMAT, AlreadyScored, LabelChangeRefused,
-                             OnlineFeatures, stamp_of)
+                             OnlineFeatures, history_dtype, stamp_of)
 
 # %% auto #0
 __all__ = ['PREFIX', 'CLOCK', 'TX', 'RedisHistory', 'RedisFeatures']
@@ -27,13 +28,17 @@ class RedisHistory:
     """One entity's histories, read in bulk before a batch and written back after it: the
     `get`/`put` of `aif.online.Arena`, over Redis."""
 
-    def __init__(self, client, entity: str):
-        self.client, self.entity = client, entity
+    def __init__(self, client, entity: str, dtype: np.dtype = HISTORY):
+        self.client, self.entity, self.dtype = client, entity, np.dtype(dtype)
+        # histories that keep attributes name their layout: keys of another one are never read
+        layout = "" if self.dtype == HISTORY else hashlib.sha256(
+            str(self.dtype.descr).encode()).hexdigest()[:12] + ":"
+        self.stem = f"{PREFIX}h:{layout}{entity}:"
         self.cache: dict[int, bytes | None] = {}
         self.writes: dict[str, bytes] = {}
 
     def name(self, key: int) -> str:
-        return f"{PREFIX}h:{self.entity}:{key}"
+        return f"{self.stem}{key}"
 
     def prefetch(self, reader, keys: list[int]) -> None:
         values = reader.mget([self.name(k) for k in keys]) if keys else []
@@ -43,9 +48,9 @@ class RedisHistory:
     def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         found = [self.cache[k] if k in self.cache else self.client.get(self.name(k))
                  for k in keys.tolist()]
-        length = np.array([0 if v is None else len(v) // HISTORY.itemsize for v in found],
+        length = np.array([0 if v is None else len(v) // self.dtype.itemsize for v in found],
                           np.int64)
-        return length, np.frombuffer(b"".join(v for v in found if v is not None), HISTORY)
+        return length, np.frombuffer(b"".join(v for v in found if v is not None), self.dtype)
 
     def put(self, keys: np.ndarray, rows: np.ndarray, bounds: np.ndarray) -> None:
         for k, lo, hi in zip(keys.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(),
@@ -54,21 +59,21 @@ class RedisHistory:
 
     def rows(self) -> int:
         "How many rows Redis holds for this entity, from the values' lengths (no transfer)."
-        names = list(self.client.scan_iter(match=f"{PREFIX}h:{self.entity}:*", count=1000))
+        names = list(self.client.scan_iter(match=f"{self.stem}*", count=1000))
         with self.client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.strlen(name)
-            return sum(pipe.execute()) // HISTORY.itemsize
+            return sum(pipe.execute()) // self.dtype.itemsize
 
     def everything(self) -> tuple[np.ndarray, np.ndarray]:
         "The key of every row in Redis, and the rows (a scan: for counts, not for scoring)."
         keys, parts = [], []
-        for name in self.client.scan_iter(match=f"{PREFIX}h:{self.entity}:*", count=1000):
-            rows = np.frombuffer(self.client.get(name) or b"", HISTORY)
+        for name in self.client.scan_iter(match=f"{self.stem}*", count=1000):
+            rows = np.frombuffer(self.client.get(name) or b"", self.dtype)
             keys.append(np.full(len(rows), int(name.rsplit(b":", 1)[1])))
             parts.append(rows)
         return (np.concatenate(keys) if keys else np.empty(0, np.int64),
-                np.concatenate(parts) if parts else np.empty(0, HISTORY))
+                np.concatenate(parts) if parts else np.empty(0, self.dtype))
 
 # %% ../../nbs/61_state_redis.ipynb #07becec3
 # What a replica needs of a transaction another replica scored: to find its histories when a
@@ -96,7 +101,8 @@ class RedisFeatures(OnlineFeatures):
         client.ping()
         entities = sorted({s.entity for s in specs if s.entity != "transaction"})
         return cls(tuple(specs), horizon_us(specs),
-                   {e: RedisHistory(client, e) for e in entities}, lateness=lateness,
+                   {e: RedisHistory(client, e, history_dtype([s for s in specs if s.entity == e]))
+                    for e in entities}, lateness=lateness,
                    client=client)
 
     @property
@@ -218,15 +224,16 @@ class RedisFeatures(OnlineFeatures):
                         return False
                     record = np.frombuffer(value[:TX.itemsize], TX).copy()
                     keys = keys_of(int(record["customer"][0]), int(record["terminal"][0]))
-                    names = [h.name(keys[e]) for e, h in self.history.items() if e in keys]
+                    stores = [h for e, h in self.history.items() if e in keys]
+                    names = [h.name(keys[h.entity]) for h in stores]
                     pipe.watch(tx_name, *names)
                     histories = pipe.mget(names)
                     pipe.multi()
                     hit = False
-                    for name, history in zip(names, histories, strict=True):
+                    for store, name, history in zip(stores, names, histories, strict=True):
                         if history is None:
                             continue
-                        rows = np.frombuffer(history, HISTORY).copy()
+                        rows = np.frombuffer(history, store.dtype).copy()
                         at = rows["id"] == transaction_id
                         rows["label"][at] = fraud
                         hit |= bool(at.any())
