@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHMARKS = ["simulate", "features", "quality", "drift", "detection", "lifecycle", "serve",
-              "dask", "dask_train"]
+              "serve_export", "dask", "dask_train"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or BENCHMARKS

@@ -224,23 +224,19 @@ def scan_for(values: set[str], root: Path, skip: tuple[str, ...] = ("landing",))
     return found
 
 
-def as_request(row) -> dict:
-    "One export row as a client sends it: ids as the export has them, the attributes by name."
-    return {"transaction_id": [row.trans_num, row.cc_num],
-            "tx_datetime": f"{row.trans_date}T{row.trans_time}", "customer_id": row.cc_num,
-            "terminal_id": row.merchant, "tx_amount": float(row.amt),
-            "merchant_category": row.category, "customer_lat": float(row.lat),
-            "customer_long": float(row.long), "merchant_lat": float(row.merch_lat),
-            "merchant_long": float(row.merch_long)}
-
-
 def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project: Path):
     """Raw files to a model to the service, by params alone; replayed through the service,
     the export's rows get the offline features, declared ones included; no PII anywhere."""
     from test_serve import assert_same_features, service
 
     from aif.config.params import SimulateParams
-    from aif.data.card_export import DECLARED_FEATURES, INGEST_PARAMS, export_frame
+    from aif.data.card_export import (
+        CATEGORIES,
+        DECLARED_FEATURES,
+        INGEST_PARAMS,
+        export_frame,
+        score_request,
+    )
 
     project, key = modelling_project, "AIF_ID_HASH_KEY"
     small = {**SMALL_MODELLING["simulate"], "n_customers": 150}   # 28,000 rows: seconds
@@ -281,7 +277,7 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
     assert (features.terminal_id > 2**48).any()   # merchant names: hashed keys
 
     replay = raw[(raw.trans_date >= "2018-07-06") & (raw.trans_date < "2018-07-07")]
-    requests = [as_request(r) for r in replay.itertuples()]
+    requests = [score_request(r) for r in replay.itertuples()]
     with service(project, "--state-until", "2018-07-06", **secret) as (client, _):
         schema = client.get("/openapi.json").json()["components"]["schemas"]["Transaction"]
         assert schema["properties"]["transaction_id"]["maxItems"] == 2   # from the mapping
@@ -293,6 +289,9 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
         again = client.post("/score", json=requests[5])    # a retry: its first answer
         assert again.status_code == 200 and again.json() == client.post(
             "/score", json=requests[5]).json()
+        other = next(c for c in CATEGORIES if c != requests[5]["merchant_category"])
+        changed = client.post("/score", json={**requests[5], "merchant_category": other})
+        assert changed.status_code == 409, changed.text   # not a retry: another transaction
         assert client.post("/score", json={**requests[0], "customer_lat": 91.0}
                            ).status_code == 422
         labelled = client.post("/labels", json={"transaction_id": requests[0]["transaction_id"],

@@ -27,7 +27,7 @@ from .simulate import (generate_customers, generate_terminal_locations,
 
 # %% auto #0
 __all__ = ['CATEGORIES', 'INGEST_PARAMS', 'DECLARED_FEATURES', 'BROKEN_ROWS', 'card_numbers', 'merchant_names', 'export_frame',
-           'write_card_export', 'main']
+           'write_card_export', 'score_request', 'main']
 
 # %% ../../nbs/12_card_export.ipynb #c4e0a005
 CATEGORIES = ("grocery_pos", "gas_transport", "shopping_net", "misc_pos", "entertainment",
@@ -153,6 +153,17 @@ def write_card_export(params: SimulateParams, out: Path) -> dict[str, int]:
         pq.write_table(table.replace_schema_metadata(None), tmp / "cards-c.parquet")
     return {"cards-a.csv": int(even.sum()), "cards-b.csv": int((~even).sum()),
             "cards-c.parquet": int(last_days.sum())}
+
+
+def score_request(row) -> dict:
+    """One export row (a namedtuple of `export_frame`) as a client sends it to `/score` under
+    `INGEST_PARAMS`: ids as the export has them, the attributes by name."""
+    return {"transaction_id": [row.trans_num, row.cc_num],
+            "tx_datetime": f"{row.trans_date}T{row.trans_time}", "customer_id": row.cc_num,
+            "terminal_id": row.merchant, "tx_amount": float(row.amt),
+            "merchant_category": row.category, "customer_lat": float(row.lat),
+            "customer_long": float(row.long), "merchant_lat": float(row.merch_lat),
+            "merchant_long": float(row.merch_long)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -511,9 +511,10 @@ def refuse_out_of_time(service: Service, times: np.ndarray, request_id: str) -> 
 def original_answers(service: Service, columns: dict[str, np.ndarray],
                      known: np.ndarray) -> dict:
     """For each transaction the state already holds: whether it is the same transaction
-    again (card, terminal, time and amount all equal) and, if so, the answer it got then
-    (from the journal, or from Redis with a shared state). A retry after a broken connection
-    gets its original result; a different transaction under a known id is a conflict."""
+    again (card, terminal, time and amount all equal, and the attributes the features read,
+    from the journal) and, if so, the answer it got then (from the journal, or from Redis
+    with a shared state, which keeps no attributes). A retry after a broken connection gets
+    its original result; a different transaction under a known id is a conflict."""
     ids = columns["transaction_id"]
     n = len(ids)
     out = {"known": known,
@@ -539,16 +540,18 @@ def original_answers(service: Service, columns: dict[str, np.ndarray],
     wanted = np.flatnonzero(out["known"])
     if service.journal is None:
         return out
+    attributes = [c for c in spec_inputs(service.features.specs) if c in columns]
     for table in service.journal.covering(columns["tx_datetime"][wanted]):
         table["tx_datetime"] = table["tx_datetime"].view(np.int64)
+        compared = (*inputs, *(c for c in attributes if c in table))
         got = table["transaction_id"]
         order = np.argsort(got)
         at = np.minimum(np.searchsorted(got, ids[wanted], sorter=order), len(got) - 1)
         hit = got[order[at]] == ids[wanted]
         for j, k in zip(wanted[hit].tolist(), order[at[hit]].tolist(), strict=True):
-            then = {c: table[c][k].item() for c in (*inputs, "score", "fraud_probability",
+            then = {c: table[c][k].item() for c in (*compared, "score", "fraud_probability",
                                                      "alert", "model_version")}
-            out["same"][j] = all(then[c] == columns[c][j] for c in inputs)
+            out["same"][j] = all(_same(then[c], columns[c][j].item()) for c in compared)
             for c in ("score", "fraud_probability", "alert"):
                 out[c][j] = then[c]
             out["model_version"][j] = then["model_version"]
@@ -558,13 +561,18 @@ def original_answers(service: Service, columns: dict[str, np.ndarray],
     return out
 
 
+def _same(then, now) -> bool:
+    "Equal values, a missing attribute (NaN) equal to itself."
+    return then == now or (then != then and now != now)
+
+
 def conflict(ids: list[int]):
     from fastapi.responses import JSONResponse
 
     return JSONResponse(status_code=409, content={"detail": [{
         "loc": ["body", "transaction_id"], "msg": f"transaction {ids[0]} was already scored "
-        "with other content (card, terminal, time or amount); each transaction enters the "
-        "feature state once, and a retry must be identical", "type": "conflict"}]})
+        "with other content (card, terminal, time, amount or attributes); each transaction "
+        "enters the feature state once, and a retry must be identical", "type": "conflict"}]})
 
 
 async def score_response(service: Service, raw: bytes, request_id: str, explain: bool):
