@@ -19,6 +19,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python --require-hashes requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@# `dvc plots show` with vega inlined (.dvc/config: plots.html_template): works offline
+	@$(BIN)/aif plots-page
 	@touch $@
 
 install: $(STAMP) ## create .venv and install the locked dependencies (done by every target)

@@ -33,6 +33,7 @@ COMMANDS = {
     "train": ("aif.modelling.train", "fit, calibrate and save the model in models/"),
     "evaluate": ("aif.modelling.evaluate", "test metrics, plots, segments and the model card"),
     "summary": ("aif.modelling.summary", "the headline metrics and where the results are"),
+    "plots-page": ("aif.modelling.plots_page", "the offline page template of `dvc plots show`"),
     "monitor": ("aif.monitor.report", "run the drift report notebook with papermill"),
     "registry": ("aif.lifecycle.promote", "model versions and stages (GTO): list, show, promote, ..."),
     "retrain": ("aif.lifecycle.retrain", "retrain as of a date and promote through the gate"),

@@ -78,7 +78,7 @@ def test_metrics_plots_segments_and_card(pipeline: Path):
     shown = json.loads(run(["dvc", "plots", "show", "--json"], pipeline).stdout)
     for title in ("ROC, test week", "Precision-recall, test week", "Tuning history",
                   "Calibration of the fraud probability", "Share of transactions by model score",
-                  "Card precision@k per test day"):
+                  "Card precision@k per test day (day 1 is the first of the test week)"):
         assert shown["data"][title][0]["type"] == "vega", title
     assert not shown.get("errors")
     segments = pd.read_csv(pipeline / "reports/segments.csv")
@@ -146,3 +146,22 @@ def test_too_little_history_fails_clearly(modelling_project: Path):
     result = run(["aif", "tune"], modelling_project, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "history" in result.stderr and "split.train_start" in result.stderr
+
+
+def test_dvc_plots_render_offline_in_a_browser(pipeline: Path, tmp_path: Path):
+    "`dvc plots show` through the inlined page template: every Vega plot drawn, nothing fetched."
+    from browser import browser, requests_made
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    run(["aif", "plots-page"], pipeline)   # what `make install` does in the workspace
+    out = tmp_path / "plots"
+    run(["dvc", "plots", "show", "-o", str(out)], pipeline)
+    page = (out / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and page.count("vegaEmbed('#") == 6
+    with browser() as driver:
+        driver.get((out / "index.html").as_uri())
+        drawn = "return document.querySelectorAll('.vega-embed canvas').length"
+        WebDriverWait(driver, 30).until(lambda d: d.execute_script(drawn) == 6)
+        assert [url for url in requests_made(driver)
+                if not url.startswith(("data:", "file:"))] == []
+        driver.save_screenshot(str(tmp_path / "dvc_plots.png"))

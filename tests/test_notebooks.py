@@ -22,6 +22,25 @@ def test_notebook_examples_pass(notebook: Path):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+# Sections that show what the pipeline made of the workspace's data (`#| workspace` cells):
+# skipped by a plain `nbdev-test`, run here on the tests' small trained project.
+WITH_WORKSPACE_SECTIONS = [p for p in TESTED_BY_NBDEV
+                           if '"#| workspace' in (REPO / "nbs" / p).read_text()]
+
+
+@pytest.mark.parametrize("notebook", WITH_WORKSPACE_SECTIONS, ids=str)
+def test_workspace_sections_run_on_a_trained_project(notebook: Path, trained_project: Path):
+    result = run(["nbdev-test", "--flags", "workspace", str(REPO / "nbs" / notebook)], REPO,
+                 check=False, AIF_ROOT=str(trained_project))
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_the_stage_notebooks_have_workspace_sections():
+    "Every stage whose outputs a data scientist reads ends with a section on them."
+    assert {p.stem for p in WITH_WORKSPACE_SECTIONS} >= {
+        "10_simulate", "11_ingest", "23_local_engine", "33_train", "35_evaluate"}
+
+
 def _copy_sources(dest: Path) -> Path:
     shutil.copy(REPO / "pyproject.toml", dest / "pyproject.toml")
     shutil.copytree(REPO / "nbs", dest / "nbs")

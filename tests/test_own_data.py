@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from aif.config.params import IngestParams, ParamsError
 from aif.data.ingest import SourceRows, ingest_rows, read_source
 from aif.io import StageError
-from aif.keys import composite_text, key_of, keys_of_integers, keys_of_text
+from aif.keys import category_keys, composite_text, key_of, keys_of_integers, keys_of_text
 
 NOW = pd.Timestamp("2026-01-01")
 SECRET = b"a-test-secret-of-32-bytes-or-more!!"
@@ -62,7 +62,12 @@ id_texts = st.one_of(st.integers(-2**70, 2**70).map(str), st.text(min_size=1, ma
 @given(st.lists(id_texts, min_size=1, max_size=40))
 def test_the_vectorised_rule_is_the_one_value_rule(texts):
     texts = [t.strip() or "x" for t in texts]
-    assert keys_of_text(pd.Series(texts)).tolist() == [key_of(t) for t in texts]
+    expected = [key_of(t) for t in texts]
+    assert keys_of_text(pd.Series(texts)).tolist() == expected
+    # many values take the vectorised path, a request's few the one-value rule: the same keys
+    assert keys_of_text(pd.Series(texts * 20)).tolist() == expected * 20
+    assert category_keys(texts * 20).tolist() == expected * 20
+    assert category_keys(texts[:3]).tolist() == expected[:3]
     keys = keys_of_text(pd.Series(texts))
     assert ((keys >= 0) & (keys < 2**63)).all()
     for t, k in zip(texts, keys.tolist(), strict=True):   # canonical integers keep their value

@@ -49,8 +49,8 @@ INGEST_PARAMS = {
     "sensitive_ids": ["customer_id"],
 }
 # features declared on the export's attributes (nbs/20_feature_specs): a category used as an
-# entity, a card-category pair, windows over attributes (the categories a card paid in, how
-# far apart a merchant's customers live), a distance, the category itself for LightGBM, a ratio
+# entity, a card-category pair, the card's largest amount and the categories it paid in over a
+# week, a distance, the category itself for LightGBM, a ratio (README: what each one moved)
 DECLARED_FEATURES = [
     {"name": "category_nb_tx_1d", "entity": "merchant_category", "aggregation": "count",
      "window_days": 1},
@@ -62,8 +62,6 @@ DECLARED_FEATURES = [
      "window_days": 7},
     {"name": "customer_categories_7d", "entity": "customer", "aggregation": "distinct_count",
      "inputs": ["merchant_category"], "window_days": 7},
-    {"name": "terminal_customer_lat_std_30d", "entity": "terminal", "aggregation": "std",
-     "inputs": ["customer_lat"], "window_days": 30},
     {"name": "customer_merchant_km", "aggregation": "haversine",
      "inputs": ["customer_lat", "customer_long", "merchant_lat", "merchant_long"]},
     {"name": "tx_hour", "aggregation": "hour"},

@@ -24,8 +24,8 @@ from .split import load_periods, split_frame, test_protocol
 from ..tracking import tracked_run
 
 # %% auto #0
-__all__ = ['baseline_scores', 'first_appearance', 'write_dvc_plots', 'shap_values', 'write_figures', 'model_card', 'main',
-           'log_to_wandb']
+__all__ = ['baseline_scores', 'first_appearance', 'write_dvc_plots', 'shap_values', 'calibration_bins', 'write_figures',
+           'model_card', 'main', 'log_to_wandb']
 
 # %% ../../nbs/35_evaluate.ipynb #beae183f
 def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, columns: list[str],
@@ -68,9 +68,10 @@ def write_dvc_plots(folder: Path, y: np.ndarray, model_score: np.ndarray,
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
     days = sorted(per_day["model"])
     with atomic_output(folder / "card_precision_per_day.json") as tmp:
-        tmp.write_text(json.dumps([{"day": d, "model": per_day["model"][d],
-                                    "baseline": per_day["baseline"][d]} for d in days],
-                                  indent=1) + "\n")
+        # DVC's templates take x as a number: the test day's number beside its date
+        tmp.write_text(json.dumps([{"test_day": i + 1, "day": d, "model": per_day["model"][d],
+                                    "baseline": per_day["baseline"][d]}
+                                   for i, d in enumerate(days)], indent=1) + "\n")
 
 
 def shap_values(model: Model, X: np.ndarray, sample: int, seed: int
@@ -82,13 +83,27 @@ def shap_values(model: Model, X: np.ndarray, sample: int, seed: int
     return X[rows], contrib[:, :-1]
 
 
+def calibration_bins(y: np.ndarray, probability: np.ndarray, per_decade: int = 3
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean predicted probability, observed fraud rate and transactions of each non-empty bin,
+    bins log-spaced from 1e-4 to 1 (`per_decade` a decade; below 1e-4 the first). Frauds are
+    rare: quantile bins put nearly every point near 0 and leave the tail where alerts fire
+    two or three points."""
+    inner = np.logspace(-4, 0, 4 * per_decade + 1)[:-1]
+    bin_of = np.searchsorted(inner, probability, side="right")
+    count = np.bincount(bin_of, minlength=len(inner) + 1)
+    has = count > 0
+    predicted = np.bincount(bin_of, weights=probability, minlength=len(count))[has] / count[has]
+    observed = np.bincount(bin_of, weights=y, minlength=len(count))[has] / count[has]
+    return predicted, observed, count[has]
+
+
 def write_figures(folder: Path, y: np.ndarray, scores: dict[str, np.ndarray],
                   probability: np.ndarray, model: Model, shap: tuple[np.ndarray, np.ndarray],
-                  per_day: dict[str, dict]) -> list[Path]:
+                  per_day: dict[str, dict], k: int) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.calibration import calibration_curve
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,19 +119,29 @@ def write_figures(folder: Path, y: np.ndarray, scores: dict[str, np.ndarray],
         roc_ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(y, score):.3f})")
         precision, recall, _ = precision_recall_curve(y, score)
         pr_ax.plot(recall, precision, label=f"{name} (AP {average_precision(y, score):.3f})")
-    roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test week")
+    # investigators see the top of the ranking: the ROC's left end, spread by a log axis
+    chance = np.logspace(-4, 0, 50)
+    roc_ax.plot(chance, chance, color="grey", lw=0.8, ls="--", label="chance")
+    roc_ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1), xlabel="false positive rate (log)",
+               ylabel="true positive rate", title="ROC, test week")
     pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, test week")
     roc_ax.legend(), pr_ax.legend()
     save(fig, "roc_pr.png")
 
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    true, pred = calibration_curve(y, probability, n_bins=10, strategy="quantile")
-    ax.plot(pred, true, marker="o", label="calibrated model")
-    ax.plot([0, pred.max()], [0, pred.max()], color="grey", ls="--", lw=0.8)
-    ax.set(xlabel="predicted fraud probability", ylabel="observed fraud rate",
-           title="Calibration (quantile bins)")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    pred, true, count = calibration_bins(y, probability)
+    seen = true > 0
+    ax.plot(pred[seen], true[seen], lw=0.8)
+    ax.scatter(pred[seen], true[seen], s=12 + 60 * count[seen] / count.max(), zorder=3,
+               label="calibrated model (area: transactions in the bin)")
+    if (~seen).any():   # a bin without fraud has no place on a log axis: marked at its foot
+        ax.scatter(pred[~seen], np.full((~seen).sum(), 1.2e-4), marker="v", color="tab:blue",
+                   label="a bin without fraud")
+    ax.plot([1e-4, 1], [1e-4, 1], color="grey", ls="--", lw=0.8, label="perfect calibration")
+    ax.set(xscale="log", yscale="log", xlim=(1e-4, 1), ylim=(1e-4, 1.2),
+           xlabel="predicted fraud probability (log)", ylabel="observed fraud rate (log)",
+           title="Calibration in log-spaced bins")
+    ax.legend(loc="upper left", fontsize=8)
     save(fig, "calibration.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -132,8 +157,11 @@ def write_figures(folder: Path, y: np.ndarray, scores: dict[str, np.ndarray],
     days = sorted(per_day["model"])
     for name in ("model", "baseline"):
         ax.plot(days, [per_day[name][d] for d in days], marker="o", label=name)
-    ax.set(ylabel="card precision@k", title="Card precision per test day")
-    ax.tick_params(axis="x", rotation=30)
+    ax.set(ylim=(0, 1), ylabel=f"card precision@{k}",
+           title=f"Card precision per test day (of the {k} riskiest cards, the share "
+           "compromised)")
+    ax.title.set_fontsize(10)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     ax.legend()
     save(fig, "card_precision_per_day.png")
 
@@ -151,11 +179,15 @@ def write_figures(folder: Path, y: np.ndarray, scores: dict[str, np.ndarray],
     for row, j in enumerate(order):
         v = values[:, j]
         ranks = pd.Series(v).rank(pct=True).to_numpy()
-        ax.scatter(contrib[:, j], row + jitter, c=ranks, cmap="coolwarm", s=3, alpha=0.6)
+        dots = ax.scatter(contrib[:, j], row + jitter, c=ranks, cmap="coolwarm", s=3,
+                          alpha=0.6, vmin=0, vmax=1)
     ax.set_yticks(range(len(order)), np.array(model.features)[order])
     ax.axvline(0, color="grey", lw=0.8)
+    bar = fig.colorbar(dots, ax=ax, pad=0.01, aspect=40)
+    bar.set_ticks([0, 1], labels=["low", "high"])
+    bar.set_label("feature value (rank among the rows)")
     ax.set(xlabel="contribution to the log-odds (SHAP, LightGBM pred_contrib)",
-           title=f"SHAP summary, {len(contrib):,} test rows (colour: feature value rank)")
+           title=f"SHAP summary, {len(contrib):,} test rows")
     save(fig, "shap_summary.png")
     return written
 
@@ -178,7 +210,8 @@ def model_card(model: Model, metrics: dict, segments: pd.DataFrame, protocol) ->
 ## Intended use
 Ranks card payments by fraud risk so that investigators check the riskiest cards first
 (about {m['k']} cards a day) and an alert fires above a score threshold
-({info['alert']['threshold']:.4f}, about {info['alert']['budget_per_day']} alerts a day).
+({info['alert']['threshold']:.4f}, set for {info['alert']['budget_per_day']} alerts a day on
+{info['alert']['set_on']}; {m['alerts_per_day_at_threshold']:.1f} a day on the test week).
 Trained on simulated data (the handbook's generator); retrain on your own data before use.
 Not for automated blocking without review.
 
@@ -254,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         segments.to_csv(tmp, index=False, float_format="%.6g")
     shap = shap_values(model, test[model.features].to_numpy(np.float64),
                        params.evaluate.shap_sample, params.seed)
-    figures = write_figures(paths.figures, y, scores, probability, model, shap, per_day)
+    figures = write_figures(paths.figures, y, scores, probability, model, shap, per_day,
+                            metrics["model"]["k"])
     with atomic_output(paths.model_card) as tmp:
         tmp.write_text(model_card(model, metrics, segments, protocol))
     log_to_wandb(paths, metrics, segments, figures)

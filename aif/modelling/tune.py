@@ -214,15 +214,24 @@ def write_history(study: optuna.Study, plot_json: Path, figure: Path) -> None:
         rows.append({"trial": t.number, "mean_average_precision": t.value, "best_so_far": best})
     with atomic_output(plot_json) as tmp:
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    # a pruned trial has no value: it is drawn at the mean AP of the folds it ran (what it
+    # reported last, nbs/32 `objective`)
+    pruned = [(t.number, float(t.intermediate_values[max(t.intermediate_values)]))
+              for t in study.trials if t.state == optuna.trial.TrialState.PRUNED
+              and t.intermediate_values]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter([r["trial"] for r in rows], [r["mean_average_precision"] for r in rows],
-               s=14, label="trial")
+               s=14, label=f"complete trial ({len(rows)})")
+    if pruned:
+        ax.scatter(*zip(*pruned, strict=True), s=18, marker="x", color="grey",
+                   label=f"pruned trial ({len(pruned)}; AP of the folds it ran)")
     ax.step([r["trial"] for r in rows], [r["best_so_far"] for r in rows], where="post",
             color="tab:red", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.get_major_locator().set_params(integer=True)   # trials are numbered, not halved
     ax.set_ylabel("mean AP over folds")
     ax.set_title("Optuna optimisation history")
-    ax.legend()
+    ax.legend(fontsize=8)
     save_figure(fig, figure)
 
 

@@ -406,7 +406,7 @@ class OnlineFeatures:
             self.clock = max(self.clock if self.clock is not None else -2**63,
                              int(rows["tx_datetime"].max()))
         for entity, store in self.history.items():
-            self._keep(store, pending.merged[entity])
+            self._keep(store, pending.merged[entity], self.history_since(entity))
         self._remember(rows)
         if journal_seq is not None:
             self.journal_seq = journal_seq
@@ -414,10 +414,19 @@ class OnlineFeatures:
     def _remember(self, rows: dict) -> None:
         self.known.add(rows, "tx_fraud" in rows, self.kept_since)
 
-    def _keep(self, store, m: Merged) -> None:
+    def history_since(self, entity: str) -> int | None:
+        """Rows of `entity` older than this are in none of its windows for any transaction
+        the state may still accept: its own longest window and lag count, so a category
+        counted over a day keeps a day of its (many) rows, not the card's 37 days."""
+        horizon = horizon_us([s for s in self.specs if s.entity == entity])
+        if horizon is None or self.clock is None:
+            return None
+        return self.clock - self.lateness - horizon
+
+    def _keep(self, store, m: Merged, since: int | None) -> None:
         rows, bounds = m.rows, m.bounds
-        if self.kept_since is not None:   # drop rows no acceptable transaction can see,
-            fresh = rows["time"] > self.kept_since
+        if since is not None:   # drop rows no acceptable transaction can see,
+            fresh = rows["time"] > since
             fresh[bounds[1:] - 1] = True  # but a key's last row (time since the previous one)
             if not fresh.all():
                 rows = take(rows, np.flatnonzero(fresh))
