@@ -160,7 +160,7 @@ def test_dvc_plots_render_offline_in_a_browser(pipeline: Path, tmp_path: Path):
     assert "cdn.jsdelivr" not in page and page.count("vegaEmbed('#") == 6
     with browser() as driver:
         driver.get((out / "index.html").as_uri())
-        drawn = "return document.querySelectorAll('.vega-embed canvas').length"
+        drawn = "return document.querySelectorAll('.vega-embed svg.marks').length"
         WebDriverWait(driver, 30).until(lambda d: d.execute_script(drawn) == 6)
         assert [url for url in requests_made(driver)
                 if not url.startswith(("data:", "file:"))] == []
