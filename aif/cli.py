@@ -34,6 +34,7 @@ COMMANDS = {
     "evaluate": ("aif.modelling.evaluate", "test metrics, plots, segments and the model card"),
     "summary": ("aif.modelling.summary", "the headline metrics and where the results are"),
     "plots-page": ("aif.modelling.plots_page", "the offline page template of `dvc plots show`"),
+    "docs": ("aif.docs", "the notebooks as a site in _site/, offline (make docs)"),
     "monitor": ("aif.monitor.report", "run the drift report notebook with papermill"),
     "registry": ("aif.lifecycle.promote", "model versions and stages (GTO): list, show, promote, ..."),
     "retrain": ("aif.lifecycle.retrain", "retrain as of a date and promote through the gate"),

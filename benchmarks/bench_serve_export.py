@@ -49,11 +49,10 @@ def main() -> bool:
         items = [orjson.dumps(score_request(r)) for r in raw.itertuples()]
         figures = serve_figures(project, items[:RATE * SECONDS], items[RATE * SECONDS:],
                                 **secret)
+    headline = ("average_precision", "roc_auc", "card_precision_at_k")
     figures = {**figures, "pipeline_s": round(pipeline_s), "test_week": metrics["test"],
-               "model_on_the_export": {
-        k: metrics["model"][k] for k in ("average_precision", "roc_auc", "card_precision_at_k")},
-        "baseline_on_the_export": {k: metrics["baseline"][k] for k in (
-            "average_precision", "roc_auc", "card_precision_at_k")}}
+               **{f"{who}_on_the_export": {k: metrics[who][k] for k in headline}
+                  for who in ("model", "baseline")}}
     print(f"serve_export: {figures['requests']:,} single-transaction requests of the card "
           f"export at {RATE}/s open loop (python benchmarks/run.py serve_export)")
     report("serve_export", figures)

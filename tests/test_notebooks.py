@@ -3,6 +3,7 @@ are exactly what nbdev-export and nbdev-clean produce."""
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 from pathlib import Path
 
@@ -24,14 +25,29 @@ def test_notebook_examples_pass(notebook: Path):
 
 # Sections that show what the pipeline made of the workspace's data (`#| workspace` cells):
 # skipped by a plain `nbdev-test`, run here on the tests' small trained project.
-WITH_WORKSPACE_SECTIONS = [p for p in TESTED_BY_NBDEV
-                           if '"#| workspace' in (REPO / "nbs" / p).read_text()]
+def _starts_with(directive: str):
+    return lambda cell: cell["cell_type"] == "code" and "".join(cell["source"]).startswith(
+        f"#| {directive}")
+
+
+WITH_WORKSPACE_SECTIONS = [p for p in TESTED_BY_NBDEV if any(map(
+    _starts_with("workspace"), json.loads((REPO / "nbs" / p).read_text())["cells"]))]
 
 
 @pytest.mark.parametrize("notebook", WITH_WORKSPACE_SECTIONS, ids=str)
-def test_workspace_sections_run_on_a_trained_project(notebook: Path, trained_project: Path):
-    result = run(["nbdev-test", "--flags", "workspace", str(REPO / "nbs" / notebook)], REPO,
-                 check=False, AIF_ROOT=str(trained_project))
+def test_workspace_sections_run_on_a_trained_project(notebook: Path, trained_project: Path,
+                                                     tmp_path: Path):
+    """The notebook's definitions (its `#| export` cells) and its workspace section, on the
+    small trained project: its examples have their own test above."""
+    import nbformat
+
+    path = REPO / "nbs" / notebook
+    nb = nbformat.read(path, as_version=4)
+    nb.cells = [c for c in nb.cells if _starts_with("export")(c) or _starts_with("workspace")(c)]
+    part = tmp_path / notebook.name
+    nbformat.write(nb, part)
+    result = run(["jupyter", "execute", "--timeout=600", str(part)], path.parent, check=False,
+                 AIF_ROOT=str(trained_project))
     assert result.returncode == 0, result.stderr[-4000:]
 
 
@@ -146,3 +162,26 @@ def test_saving_in_lab_leaves_the_notebooks_as_committed(tmp_path: Path):
     check = run(["make", "-o", ".venv/.installed", "--no-print-directory", "check-nbs"], clone,
                 check=False)
     assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+
+
+def test_the_docs_site_builds_and_reads_offline_in_a_browser(tmp_path: Path):
+    "`aif docs` on two notebooks: executed pages, directives off, a contents list, no fetch."
+    from browser import browser, requests_made
+
+    out = tmp_path / "site"
+    run(["aif", "docs", "--out", str(out), "nbs/index.ipynb", "nbs/20_feature_specs.ipynb"],
+        REPO)
+    page = (out / "20_feature_specs.html").read_text()
+    assert "#| export" not in page and "default_exp" not in page
+    with browser() as driver:
+        driver.get((out / "20_feature_specs.html").as_uri())
+        text = driver.find_element("tag name", "body").text
+        assert "What a feature is" in text                 # the markdown
+        assert "def check_specs" in text                   # the exported code, documented
+        assert "features: tx_amount, tx_during_weekend" in text   # an example's output
+        links = driver.find_elements("css selector", "nav.aif-contents a")
+        assert [a.get_attribute("href").rsplit("/", 1)[1] for a in links] == [
+            "index.html", "20_feature_specs.html"]
+        assert [url for url in requests_made(driver)
+                if not url.startswith(("data:", "file:"))] == []
+        driver.save_screenshot(str(tmp_path / "docs.png"))
