@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import lightgbm as lgb
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -165,3 +166,24 @@ def test_dvc_plots_render_offline_in_a_browser(pipeline: Path, tmp_path: Path):
         assert [url for url in requests_made(driver)
                 if not url.startswith(("data:", "file:"))] == []
         driver.save_screenshot(str(tmp_path / "dvc_plots.png"))
+
+
+def test_prequential_test_folds(pipeline: Path):
+    """The handbook's protocol: the test week and the next ones that fit in the data, each
+    with a refitted model and baseline; the first fold is the single test week itself."""
+    metrics = json.loads((pipeline / "reports/metrics.json").read_text())
+    folds = metrics["prequential"]
+    start = metrics["test"]["start"]
+    # 100 days of data end 2018-07-09: weeks from 06-24 and 07-01 fit, 07-08 does not
+    for who in ("model", "baseline"):
+        for metric in ("average_precision", "roc_auc", "card_precision_at_k"):
+            summary = folds[who][metric]
+            assert list(summary["folds"]) == [start, "2018-07-01"]
+            values = list(summary["folds"].values())
+            assert np.isclose(summary["mean"], np.mean(values))
+            assert np.isclose(summary["sd"], np.std(values, ddof=1))
+            # the first fold refits the same window with the same parameters and seed
+            assert np.isclose(summary["folds"][start], metrics[who][metric]), (who, metric)
+    assert (pipeline / "reports/figures/prequential.png").stat().st_size > 10_000
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], pipeline).stdout)
+    assert "prequential" in json.dumps(shown)

@@ -260,6 +260,7 @@ class EvaluateParams:
     shap_sample: int = 5000
     amount_bands: tuple[float, ...] = (20.0, 50.0, 100.0, 220.0)
     new_customer_days: int = 30     # a card first seen fewer days ago is "new"
+    test_folds: int = 4             # prequential test weeks, the handbook's Chapter 5 protocol
 
 # %% ../../nbs/01_params.ipynb #21b3a35c
 @dataclass(frozen=True)

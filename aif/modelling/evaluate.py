@@ -19,13 +19,14 @@ from ..io import atomic_output, save_figure, start_stage
 from ..features.specs import feature_specs, feature_names
 from ..metrics import (average_precision, calibration_error, roc_auc, score_metrics,
                          segment_table)
-from .model import Model
-from .split import load_periods, split_frame, test_protocol
+from .model import Encoding, Model, fit_booster
+from .split import Period, Protocol, load_periods, split_frame, test_protocol
 from ..tracking import tracked_run
 
 # %% auto #0
-__all__ = ['baseline_scores', 'first_appearance', 'write_dvc_plots', 'shap_values', 'calibration_bins', 'write_figures',
-           'model_card', 'main', 'log_to_wandb']
+__all__ = ['PREQUENTIAL_METRICS', 'baseline_scores', 'first_appearance', 'write_dvc_plots', 'shap_values', 'calibration_bins',
+           'write_figures', 'test_folds', 'data_end', 'summarised', 'prequential', 'prequential_figure', 'model_card',
+           'main', 'log_to_wandb']
 
 # %% ../../nbs/35_evaluate.ipynb #beae183f
 def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, columns: list[str],
@@ -191,6 +192,75 @@ def write_figures(folder: Path, y: np.ndarray, scores: dict[str, np.ndarray],
     save(fig, "shap_summary.png")
     return written
 
+# %% ../../nbs/35_evaluate.ipynb #7e1d0c21
+PREQUENTIAL_METRICS = ("average_precision", "roc_auc", "card_precision_at_k")
+
+
+def test_folds(protocol: Protocol, n: int, data_end: np.datetime64) -> list[Protocol]:
+    "The test protocol and the next `n - 1`, a week apart, that end by `data_end` (exclusive)."
+    week = np.timedelta64(7, "D")
+    shifted = [Protocol(Period(protocol.train.start + i * week, protocol.train.days),
+                        protocol.delay_days,
+                        Period(protocol.assess.start + i * week, protocol.assess.days))
+               for i in range(n)]
+    return [f for f in shifted if f.assess.end <= data_end]
+
+
+def data_end(path: Path) -> np.datetime64:
+    "The day after the features' last transaction: a test week must end by it."
+    from aif.features.store import read_features
+
+    last = read_features(path, ["tx_datetime"]).column(0).to_numpy().max()
+    return np.datetime64(last, "D") + np.timedelta64(1, "D")
+
+
+def summarised(values: dict[str, float]) -> dict:
+    "Mean, sample sd and the folds' values of one metric."
+    v = np.array(list(values.values()), np.float64)
+    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "folds": values}
+
+
+def prequential(frame: pd.DataFrame, folds: list[Protocol], model: Model,
+                baseline_features: list[str], params) -> dict:
+    "Each fold's test metrics for a refitted model and baseline, and their summaries."
+    per_fold = {"model": {}, "baseline": {}}
+    for fold in folds:
+        train, test = split_frame(frame, fold)
+        encoding = Encoding.fit(train, model.features, list(model.encoding.categories))
+        booster = fit_booster(encoding.matrix(train), train.tx_fraud.to_numpy(),
+                              model.info["params"], model.info["num_boost_round"],
+                              categorical=encoding.categorical)
+        scores = {"model": booster.predict(encoding.matrix(test)),
+                  "baseline": baseline_scores(train, test, baseline_features, params.seed)}
+        for who, score in scores.items():
+            per_fold[who][str(fold.assess.start)] = score_metrics(test, score, params.evaluate)
+    return {who: {m: summarised({week: r[m] for week, r in runs.items()})
+                  for m in PREQUENTIAL_METRICS} for who, runs in per_fold.items()}
+
+
+def prequential_figure(folder: Path, summary: dict, k: int) -> Path:
+    "Each test fold's metrics, model against baseline, with the means."
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"average_precision": "AP", "roc_auc": "ROC AUC",
+              "card_precision_at_k": f"card precision@{k}"}
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, metric in zip(axes, PREQUENTIAL_METRICS, strict=True):
+        for who, colour in (("model", "tab:blue"), ("baseline", "tab:orange")):
+            s = summary[who][metric]
+            weeks = list(s["folds"])
+            ax.plot(weeks, list(s["folds"].values()), marker="o", color=colour,
+                    label=f"{who}: {s['mean']:.3f} ± {s['sd']:.3f}")
+        ax.set(title=labels[metric], xlabel="test week from")
+        ax.legend(fontsize=8)
+        plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.suptitle("Prequential test folds (mean ± sd over the folds)")
+    save_figure(fig, folder / "prequential.png")
+    return folder / "prequential.png"
+
 # %% ../../nbs/35_evaluate.ipynb #cccce3b0
 def model_card(model: Model, metrics: dict, segments: pd.DataFrame, protocol) -> str:
     m, b = metrics["model"], metrics["baseline"]
@@ -258,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     protocol = test_protocol(params.split, params.label_delay_days)
     columns = list(dict.fromkeys(model.features + baseline_features
                                  + ["tx_amount", "tx_during_night", "tx_during_weekend"]))
-    frame = load_periods(paths.features, [protocol], columns)
+    folds = test_folds(protocol, params.evaluate.test_folds, data_end(paths.features))
+    frame = load_periods(paths.features, [protocol, *folds], columns)
     train, test = split_frame(frame, protocol)
     in_test = (frame.tx_datetime >= pd.Timestamp(protocol.assess.start)) & \
         (frame.tx_datetime < pd.Timestamp(protocol.assess.end))
@@ -277,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics["test"] = {"start": str(protocol.assess.start), "days": protocol.assess.days,
                        "transactions": int(len(test)), "frauds": int(y.sum()),
                        "known_compromised_removed": int(in_test.sum() - len(test))}
+    metrics["prequential"] = prequential(frame, folds, model, baseline_features, params)
     with atomic_output(paths.metrics) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     write_dvc_plots(paths.plots, y, model_score, probability, per_day)
@@ -289,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                        params.evaluate.shap_sample, params.seed)
     figures = write_figures(paths.figures, y, scores, probability, model, shap, per_day,
                             metrics["model"]["k"])
+    figures.append(prequential_figure(paths.figures, metrics["prequential"],
+                                      metrics["model"]["k"]))
     with atomic_output(paths.model_card) as tmp:
         tmp.write_text(model_card(model, metrics, segments, protocol))
     log_to_wandb(paths, metrics, segments, figures)
