@@ -18,11 +18,13 @@ from pathlib import Path
 from .io import StageError, atomic_output, start_stage
 
 # %% auto #0
-__all__ = ['DIRECTIVE', 'LEFT_OUT', 'directives', 'page_cells', 'execute', 'title_of', 'page_html', 'site_notebooks', 'page_name',
-           'contents_html', 'build_site', 'main']
+__all__ = ['DIRECTIVE', 'SHOW_DOC', 'LEFT_OUT', 'directives', 'page_cells', 'execute', 'title_of', 'page_html', 'site_notebooks',
+           'page_name', 'contents_html', 'build_site', 'main']
 
 # %% ../nbs/98_docs.ipynb #e5a7c9d1
 DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)")
+# a cell that only shows an API (`show_doc`): its output is the documentation, its code is not
+SHOW_DOC = re.compile(r"^(from nbdev\.showdoc import show_doc|show_doc\(.*\))$")
 LEFT_OUT = {"hide", "workspace", "slow", "default_exp"}   # cells a page does not show
 
 
@@ -42,6 +44,8 @@ def page_cells(cells: list) -> list:
                                     if not DIRECTIVE.match(line)).strip("\n")
             if not cell.source:
                 continue
+            if all(SHOW_DOC.match(line) for line in cell.source.splitlines() if line.strip()):
+                cell.metadata.setdefault("tags", []).append("remove_input")
         shown.append(cell)
     return shown
 
@@ -69,8 +73,12 @@ def page_html(nb, contents: str) -> str:
     "The page of an executed notebook: nbconvert's lab template, local, with the contents."
     from nbconvert import HTMLExporter
 
+    from nbconvert.preprocessors import TagRemovePreprocessor
+
     exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True,
                             exclude_output_prompt=True, mathjax_url="", require_js_url="")
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_input_tags={"remove_input"}),
+                                   enabled=True)
     body, _ = exporter.from_notebook_node(nb)
     body = body.replace('<script src=""></script>', "")   # the two CDN scripts, emptied
     style = ("<style>nav.aif-contents{position:fixed;top:0;left:0;bottom:0;width:220px;"

@@ -178,6 +178,8 @@ def test_the_docs_site_builds_and_reads_offline_in_a_browser(tmp_path: Path):
         text = driver.find_element("tag name", "body").text
         assert "What a feature is" in text                 # the markdown
         assert "def check_specs" in text                   # the exported code, documented
+        assert "show_doc(" not in text                     # a show_doc cell shows its output
+        assert driver.find_elements("id", "FeatureSpec")    # show_doc's heading, its code hidden
         assert "features: tx_amount, tx_during_weekend" in text   # an example's output
         links = driver.find_elements("css selector", "nav.aif-contents a")
         assert [a.get_attribute("href").rsplit("/", 1)[1] for a in links] == [
