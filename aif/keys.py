@@ -104,11 +104,16 @@ def _hash_distinct(texts: np.ndarray, secret: bytes | None) -> np.ndarray:
 ONE_BY_ONE = 16   # up to this many values (a request's), the rule value by value is faster
 
 
+def _one_by_one(texts, secret: bytes | None) -> np.ndarray:
+    "`key_of` of each of a few values: pandas' and Arrow's setup would cost 0.3 ms a call."
+    return np.fromiter((key_of(t if isinstance(t, str) else str(t), secret) for t in texts),
+                       np.int64, len(texts))
+
+
 def keys_of_text(texts: pd.Series, secret: bytes | None = None) -> np.ndarray:
     "The key of each text (no nulls): `key_of` for a whole column."
-    if len(texts) <= ONE_BY_ONE:   # pandas' and Arrow's setup would cost 0.3 ms a call
-        return np.fromiter((key_of(t if isinstance(t, str) else str(t), secret) for t in texts),
-                           np.int64, len(texts))
+    if len(texts) <= ONE_BY_ONE:
+        return _one_by_one(texts, secret)
     text = texts.astype("string")
     keys = np.zeros(len(text), np.int64)
     if secret is None:
@@ -145,8 +150,7 @@ def keys_of_integers(values: np.ndarray, secret: bytes | None = None) -> np.ndar
 def category_keys(values) -> np.ndarray:
     "The key of each category text (an attribute's values), each distinct value keyed once."
     if len(values) <= ONE_BY_ONE:
-        return np.fromiter((key_of(v if isinstance(v, str) else str(v)) for v in values),
-                           np.int64, len(values))
+        return _one_by_one(values, None)
     codes, distinct = pd.factorize(np.asarray(values, dtype=object))
     return keys_of_text(pd.Series(np.asarray(distinct, dtype=object)))[codes]
 

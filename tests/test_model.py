@@ -169,8 +169,8 @@ def test_dvc_plots_render_offline_in_a_browser(pipeline: Path, tmp_path: Path):
 
 
 def test_prequential_test_folds(pipeline: Path):
-    """The handbook's protocol: the test week and the next ones that fit in the data, each
-    with a refitted model and baseline; the first fold is the single test week itself."""
+    """The handbook's protocol: the test week and the next ones that fit in the data; after
+    the first (the single test week itself) each refits the model and the baseline."""
     metrics = json.loads((pipeline / "reports/metrics.json").read_text())
     folds = metrics["prequential"]
     start = metrics["test"]["start"]
@@ -182,7 +182,7 @@ def test_prequential_test_folds(pipeline: Path):
             values = list(summary["folds"].values())
             assert np.isclose(summary["mean"], np.mean(values))
             assert np.isclose(summary["sd"], np.std(values, ddof=1))
-            # the first fold refits the same window with the same parameters and seed
+            # the first fold is the single test week, scored by the trained model and baseline
             assert np.isclose(summary["folds"][start], metrics[who][metric]), (who, metric)
     assert (pipeline / "reports/figures/prequential.png").stat().st_size > 10_000
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], pipeline).stdout)

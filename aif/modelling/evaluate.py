@@ -24,9 +24,9 @@ from .split import Period, Protocol, load_periods, split_frame, test_protocol
 from ..tracking import tracked_run
 
 # %% auto #0
-__all__ = ['PREQUENTIAL_METRICS', 'baseline_scores', 'first_appearance', 'write_dvc_plots', 'shap_values', 'calibration_bins',
-           'write_figures', 'test_folds', 'data_end', 'summarised', 'prequential', 'prequential_figure', 'model_card',
-           'main', 'log_to_wandb']
+__all__ = ['PREQUENTIAL_METRICS', 'baseline_scores', 'card_history', 'first_appearance', 'write_dvc_plots', 'shap_values',
+           'calibration_bins', 'write_figures', 'test_folds', 'data_end', 'summarised', 'prequential',
+           'prequential_figure', 'model_card', 'main', 'log_to_wandb']
 
 # %% ../../nbs/35_evaluate.ipynb #beae183f
 def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, columns: list[str],
@@ -40,12 +40,16 @@ def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, columns: list[str],
     return model.predict_proba(test[columns].to_numpy(np.float64))[:, 1]
 
 # %% ../../nbs/35_evaluate.ipynb #ed70f474
-def first_appearance(path: Path) -> pd.Series:
-    "Each card's first transaction time over the whole features folder."
+def card_history(path: Path) -> pd.DataFrame:
+    "Every transaction's card and time, over the whole features folder (read once)."
     from aif.features.store import read_features
 
-    table = read_features(path, ["customer_id", "tx_datetime"]).to_pandas()
-    return table.groupby("customer_id").tx_datetime.min()
+    return read_features(path, ["customer_id", "tx_datetime"]).to_pandas()
+
+
+def first_appearance(history: pd.DataFrame) -> pd.Series:
+    "Each card's first transaction time in `card_history`."
+    return history.groupby("customer_id").tx_datetime.min()
 
 # %% ../../nbs/35_evaluate.ipynb #d6c13419
 def write_dvc_plots(folder: Path, y: np.ndarray, model_score: np.ndarray,
@@ -206,12 +210,9 @@ def test_folds(protocol: Protocol, n: int, data_end: np.datetime64) -> list[Prot
     return [f for f in shifted if f.assess.end <= data_end]
 
 
-def data_end(path: Path) -> np.datetime64:
-    "The day after the features' last transaction: a test week must end by it."
-    from aif.features.store import read_features
-
-    last = read_features(path, ["tx_datetime"]).column(0).to_numpy().max()
-    return np.datetime64(last, "D") + np.timedelta64(1, "D")
+def data_end(history: pd.DataFrame) -> np.datetime64:
+    "The day after the last transaction of `card_history`: a test week must end by it."
+    return np.datetime64(history.tx_datetime.max().to_datetime64(), "D") + np.timedelta64(1, "D")
 
 
 def summarised(values: dict[str, float]) -> dict:
@@ -222,10 +223,11 @@ def summarised(values: dict[str, float]) -> dict:
 
 
 def prequential(frame: pd.DataFrame, folds: list[Protocol], model: Model,
-                baseline_features: list[str], params) -> dict:
-    "Each fold's test metrics for a refitted model and baseline, and their summaries."
-    per_fold = {"model": {}, "baseline": {}}
-    for fold in folds:
+                baseline_features: list[str], params, first: dict[str, dict]) -> dict:
+    """Each fold's test metrics and their summaries. The first fold is the test week itself:
+    its metrics are `first` (the trained model's and baseline's); the later folds refit both."""
+    per_fold = {who: {str(folds[0].assess.start): first[who]} for who in ("model", "baseline")}
+    for fold in folds[1:]:
         train, test = split_frame(frame, fold)
         encoding = Encoding.fit(train, model.features, list(model.encoding.categories))
         booster = fit_booster(encoding.matrix(train), train.tx_fraud.to_numpy(),
@@ -328,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     protocol = test_protocol(params.split, params.label_delay_days)
     columns = list(dict.fromkeys(model.features + baseline_features
                                  + ["tx_amount", "tx_during_night", "tx_during_weekend"]))
-    folds = test_folds(protocol, params.evaluate.test_folds, data_end(paths.features))
+    history = card_history(paths.features)
+    folds = test_folds(protocol, params.evaluate.test_folds, data_end(history))
     frame = load_periods(paths.features, [protocol, *folds], columns)
     train, test = split_frame(frame, protocol)
     in_test = (frame.tx_datetime >= pd.Timestamp(protocol.assess.start)) & \
@@ -348,12 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     metrics["test"] = {"start": str(protocol.assess.start), "days": protocol.assess.days,
                        "transactions": int(len(test)), "frauds": int(y.sum()),
                        "known_compromised_removed": int(in_test.sum() - len(test))}
-    metrics["prequential"] = prequential(frame, folds, model, baseline_features, params)
+    metrics["prequential"] = prequential(frame, folds, model, baseline_features, params,
+                                         {"model": metrics["model"],
+                                          "baseline": metrics["baseline"]})
     with atomic_output(paths.metrics) as tmp:
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     write_dvc_plots(paths.plots, y, model_score, probability, per_day)
     # A card's first appearance: looked up over all data before the test, not just the window.
-    first_seen = first_appearance(paths.features)
+    first_seen = first_appearance(history)
     segments = segment_table(test, model_score, threshold, first_seen, params.evaluate)
     with atomic_output(paths.segments) as tmp:
         segments.to_csv(tmp, index=False, float_format="%.6g")

@@ -331,6 +331,7 @@ class OnlineFeatures:
     lateness: int = 0                         # how late (µs) a transaction may still arrive
     clock: int | None = None                  # the latest event time the state holds
     journal_seq: int = 0                      # the last journal entry the state holds
+    horizons: dict = field(default_factory=dict, repr=False)   # entity: its own horizon
 
     @classmethod
     def empty(cls, specs: tuple[FeatureSpec, ...], lateness: int = 0) -> OnlineFeatures:
@@ -418,7 +419,9 @@ class OnlineFeatures:
         """Rows of `entity` older than this are in none of its windows for any transaction
         the state may still accept: its own longest window and lag count, so a category
         counted over a day keeps a day of its (many) rows, not the card's 37 days."""
-        horizon = horizon_us([s for s in self.specs if s.entity == entity])
+        if entity not in self.horizons:   # the specs never change: worked out once
+            self.horizons[entity] = horizon_us([s for s in self.specs if s.entity == entity])
+        horizon = self.horizons[entity]
         if horizon is None or self.clock is None:
             return None
         return self.clock - self.lateness - horizon
