@@ -9,7 +9,7 @@ UV_VERSION := $(shell sed -n 's/^uv==\([0-9.]*\).*/\1/p' requirements.lock)
 export PATH := $(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help install repro test docs bench lint lock lab hooks export clean-nbs check-nbs clean
+.PHONY: help install repro test docs examples bench lint lock lab hooks export clean-nbs check-nbs clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -32,8 +32,11 @@ repro: $(STAMP) ## run the whole DVC pipeline (simulate -> ingest -> ...), then 
 test: $(STAMP) ## run every test: pytest (notebooks, pipeline, properties) on 2 workers
 	python -m pytest -n 2 $(PYTEST_ARGS)
 
-docs: $(STAMP) ## the notebooks as a site in _site/ (executed, offline): open _site/index.html
+docs: $(STAMP) ## the notebooks as a site in _site/ (offline): open _site/index.html
 	aif docs $(DOCS_ARGS)
+
+examples: $(STAMP) ## run the notebooks' examples and write their outputs in (then commit them)
+	aif examples $(EXAMPLES_ARGS)
 
 bench: $(STAMP) ## speed and memory benchmarks (long; prints figures and peak RSS)
 	python benchmarks/run.py $(BENCH_ARGS)

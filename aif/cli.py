@@ -18,10 +18,10 @@ from .io import StageError, remove_temporaries, restore_outputs
 __all__ = ['COMMANDS', 'EXIT_USER_ERROR', 'usage', 'die_with_parent', 'hooks', 'main', 'put_back']
 
 # %% ../nbs/99_cli.ipynb #478966ad
-os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+os.environ["NUMPY_MADVISE_HUGEPAGE"] = os.environ.get("NUMPY_MADVISE_HUGEPAGE", "0")
 
 # %% ../nbs/99_cli.ipynb #5fd48ca5
-os.environ.setdefault("GOMP_SPINCOUNT", "2000")
+os.environ["GOMP_SPINCOUNT"] = os.environ.get("GOMP_SPINCOUNT", "2000")
 
 # %% ../nbs/99_cli.ipynb #83077197
 COMMANDS = {
@@ -35,6 +35,7 @@ COMMANDS = {
     "summary": ("aif.modelling.summary", "the headline metrics and where the results are"),
     "plots-page": ("aif.modelling.plots_page", "the offline page template of `dvc plots show`"),
     "docs": ("aif.docs", "the notebooks as a site in _site/, offline (make docs)"),
+    "examples": ("aif.examples", "run the notebooks' examples; write or --check their outputs"),
     "monitor": ("aif.monitor.report", "run the drift report notebook with papermill"),
     "registry": ("aif.lifecycle.promote", "model versions and stages (GTO): list, show, promote, ..."),
     "retrain": ("aif.lifecycle.retrain", "retrain as of a date and promote through the gate"),

@@ -322,7 +322,8 @@ def test_groups_switch_features_off():
     baseline = feature_specs(FeaturesParams(groups=("baseline",)), DELAY)
     assert len(baseline) == 15 and {s.group for s in baseline} == {"baseline"}
     default = feature_specs(FeaturesParams(), DELAY)
-    assert {s.group for s in default} == {"baseline", "amount_profile", "terminal_history"}
+    assert {s.group for s in default} == {"baseline", "amount_profile", "amount_peaks",
+                                          "terminal_history"}
     assert len(SPECS) > len(default) > len(baseline)
 
 

@@ -18,9 +18,49 @@ TESTED_BY_NBDEV = [p for p in NOTEBOOKS
 
 
 @pytest.mark.parametrize("notebook", TESTED_BY_NBDEV, ids=str)
-def test_notebook_examples_pass(notebook: Path):
-    result = run(["nbdev-test", str(REPO / "nbs" / notebook)], REPO, check=False)
+def test_notebook_examples_pass_and_show_what_is_committed(notebook: Path):
+    """The examples run as `nbdev-test` runs them, and what they print and show is what the
+    committed notebook shows a reader (text outputs; no paths, addresses or timings in them,
+    figures small)."""
+    result = run(["aif", "examples", "--check", str(REPO / "nbs" / notebook)], REPO,
+                 check=False)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_the_examples_are_the_notebooks_nbdev_tests():
+    from aif.examples import example_notebooks
+
+    assert [p.relative_to(REPO / "nbs") for p in example_notebooks(REPO / "nbs")] == \
+        TESTED_BY_NBDEV
+
+
+def test_no_committed_output_shows_a_card_number_or_personal_data():
+    """The card export's example (nbs/12) makes card numbers, names, streets, SSNs and dates of
+    birth; none of its values is in any output of any committed notebook."""
+    import re
+
+    from aif.config.params import SimulateParams
+    from aif.data.card_export import export_frame
+
+    export = export_frame(SimulateParams(n_customers=50, n_terminals=80, n_days=20, seed=3))
+    personal = [c for c in ("first", "last", "street", "ssn", "dob") if c in export]
+    assert personal, "the export makes personal data (or this test checks nothing)"
+    values = {str(v) for c in ["cc_num", *personal] for v in export[c].unique() if str(v)}
+    pattern = re.compile("|".join(rf"(?<!\w){re.escape(v)}(?!\w)"
+                                  for v in sorted(values, key=len, reverse=True)))
+    for path in sorted((REPO / "nbs").rglob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = json.dumps(cell.get("outputs", []))
+            found = pattern.search(text)
+            assert not found, f"{path.name} cell {cell['id']} shows {found.group(0)!r}"
+
+
+def test_examples_show_their_results():
+    "A reader sees what the examples compute: most notebooks show outputs, none shows a path."
+    shown = {p: [c for c in json.loads((REPO / "nbs" / p).read_text())["cells"]
+                 if c["cell_type"] == "code" and c.get("outputs")] for p in TESTED_BY_NBDEV}
+    without = sorted(str(p) for p, cells in shown.items() if not cells)
+    assert len(without) <= len(shown) // 5, f"notebooks showing no output: {without}"
 
 
 # Sections that show what the pipeline made of the workspace's data (`#| workspace` cells):

@@ -49,16 +49,15 @@ INGEST_PARAMS = {
     "sensitive_ids": ["customer_id"],
 }
 # features declared on the export's attributes (nbs/20_feature_specs): a category used as an
-# entity, a card-category pair, the card's largest amount and the categories it paid in over a
-# week, a distance, the category itself for LightGBM, a ratio (README: what each one moved)
+# entity, a card-category pair, the categories the card paid in over a week, a distance, the
+# category itself for LightGBM, a ratio (README: what each one moved; the card's largest amount
+# over a week, declared here first, is now the default group amount_peaks)
 DECLARED_FEATURES = [
     {"name": "category_nb_tx_1d", "entity": "merchant_category", "aggregation": "count",
      "window_days": 1},
     {"name": "customer_category_avg_amount_30d", "entity": ["customer", "merchant_category"],
      "aggregation": "mean_amount", "window_days": 30},
     {"name": "customer_std_amount_7d", "entity": "customer", "aggregation": "std_amount",
-     "window_days": 7},
-    {"name": "customer_max_amount_7d", "entity": "customer", "aggregation": "max",
      "window_days": 7},
     {"name": "customer_categories_7d", "entity": "customer", "aggregation": "distinct_count",
      "inputs": ["merchant_category"], "window_days": 7},

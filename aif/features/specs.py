@@ -162,6 +162,11 @@ def builtin_declarations(params: FeaturesParams, label_delay_days: int
             "aggregation": "amount_to_genuine_mean", "window_days": longest, "lag_days": d,
             "description": f"this amount over the card's mean genuine amount in the "
             f"{longest:g} days ending {d:g} days ago (labels known by then; NaN without one)"}),
+        ("amount_peaks", {
+            "name": f"customer_max_amount_{_days(params.peak_window_days)}",
+            "entity": "customer", "aggregation": "max", "window_days": params.peak_window_days,
+            "description": f"the card's largest amount over the last {params.peak_window_days:g} "
+            "days, this one included"}),
         ("velocity", {
             "name": f"customer_nb_tx_{hours:g}h", "entity": "customer", "aggregation": "count",
             "window_days": hours / 24,

@@ -28,7 +28,10 @@ def record(paths: ProjectPaths, action: str, body: dict) -> Path:
     "Write one lifecycle record (atomically) and log it to W&B; return its path."
     from aif.tracking import tracked_run
 
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:]
+    # one reading of the clock: seconds and microseconds read apart could straddle a second
+    # and put a record before the one it follows (names sort as the records happened)
+    now = time.time_ns() // 1000
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**6)) + f".{now % 10**6:06d}"
     path = paths.lifecycle / f"{stamp}Z-{action}.json"
     entry = {"action": action, "at": stamp + "Z", **body}
     try:

@@ -63,13 +63,17 @@ def prequential_folds(split: SplitParams, delay_days: int, n_folds: int) -> list
 # %% ../../nbs/30_split.ipynb #1e506e5c
 def check_history(protocols: list[Protocol], data_start: np.datetime64,
                   lookback_days: float) -> None:
+    "Refuse folds whose features would look back before the data starts."
     earliest = min(p.train.start for p in protocols)
-    needed = data_start + np.timedelta64(int(np.ceil(lookback_days)), "D")
-    if earliest < needed:
+    needed = int(np.ceil(lookback_days))
+    have = int((earliest - data_start) / np.timedelta64(1, "D"))
+    if have < needed:
+        # the earliest fold is a tuning fold, weeks before split.train_start: say how far
+        # to move train_start, not where the earliest fold should start
         raise StageError(
-            f"split: the earliest training day {earliest} leaves {int((earliest - data_start) / np.timedelta64(1, 'D'))} "
-            f"days of history, features need {int(np.ceil(lookback_days))} (longest window + "
-            f"label delay); move split.train_start to {needed} or later, or use fewer tune.n_folds")
+            f"split: the earliest training day {earliest} leaves {have} days of history, "
+            f"features need {needed} (longest window + label delay); move split.train_start "
+            f"{needed - have} days later, or use fewer tune.n_folds")
 
 
 def in_period(tx_datetime: np.ndarray, period: Period) -> np.ndarray:
