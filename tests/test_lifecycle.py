@@ -3,6 +3,7 @@ end to end on a small drifting stream with the real CLI, DVC experiments and git
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,10 @@ def records(project: Path, action: str) -> list[dict]:
             for p in sorted((project / "reports/lifecycle").glob(f"*-{action}.json"))]
 
 
-@pytest.fixture
-def scenario_project(tmp_path: Path) -> Path:
+@pytest.fixture(scope="session")
+def registered_scenario(tmp_path_factory) -> Path:
     "The drifting stream, its first model trained, committed and registered as v0.0.1."
-    project = make_project(tmp_path / "project")
+    project = make_project(tmp_path_factory.mktemp("scenario") / "project")
     write_params(project, **SCENARIO)
     run(["dvc", "repro", "evaluate"], project)
     run(["git", "add", "-A"], project)
@@ -73,6 +74,16 @@ def scenario_project(tmp_path: Path) -> Path:
     return project
 
 
+@pytest.fixture
+def scenario_project(registered_scenario: Path, tmp_path: Path) -> Path:
+    """A copy of it for each test (they promote, tag and roll back): built once, as the two
+    tests run on one worker (`xdist_group`; `make test` distributes by group)."""
+    project = tmp_path / "project"
+    shutil.copytree(registered_scenario, project, symlinks=True)
+    return project
+
+
+@pytest.mark.xdist_group("registered_scenario")
 def test_drift_alert_retrains_promotes_and_rolls_back(scenario_project: Path):
     project = scenario_project
 
@@ -152,6 +163,7 @@ def test_drift_alert_retrains_promotes_and_rolls_back(scenario_project: Path):
     assert aif(project, "registry", "rollback").returncode == 2
 
 
+@pytest.mark.xdist_group("registered_scenario")
 def test_failure_after_tagging_leaves_the_registry_as_it_was(scenario_project: Path):
     project = scenario_project
     aif(project, "registry", "promote", "v0.0.1", check=True)
