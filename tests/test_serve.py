@@ -282,6 +282,37 @@ def redis_url(tmp_path: Path):
     server.wait(timeout=10)
 
 
+def test_a_shared_state_knows_a_retry_by_its_attributes_too(redis_url: str):
+    """Redis keeps, with each transaction, a digest of the attributes its features read, the
+    one the service compares a retry with: a changed category or coordinate is another
+    transaction (409), an unchanged one (a missing coordinate included) the same."""
+    from aif.config.params import FeaturesParams
+    from aif.features.specs import declared_specs, feature_specs
+    from aif.keys import category_keys
+    from aif.serve.state_redis import RedisFeatures
+
+    specs = feature_specs(FeaturesParams(groups=("baseline",)), 7) + declared_specs((
+        {"name": "category_nb_tx_1d", "entity": "merchant_category", "aggregation": "count",
+         "window_days": 1},
+        {"name": "card_max_lat_7d", "entity": "customer", "aggregation": "max",
+         "inputs": ["customer_lat"], "window_days": 7}), 7)
+    rows = {"transaction_id": np.array([11, 12, 13], np.int64),
+            "tx_datetime": np.array([1, 2, 3], np.int64) * 60_000_000 + 1_530_000_000_000_000,
+            "customer_id": np.array([1, 1, 2], np.int64),
+            "terminal_id": np.array([5, 6, 5], np.int64),
+            "tx_amount": np.array([10.0, 20.0, 30.0]),
+            "merchant_category": category_keys(np.array(["travel", "food", "travel"])),
+            "customer_lat": np.array([50.5, np.nan, 48.25])}
+    state = RedisFeatures.connect(redis_url, specs)
+    state.transact(rows, None, lambda logged: 0)
+    found, stored, _ = RedisFeatures.connect(redis_url, specs).stored(rows["transaction_id"])
+    assert found.all()
+    assert (stored["attributes"] == state.attributes_digest(rows)).all()   # retries: the same
+    changed = {**rows, "merchant_category": category_keys(np.array(["food"] * 3)),
+               "customer_lat": np.array([50.5, 0.0, 48.26])}
+    assert (stored["attributes"] != state.attributes_digest(changed)).all()
+
+
 def test_two_replicas_share_the_feature_state_in_redis(project: Path, redis_url: str):
     write_params(project, serve={"state": redis_url})
     rows = interim(project)

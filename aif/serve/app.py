@@ -511,9 +511,9 @@ def refuse_out_of_time(service: Service, times: np.ndarray, request_id: str) -> 
 def original_answers(service: Service, columns: dict[str, np.ndarray],
                      known: np.ndarray) -> dict:
     """For each transaction the state already holds: whether it is the same transaction
-    again (card, terminal, time and amount all equal, and the attributes the features read,
-    from the journal) and, if so, the answer it got then (from the journal, or from Redis
-    with a shared state, which keeps no attributes). A retry after a broken connection gets
+    again (card, terminal, time and amount all equal, and the attributes the features read:
+    from the journal, or from Redis with a shared state, which keeps a digest of them) and,
+    if so, the answer it got then. A retry after a broken connection gets
     its original result; a different transaction under a known id is a conflict."""
     ids = columns["transaction_id"]
     n = len(ids)
@@ -532,7 +532,7 @@ def original_answers(service: Service, columns: dict[str, np.ndarray],
         for c in ("score", "fraud_probability", "alert"):
             out[c] = np.where(answered, then[c], out[c])
         out["model_version"] = versions
-        same = answered
+        same = answered & (tx["attributes"] == service.features.attributes_digest(columns))
         for c in inputs:
             same &= then[c] == columns[c]
         out["same"] = same

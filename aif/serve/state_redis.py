@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of
+from ..features.specs import (FeatureSpec, entity_key, horizon_us, keys_of, pair_key,
+                               spec_inputs)
 from .state import (HISTORY, STATE_FORMAT, AlreadyScored, LabelChangeRefused,
                              OnlineFeatures, history_dtype, stamp_of)
 
 # %% auto #0
-__all__ = ['PREFIX', 'CLOCK', 'TX', 'RedisHistory', 'RedisFeatures']
+__all__ = ['PREFIX', 'CLOCK', 'TX', 'TRANSACTIONS', 'RedisHistory', 'tx_name', 'attributes_digest', 'RedisFeatures']
 
 # %% ../../nbs/61_state_redis.ipynb #e698e321
 PREFIX = f"aif:v{STATE_FORMAT}:"   # keys of another state format are never read
@@ -77,10 +78,32 @@ class RedisHistory:
 
 # %% ../../nbs/61_state_redis.ipynb #07becec3
 # What a replica needs of a transaction another replica scored: to find its histories when a
-# label comes, to tell a retry from a different transaction with the same id, and to answer
-# the retry as the first time. The model version follows these 64 bytes.
+# label comes, to tell a retry from a different transaction with the same id (its attributes
+# too, by a digest), and to answer the retry as the first time. The model version follows
+# these 72 bytes. `tx2:`: the records of `tx:` had no digest (64 bytes); never misread.
 TX = np.dtype([("customer", "i8"), ("terminal", "i8"), ("stamp", "i8"), ("amount", "f8"),
-               ("score", "f8"), ("probability", "f8"), ("alert", "i8"), ("known", "i8")])
+               ("score", "f8"), ("probability", "f8"), ("alert", "i8"), ("known", "i8"),
+               ("attributes", "i8")])
+TRANSACTIONS = f"{PREFIX}tx2:"
+
+
+def tx_name(transaction_id) -> str:
+    return f"{TRANSACTIONS}{int(transaction_id)}"
+
+
+def attributes_digest(rows: dict, names: list[str]) -> np.ndarray:
+    """Per row, a 63-bit digest of the values of the attribute columns `names`: equal values
+    give equal digests (every NaN alike, -0.0 as 0.0), as a retry's comparison needs."""
+    digest = np.zeros(len(rows["transaction_id"]), np.int64)
+    for name in names:
+        values = np.asarray(rows[name])
+        if values.dtype.kind in "iub":
+            bits = values.astype(np.int64)
+        else:
+            floats = values.astype(np.float64) + 0.0
+            bits = np.where(np.isnan(floats), np.nan, floats).view(np.int64)
+        digest = pair_key(digest, bits)
+    return digest
 
 
 @dataclass
@@ -133,7 +156,7 @@ class RedisFeatures(OnlineFeatures):
 
         names = {e: sorted(set(entity_key(rows, e).tolist())) for e in self.history}
         ids = rows["transaction_id"].tolist()
-        tx_names = [f"{PREFIX}tx:{i}" for i in ids]
+        tx_names = [tx_name(i) for i in ids]
         watched = [h.name(k) for e, h in self.history.items() for k in names[e]]
         with self.client.pipeline() as pipe:
             while True:
@@ -171,6 +194,7 @@ class RedisFeatures(OnlineFeatures):
         tx["customer"], tx["terminal"], tx["amount"] = (rows["customer_id"], rows["terminal_id"],
                                                         rows["tx_amount"])
         tx["stamp"] = stamp_of(rows["tx_datetime"], rows.get("tx_fraud"))
+        tx["attributes"] = self.attributes_digest(rows)
         versions = [b""] * len(tx)
         if self.answers is not None:
             tx["score"], tx["probability"] = self.answers["score"], self.answers["fraud_probability"]
@@ -178,16 +202,20 @@ class RedisFeatures(OnlineFeatures):
             versions = [str(v).encode() for v in self.answers["model_version"].tolist()]
         for i, record, version in zip(rows["transaction_id"].tolist(), tx, versions,
                                       strict=True):
-            self.pending_tx[f"{PREFIX}tx:{i}"] = record.tobytes() + version
+            self.pending_tx[tx_name(i)] = record.tobytes() + version
+
+    def attributes_digest(self, rows: dict) -> np.ndarray:
+        "The digest of the attributes the features read, per row of `rows`."
+        return attributes_digest(rows, [c for c in spec_inputs(self.specs) if c in rows])
 
     def already_scored(self, ids) -> list[int]:
         ids = [int(i) for i in ids]
-        found = self.client.mget([f"{PREFIX}tx:{i}" for i in ids]) if ids else []
+        found = self.client.mget([tx_name(i) for i in ids]) if ids else []
         return [i for i, v in zip(ids, found, strict=True) if v is not None]
 
     def stored(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         "Each id's `TX` record (found: False where unknown) and model version, from Redis."
-        values = self.client.mget([f"{PREFIX}tx:{int(i)}" for i in ids]) if len(ids) else []
+        values = self.client.mget([tx_name(i) for i in ids]) if len(ids) else []
         found = np.array([v is not None for v in values], bool)
         tx = np.zeros(len(ids), TX)
         versions = []
@@ -214,19 +242,19 @@ class RedisFeatures(OnlineFeatures):
     def set_label(self, transaction_id: int, fraud: int) -> bool:
         import redis
 
-        tx_name = f"{PREFIX}tx:{transaction_id}"
+        record_name = tx_name(transaction_id)
         with self.client.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(tx_name)
-                    value = pipe.get(tx_name)
+                    pipe.watch(record_name)
+                    value = pipe.get(record_name)
                     if value is None:
                         return False
                     record = np.frombuffer(value[:TX.itemsize], TX).copy()
                     keys = keys_of(int(record["customer"][0]), int(record["terminal"][0]))
                     stores = [h for e, h in self.history.items() if e in keys]
                     names = [h.name(keys[h.entity]) for h in stores]
-                    pipe.watch(tx_name, *names)
+                    pipe.watch(record_name, *names)
                     histories = pipe.mget(names)
                     pipe.multi()
                     hit = False
@@ -239,7 +267,7 @@ class RedisFeatures(OnlineFeatures):
                         hit |= bool(at.any())
                         pipe.set(name, rows.tobytes())
                     record["stamp"] = (record["stamp"] & ~3) | (fraud + 1)
-                    pipe.set(tx_name, record.tobytes() + value[TX.itemsize:], keepttl=True)
+                    pipe.set(record_name, record.tobytes() + value[TX.itemsize:], keepttl=True)
                     pipe.execute()
                     return hit
                 except redis.WatchError:
