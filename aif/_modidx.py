@@ -747,6 +747,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                           'aif/serve/state_redis.py'),
                                        'aif.serve.state_redis.RedisFeatures.already_scored': ( 'state_redis.html#redisfeatures.already_scored',
                                                                                                'aif/serve/state_redis.py'),
+                                       'aif.serve.state_redis.RedisFeatures.attribute_names': ( 'state_redis.html#redisfeatures.attribute_names',
+                                                                                                'aif/serve/state_redis.py'),
                                        'aif.serve.state_redis.RedisFeatures.attributes_digest': ( 'state_redis.html#redisfeatures.attributes_digest',
                                                                                                   'aif/serve/state_redis.py'),
                                        'aif.serve.state_redis.RedisFeatures.claim_warm_start': ( 'state_redis.html#redisfeatures.claim_warm_start',

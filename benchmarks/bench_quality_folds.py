@@ -203,16 +203,19 @@ def fold_scores(project: Path, which: str) -> dict[str, dict]:
         found = variants(params)
         found["monotone constraints"] = {**found["default"], "monotone": True}
     every = sorted({c for v in found.values() for c in v["columns"]})
+    default_folds = prequential_folds(params.split, params.label_delay_days, params.tune.n_folds)
+
+    def widened(days: int) -> list:
+        "The default folds, their training windows `days` long (the assessment weeks stay)."
+        return [replace(f, train=Period(f.train.end - np.timedelta64(days, "D"), days))
+                for f in default_folds]
+
+    # read once, spanning the widest window any variant trains on
+    widest = max(v.get("train_days", params.split.train_days) for v in found.values())
+    frame = load_periods(out, widened(widest), every)
     results = {}
     for name, variant in found.items():
-        days = variant.get("train_days", params.split.train_days)
-        # the assessment weeks stay the default folds'; a wider window starts earlier
-        folds = [replace(f, train=Period(f.train.end - np.timedelta64(days, "D"), days))
-                 for f in prequential_folds(params.split, params.label_delay_days,
-                                            params.tune.n_folds)]
-        default_folds = prequential_folds(params.split, params.label_delay_days,
-                                          params.tune.n_folds)
-        frame = load_periods(out, folds, every)
+        folds = widened(variant.get("train_days", params.split.train_days))
         cols, per_fold = variant["columns"], []
         fit = dict(lgb_params)
         if variant.get("monotone"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -204,9 +205,14 @@ class RedisFeatures(OnlineFeatures):
                                       strict=True):
             self.pending_tx[tx_name(i)] = record.tobytes() + version
 
+    @cached_property
+    def attribute_names(self) -> list[str]:
+        "The attributes the features read: worked out once, not on every request."
+        return spec_inputs(self.specs)
+
     def attributes_digest(self, rows: dict) -> np.ndarray:
         "The digest of the attributes the features read, per row of `rows`."
-        return attributes_digest(rows, [c for c in spec_inputs(self.specs) if c in rows])
+        return attributes_digest(rows, [c for c in self.attribute_names if c in rows])
 
     def already_scored(self, ids) -> list[int]:
         ids = [int(i) for i in ids]
