@@ -60,7 +60,7 @@ _PLAIN = re.compile(r'[^"\\\x00-\x1f]*')   # text JSON writes as it is, between 
 
 def composite_text(parts: Sequence[str]) -> str:
     "The text a composite id is keyed by: the JSON list of its parts' texts."
-    if all(_PLAIN.fullmatch(p) for p in parts):   # the usual case, 5x faster than encoding
+    if _PLAIN.fullmatch("".join(parts)):   # the usual case, 5x faster than encoding
         return '["' + '","'.join(parts) + '"]'
     return _JSON(list(parts))
 
@@ -110,11 +110,12 @@ def _one_by_one(texts, secret: bytes | None) -> np.ndarray:
                        np.int64, len(texts))
 
 
-def keys_of_text(texts: pd.Series, secret: bytes | None = None) -> np.ndarray:
-    "The key of each text (no nulls): `key_of` for a whole column."
+def keys_of_text(texts: pd.Series | Sequence[str], secret: bytes | None = None) -> np.ndarray:
+    "The key of each text (no nulls): `key_of` for a whole column (or a request's list)."
     if len(texts) <= ONE_BY_ONE:
         return _one_by_one(texts, secret)
-    text = texts.astype("string")
+    text = pd.Series(texts, dtype=object).astype("string") if not isinstance(
+        texts, pd.Series) else texts.astype("string")
     keys = np.zeros(len(text), np.int64)
     if secret is None:
         lengths = text.str.len().to_numpy(dtype=np.int64, na_value=0)

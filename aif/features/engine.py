@@ -141,10 +141,9 @@ def aggregate(eo, columns_s: dict[str, np.ndarray], label_s: np.ndarray,
     starts, ends = {}, {}  # windows share edges: one search per distinct edge
     at = slice(None) if rows is None else rows
 
-    def window(spec, rows=rows):
+    def window(spec):
         w = spec.window
-        start_of, end_of = (w.length, w.lag, rows is None), (w.lag, w.include_current,
-                                                              rows is None)
+        start_of, end_of = (w.length, w.lag), (w.lag, w.include_current)
         if start_of not in starts:
             starts[start_of] = window_starts(eo, w, rows)
         if end_of not in ends:
@@ -159,11 +158,17 @@ def aggregate(eo, columns_s: dict[str, np.ndarray], label_s: np.ndarray,
             values = seconds_since_previous(eo, rows)
         elif kind == "first_use":
             values = is_first_in_history(eo, rows)
-        elif kind == "distinct_count":   # needs the windows of every row (nbs/21)
+        elif kind == "distinct_count":   # windows in ascending order (nbs/21)
             x = columns_s[spec.column]
             if x.dtype.kind not in "iub":
                 raise ValueError(f"feature {spec.name}: {spec.column} is not a category")
-            values = window_distinct_counts(eo, x, *window(spec, None))[at].astype(np.int32)
+            start, end = window(spec)
+            if rows is None or bool(np.all(rows[1:] >= rows[:-1])):
+                values = window_distinct_counts(eo, x, start, end).astype(np.int32)
+            else:
+                o = np.argsort(rows, kind="stable")
+                values = np.empty(len(rows), np.int32)
+                values[o] = window_distinct_counts(eo, x, start[o], end[o])
         else:
             start, end = window(spec)
             count = window_counts(start, end)

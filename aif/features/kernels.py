@@ -169,23 +169,32 @@ def window_extremes(values: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 def window_distinct_counts(eo: EntityOrder, values: np.ndarray, start: np.ndarray,
                            end: np.ndarray) -> np.ndarray:
-    """Distinct `values` (sorted order, integer keys) in the window [start, end) of every
-    sorted row: `start` and `end` are given for all rows, as `window_bounds` makes them."""
-    n = len(values)
-    if n == 0:
-        return np.zeros(0, np.int64)
+    """Distinct `values` (sorted order, integer keys) in each window [start, end) of sorted
+    rows: windows in ascending order (starts and ends never decrease), as `window_bounds`
+    makes them for every row, or for rows taken in ascending order."""
+    n, q = len(values), len(start)
+    if q == 0 or n == 0:
+        return np.zeros(q, np.int64)
+    # windows starting (ending) at or before each row: counts, not searches (rows outnumber
+    # windows online, where a batch's few new rows sit on long histories)
+    starts_upto = np.cumsum(np.bincount(start, minlength=n + 1))
+    ends_upto = np.cumsum(np.bincount(end, minlength=n + 1))
     row = np.arange(n)
-    by_value = np.lexsort((row, values, eo.rank))
-    repeat = (values[by_value][1:] == values[by_value][:-1]) & (
-        eo.rank[by_value][1:] == eo.rank[by_value][:-1])
-    prev = np.full(n, -1)
-    prev[by_value[1:][repeat]] = by_value[:-1][repeat]
-    first = np.maximum(np.searchsorted(start, prev, side="right"),
-                       np.searchsorted(end, row, side="right"))
-    stop = np.searchsorted(start, row, side="right")
+    stop = starts_upto[:n]   # one past the last window starting at or before each row
+    # a row no window holds counts nowhere, and leaving it out changes no other row's count:
+    # its later occurrences find an earlier one, or none, before any window holding them
+    held = np.flatnonzero((stop > 0) & (end[np.maximum(stop - 1, 0)] > row))
+    x, rank = values[held], eo.rank[held]
+    by_value = np.lexsort((held, x, rank))
+    repeat = (x[by_value][1:] == x[by_value][:-1]) & (rank[by_value][1:] == rank[by_value][:-1])
+    prev = np.full(len(held), -1)
+    prev[by_value[1:][repeat]] = held[by_value[:-1][repeat]]
+    first = np.maximum(np.where(prev >= 0, starts_upto[np.maximum(prev, 0)], 0),
+                       ends_upto[held])
+    stop = stop[held]
     runs = first < stop
-    change = np.bincount(first[runs], minlength=n + 1) - np.bincount(stop[runs], minlength=n + 1)
-    return np.cumsum(change[:n])
+    change = np.bincount(first[runs], minlength=q + 1) - np.bincount(stop[runs], minlength=q + 1)
+    return np.cumsum(change[:q])
 
 # %% ../../nbs/21_window_kernels.ipynb #70eae1f3
 def seconds_since_previous(eo: EntityOrder, rows: np.ndarray | None = None) -> np.ndarray:

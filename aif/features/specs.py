@@ -9,6 +9,7 @@ own specs in `model.json`), batch scoring, the gate and the online state all rea
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,7 @@ class FeatureSpec:
         "Does the feature aggregate the entity's transactions over a time window?"
         return self.entity != "transaction" and self.aggregation not in WINDOWLESS
 
-    @property
+    @functools.cached_property   # read for every spec of every request online
     def window(self) -> Window:
         length = None if self.window_days is None else round(self.window_days * MICROS_PER_DAY)
         return Window(length, round(self.lag_days * MICROS_PER_DAY), self.include_current)
@@ -357,6 +358,8 @@ def pair_key(customer: np.ndarray, terminal: np.ndarray) -> np.ndarray:
 
 def check_pair_keys(customer: np.ndarray, terminal: np.ndarray, key: np.ndarray) -> None:
     "Refuse two different pairs among these rows that share a key."
+    if len(key) < 2:   # one row (a single transaction's request) holds one pair
+        return
     order = np.argsort(key, kind="stable")
     k, c, t = key[order], np.asarray(customer)[order], np.asarray(terminal)[order]
     clash = np.flatnonzero((k[1:] == k[:-1]) & ((c[1:] != c[:-1]) | (t[1:] != t[:-1])))

@@ -18,14 +18,13 @@ from operator import itemgetter
 from typing import Annotated, Any
 
 import numpy as np
-import pandas as pd
 from pydantic import (ConfigDict, Field, NaiveDatetime, StringConstraints,
                       TypeAdapter, ValidationError, create_model, with_config)
 from typing_extensions import TypedDict
 
 from ..config.params import IngestParams
 from ..data.ingest import SourcePlan, require_secret, source_plan
-from ..keys import category_keys, id_text, keys_of_integers, keys_of_text
+from ..keys import category_keys, composite_text, id_text, keys_of_integers, keys_of_text
 
 # %% auto #0
 __all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'ATTRIBUTE_TYPES', 'identifier_type', 'transaction_type', 'label_type',
@@ -148,8 +147,9 @@ class Requests:
             except OverflowError:
                 pass   # at or above 2^63: by their digits
         # validated text is stripped already; integers and composites take the rule's text
-        texts = [v if type(v) is str else id_text(v) for v in values]
-        return keys_of_text(pd.Series(texts, dtype=object), secret)
+        texts = [v if type(v) is str else composite_text(v) if type(v) is list and all(
+            type(p) is str for p in v) else id_text(v) for v in values]
+        return keys_of_text(texts, secret)
 
     def columns(self, transactions: list[dict]) -> dict[str, np.ndarray]:
         "Validated transactions as the engine's numpy columns (ids as keys, times in us)."

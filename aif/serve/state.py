@@ -19,8 +19,8 @@ from ..io import atomic_output
 
 # %% auto #0
 __all__ = ['HISTORY', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'history_dtype', 'history_columns',
-           'history_rows', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge', 'AlreadyScored', 'LabelChangeRefused',
-           'out_of_time', 'stamp_of', 'KnownIds', 'Pending', 'OnlineFeatures', 'durable']
+           'history_rows', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge', 'merge_one', 'AlreadyScored',
+           'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'Pending', 'OnlineFeatures', 'durable']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
@@ -124,6 +124,12 @@ class Arena:
         "Each key's history length (0 if none) and their rows, concatenated in `keys`' order."
         if len(self.keys) == 0:
             return np.zeros(len(keys), np.int64), self.rows[:0]
+        if len(keys) == 1:   # a single transaction's card: its history is one slice (a view)
+            i = int(np.searchsorted(self.keys, keys[0]))
+            if i == len(self.keys) or self.keys[i] != keys[0]:
+                return np.zeros(1, np.int64), self.rows[:0]
+            start, length = int(self.start[i]), int(self.length[i])
+            return np.array([length]), self.rows[start:start + length]
         at = self.find(keys)
         has = at >= 0
         length = np.where(has, self.length[at], 0)
@@ -139,6 +145,11 @@ class Arena:
         place(self.rows, slice(self.used, self.used + len(rows)), rows)
         start, length = self.used + bounds[:-1], np.diff(bounds)
         self.used += len(rows)
+        if len(keys) == 1 and len(self.keys):   # a single transaction's card: a scalar search
+            i = int(self.keys.searchsorted(keys[0]))
+            if i < len(self.keys) and self.keys[i] == keys[0]:
+                self.start[i], self.length[i] = start[0], length[0]
+                return
         at = self.find(keys)
         known = at >= 0
         self.start[at[known]], self.length[at[known]] = start[known], length[known]
@@ -181,6 +192,8 @@ class Merged:
 
 def merge(store, keys: np.ndarray, new: np.ndarray) -> Merged:
     "Histories of `keys` from `store` followed by the `new` rows (one per key), grouped by key."
+    if len(keys) == 1:
+        return merge_one(store, keys, new)
     order = np.lexsort((new["id"], new["time"], keys))
     keys, new = keys[order], take(new, order)
     unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
@@ -203,6 +216,23 @@ def merge(store, keys: np.ndarray, new: np.ndarray) -> Merged:
             resort = np.lexsort((rows["id"], rows["time"], np.repeat(unique, sizes)))
             rows, source = take(rows, resort), source[resort]
     return Merged(rows, source, bounds, unique)
+
+
+def merge_one(store, keys: np.ndarray, new: np.ndarray) -> Merged:
+    """`merge` of a single transaction, the service's usual request: the same rows, without
+    the sorts and gathers a batch needs (a quarter of a request's time at 300/s)."""
+    length, old = store.get(keys)
+    n = int(length[0])
+    rows = np.empty(n + 1, new.dtype)
+    place(rows, slice(0, n), old)
+    place(rows, slice(n, n + 1), new)
+    source = np.full(n + 1, -1)
+    source[n] = 0
+    last, this = (rows[n - 1], rows[n]) if n else (None, None)
+    if n and (this["time"], this["id"]) < (last["time"], last["id"]):   # a late arrival
+        resort = np.lexsort((rows["id"], rows["time"]))
+        rows, source = take(rows, resort), source[resort]
+    return Merged(rows, source, np.array([0, n + 1]), np.array(keys, np.int64))
 
 
 class AlreadyScored(ValueError):
@@ -285,6 +315,8 @@ class KnownIds:
         run_of, at = np.full(len(ids), -1), np.zeros(len(ids), np.int64)
         if not len(ids):
             return run_of, at
+        if len(ids) == 1:   # a single transaction: scalar searches (hashed ids fall in every run)
+            return self._find_one(int(ids[0]), run_of, at)
         low, high = int(ids.min()), int(ids.max())
         for r in range(len(self.runs) - 1, -1, -1):
             run = self.runs[r]
@@ -294,6 +326,17 @@ class KnownIds:
             where = np.minimum(np.searchsorted(run["id"], ids), len(run) - 1)
             hit = (run["id"][where] == ids) & (run_of < 0)
             run_of[hit], at[hit] = r, where[hit]
+        return run_of, at
+
+    def _find_one(self, i: int, run_of: np.ndarray, at: np.ndarray):
+        for r in range(len(self.runs) - 1, -1, -1):
+            first, last = self.bounds[r]
+            if first <= i <= last:
+                held = self.runs[r]["id"]
+                j = int(held.searchsorted(i))
+                if held[j] == i:
+                    run_of[0], at[0] = r, j
+                    break
         return run_of, at
 
     def records(self, run_of: np.ndarray, at: np.ndarray) -> np.ndarray:
