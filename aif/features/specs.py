@@ -302,8 +302,9 @@ def _describe(s: FeatureSpec) -> str:
     if s.entity == "transaction":
         return f"{s.aggregation}{of} (declared)"
     span = s.window_label()
-    return f"{s.aggregation.replace('_', ' ')} of the {s.entity.replace('+', '-')}'s " \
-        f"transactions{' over ' + span if span else ''} (declared)"
+    read = f" {', '.join(s.inputs)} in" if s.inputs else ""   # distinct merchant_category in ...
+    return f"{s.aggregation.replace('_', ' ')} of{read} the " \
+        f"{s.entity.replace('+', '-')}'s transactions{' over ' + span if span else ''} (declared)"
 
 
 def declared_specs(declared: tuple[dict, ...], label_delay_days: int) -> tuple[FeatureSpec, ...]:
