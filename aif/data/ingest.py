@@ -844,7 +844,7 @@ def check_invalid_share(result: IngestResult, rows: SourceRows, params: IngestPa
     raise StageError(
         f"ingest: {report['rows_quarantined']:,} of {report['rows_read']:,} rows "
         f"({report['quarantined_share']:.2%}) broke rules, above ingest.max_invalid_fraction="
-        f"{params.max_invalid_fraction}; column {top[0]} rule {top[1]}: {n_top:,} rows, first at "
+        f"{params.max_invalid_fraction}; column {top[0]} rule {top[1]}: {n_top:,} row{'s' * (n_top != 1)}, first at "
         f"{at} of {first['source_file']}{shown}")
 
 # %% ../../nbs/11_ingest.ipynb #6c5b9902

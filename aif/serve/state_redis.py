@@ -28,7 +28,7 @@ CLOCK = f"{PREFIX}clock"
 
 class RedisHistory:
     """One entity's histories, read in bulk before a batch and written back after it: the
-    `get`/`put` of `aif.online.Arena`, over Redis."""
+    `get`/`put` of `aif.serve.state.Arena`, over Redis."""
 
     def __init__(self, client, entity: str, dtype: np.dtype = HISTORY):
         self.client, self.entity, self.dtype = client, entity, np.dtype(dtype)
