@@ -749,6 +749,7 @@ def id_map_of(transactions: pd.DataFrame, raw_ids: dict[str, pd.Series], valid: 
 
 def ingest_rows(rows: SourceRows, params: IngestParams,
                 now: pd.Timestamp | None = None, secret: bytes | None = None) -> IngestResult:
+    "Map, parse and check a source's rows: each row ends in the canonical transactions or in the quarantine, with the column and rule it broke."
     where = str(rows.files[0]) if len(rows.files) == 1 else f"{len(rows.files)} files"
     if len(rows.frame) == 0 and len(rows.unreadable) == 0:
         raise StageError(f"ingest: {where}: no rows to ingest")

@@ -190,11 +190,13 @@ class Model:
         return self.encoding.matrix(rows)
 
     def score(self, X: np.ndarray) -> np.ndarray:
+        "Raw scores of the rows of `X` (with the compiled model when there is one)."
         if self.compiled is not None:
             return self.compiled.predict(X, n_jobs=1)
         return self.booster.predict(X, num_threads=2)
 
     def predict(self, X: np.ndarray) -> Prediction:
+        "Raw score, calibrated probability and alert (score at or above the threshold) for each row of `X`."
         score = self.score(X)
         return Prediction(score, self.calibration.apply(score), score >= self.threshold)
 
