@@ -79,7 +79,10 @@ def recall_at_budget(day: np.ndarray, label: np.ndarray, score: np.ndarray,
 
 # %% ../nbs/04_metrics.ipynb #beae183f
 def score_metrics(test: pd.DataFrame, score: np.ndarray, params: EvaluateParams) -> dict:
-    "The test period's fraud metrics for one score: ROC AUC, AP, card precision@k (overall and per day), recall at the alert budget, fraud amount caught."
+    """The test period's fraud metrics for one score.
+
+    ROC AUC, AP, card precision@k (overall and per day), recall at the alert budget, fraud
+    amount caught."""
     y = test.tx_fraud.to_numpy()
     day = test.tx_datetime.dt.floor("D").to_numpy()
     cp = card_precision_at_k(day, test.customer_id.to_numpy(), y, score, params.k,
@@ -108,7 +111,9 @@ def calibration_error(y: np.ndarray, probability: np.ndarray, bins: int = 10) ->
 # %% ../nbs/04_metrics.ipynb #adf27378
 def segment_table(test: pd.DataFrame, score: np.ndarray, threshold: float,
                   first_seen: pd.Series, params: EvaluateParams) -> pd.DataFrame:
-    "Per segment (amount band, night/day, weekend/weekday, new/established card): transactions, fraud rate, AP, alerts, recall at `threshold` and at the alert budget."
+    """Fraud rate, AP, alerts and recall (at `threshold` and at the alert budget) per segment.
+
+    Segments: amount band, night/day, weekend/weekday, new/established card."""
     bands = [0.0, *params.amount_bands, np.inf]
     labels = [f"amount {lo:g}-{hi:g}" if np.isfinite(hi) else f"amount >{lo:g}"
               for lo, hi in zip(bands[:-1], bands[1:], strict=True)]

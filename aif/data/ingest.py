@@ -749,7 +749,10 @@ def id_map_of(transactions: pd.DataFrame, raw_ids: dict[str, pd.Series], valid: 
 
 def ingest_rows(rows: SourceRows, params: IngestParams,
                 now: pd.Timestamp | None = None, secret: bytes | None = None) -> IngestResult:
-    "Map, parse and check a source's rows: each row ends in the canonical transactions or in the quarantine, with the column and rule it broke."
+    """Map, parse and check a source's rows.
+
+    Each row ends in the canonical transactions or in the quarantine, with the column and rule
+    it broke."""
     where = str(rows.files[0]) if len(rows.files) == 1 else f"{len(rows.files)} files"
     if len(rows.frame) == 0 and len(rows.unreadable) == 0:
         raise StageError(f"ingest: {where}: no rows to ingest")
@@ -845,8 +848,8 @@ def check_invalid_share(result: IngestResult, rows: SourceRows, params: IngestPa
     raise StageError(
         f"ingest: {report['rows_quarantined']:,} of {report['rows_read']:,} rows "
         f"({report['quarantined_share']:.2%}) broke rules, above ingest.max_invalid_fraction="
-        f"{params.max_invalid_fraction}; column {top[0]} rule {top[1]}: {n_top:,} row{'s' * (n_top != 1)}, first at "
-        f"{at} of {first['source_file']}{shown}")
+        f"{params.max_invalid_fraction}; column {top[0]} rule {top[1]}: {n_top:,} "
+        f"row{'s' * (n_top != 1)}, first at {at} of {first['source_file']}{shown}")
 
 # %% ../../nbs/11_ingest.ipynb #6c5b9902
 def write_outputs(result: IngestResult, transactions_path: Path, quarantine_path: Path,

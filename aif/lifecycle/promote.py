@@ -73,7 +73,9 @@ def rollback_target(registered: list[Version]) -> tuple[Version, Version]:
 # %% ../../nbs/52_promote.ipynb #71706b53
 def promote(paths: ProjectPaths, version: Version, stage: str, force: bool = False,
             rules: GateParams | None = None) -> dict:
-    "Assign `version` to `stage`; to prod only through the champion/challenger gate (or `force`), restoring the tags if anything fails. Returns the decision and its record."
+    """Assign `version` to `stage`; to prod only through the champion/challenger gate.
+
+    `force` skips the gate; a failure restores the tags. Returns the decision and its record."""
     if stage != "prod":
         assign(paths, version, stage, f"promoted to {stage}")
         body = {"version": version.name, "stage": stage, "decision": "assigned"}

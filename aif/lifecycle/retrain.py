@@ -109,7 +109,9 @@ def push(root: Path, name: str, tags: set[str]) -> None:
 # %% ../../nbs/53_retrain.ipynb #0f4fd967
 def retrain(paths: ProjectPaths, params: Params, as_of: str, log, push_tags: bool = False
             ) -> dict:
-    "Train a challenger on the data up to `as_of` (nothing to do if this data and these parameters were trained already), put it in staging, promote it if it passes the gate."
+    """Train a challenger on the data up to `as_of`, stage it, promote it if it passes the gate.
+
+    Nothing to do when this data and these parameters were trained already."""
     plan = retrain_plan(as_of, params)
     key = retrain_key(paths, plan, params)
     done = already_done(paths, key)

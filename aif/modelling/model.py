@@ -196,7 +196,7 @@ class Model:
         return self.booster.predict(X, num_threads=2)
 
     def predict(self, X: np.ndarray) -> Prediction:
-        "Raw score, calibrated probability and alert (score at or above the threshold) for each row of `X`."
+        "Raw score, calibrated probability and alert (score ≥ threshold) for each row of `X`."
         score = self.score(X)
         return Prediction(score, self.calibration.apply(score), score >= self.threshold)
 

@@ -101,7 +101,7 @@ def chunk_quantiles(values: np.ndarray, chunk: np.ndarray, n_chunks: int) -> np.
 
 def numeric_drift(profile: NumericProfile, values: np.ndarray, chunk: np.ndarray,
                   n_chunks: int) -> dict[str, np.ndarray]:
-    "Per chunk: PSI on the reference bins, Wasserstein distance in reference standard deviations, the missing share."
+    "Per chunk: PSI on the reference bins, Wasserstein distance in reference stds, missing share."
     values = np.asarray(values, float)
     shares = chunk_histograms(profile.bins(values), chunk, n_chunks, profile.n_bins)
     q = chunk_quantiles(values, chunk, n_chunks)

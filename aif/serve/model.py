@@ -33,7 +33,9 @@ def prod_version(paths: ProjectPaths) -> str | None:
 
 
 def load_model(paths: ProjectPaths, folder: Path | None = None) -> Loaded:
-    "The model to serve: `folder` if given, else the registry's prod version (materialised once from its commit), else the workspace's `models/`."
+    """The model to serve: `folder`, else the registry's prod version, else `models/`.
+
+    The prod version is materialised once from its commit."""
     if folder is None:
         name = prod_version(paths)
         if name is not None:
