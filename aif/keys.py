@@ -21,9 +21,9 @@ import pandas as pd
 import pyarrow as pa_arrow
 
 # %% auto #0
-__all__ = ['KEY_LIMIT', 'HASH_KEY_ENV', 'ONE_BY_ONE', 'is_canonical', 'hashed_key', 'key_of', 'composite_text', 'id_text',
-           'keys_of_text', 'keys_of_integers', 'category_keys', 'collisions', 'secret_fingerprint',
-           'secret_from_environment']
+__all__ = ['KEY_LIMIT', 'HASH_KEY_ENV', 'ONE_BY_ONE', 'is_canonical', 'hashed_key', 'key_of', 'composite_text', 'composite_texts',
+           'id_text', 'hashed_keys', 'keys_of_text', 'keys_of_integers', 'category_keys', 'collisions',
+           'secret_fingerprint', 'secret_from_environment']
 
 # %% ../nbs/03a_keys.ipynb #a1c0e005
 KEY_LIMIT = 2**63            # keys are in [0, KEY_LIMIT): a non-negative int64
@@ -65,6 +65,14 @@ def composite_text(parts: Sequence[str]) -> str:
     return _JSON(list(parts))
 
 
+def composite_texts(rows: Sequence[Sequence[str]]) -> list[str]:
+    "`composite_text` of each row of text parts, a batch's or a column's at once."
+    # one check of all the parts together: the usual case costs a join, not a regex a row
+    if _PLAIN.fullmatch("".join(["".join(parts) for parts in rows])):
+        return ['["' + '","'.join(parts) + '"]' for parts in rows]
+    return [composite_text(parts) for parts in rows]
+
+
 def id_text(value) -> str:
     "One identifier as the rule reads it: text stripped, integers as their digits."
     if isinstance(value, (bool, np.bool_)):
@@ -80,25 +88,59 @@ def id_text(value) -> str:
     return str(value).strip()
 
 # %% ../nbs/03a_keys.ipynb #a1c0e008
-def _hash_distinct(texts: np.ndarray, secret: bytes | None) -> np.ndarray:
-    "Keys of object-array `texts` by hashing, each distinct text once (`hashed_key`)."
-    if len(texts) == 0:
-        return np.zeros(0, np.int64)
+def _distinct(texts) -> tuple[np.ndarray, np.ndarray]:
+    "The code of each text and the distinct texts (an object array), in order of appearance."
     # factorize, not np.unique: numpy's fixed-width strings drop trailing NUL characters
-    inverse, distinct = pd.factorize(pd.Series(texts, dtype=object), use_na_sentinel=False)
+    codes, distinct = pd.factorize(texts if isinstance(texts, pd.Series)
+                                   else np.asarray(texts, dtype=object), use_na_sentinel=False)
+    return codes, np.asarray(distinct, dtype=object)
+
+
+_IPAD, _OPAD = (bytes(b ^ pad for b in range(256)) for pad in (0x36, 0x5C))   # RFC 2104
+
+
+def _hmac_states(secret: bytes) -> tuple:
+    """SHA-256 states after HMAC's inner and outer padded keys (RFC 2104, as `hmac` does).
+
+    Copying the two states for each text is twice as fast as copying an `hmac.HMAC` object;
+    the tests hold the result to `hmac.digest`."""
+    block = hashlib.sha256().block_size   # 64 bytes
+    if len(secret) > block:   # a longer key is hashed first
+        secret = hashlib.sha256(secret).digest()
+    key = secret.ljust(block, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
+
+
+def _hashed(texts: np.ndarray, secret: bytes | None) -> np.ndarray:
+    "`hashed_key` of each text of an object array, by SHA-256 or HMAC-SHA256 under `secret`."
     if secret is None:
-        digests = [hashlib.sha256(str(t).encode("utf-8")).digest()[:8] for t in distinct]
-    else:   # the keyed state made once and copied: a third faster than hmac.digest each time
-        keyed = hmac.new(secret, digestmod=hashlib.sha256)
-
-        def digest(text: str) -> bytes:
-            h = keyed.copy()
+        digests = [hashlib.sha256(t.encode("utf-8")).digest()[:8] for t in texts.tolist()]
+    else:   # HMAC(K, m) = H(K ^ opad || H(K ^ ipad || m)), from the padded keys' states
+        inner, outer = _hmac_states(secret)
+        digests = []
+        for text in texts.tolist():
+            h = inner.copy()
             h.update(text.encode("utf-8"))
-            return h.digest()[:8]
-
-        digests = [digest(str(t)) for t in distinct]
+            o = outer.copy()
+            o.update(h.digest())
+            digests.append(o.digest()[:8])
     keys = np.frombuffer(b"".join(digests), ">u8").astype(np.uint64) & np.uint64(_KEY_MASK)
-    return keys.astype(np.int64)[inverse]
+    return keys.astype(np.int64)
+
+
+def hashed_keys(texts: Sequence[str], secret: bytes | None = None) -> np.ndarray:
+    """`hashed_key` of each text: for texts no canonical integer can be, such as composites.
+
+    Each one is hashed, none looked for twice: a batch's transaction ids are all distinct."""
+    return _hashed(np.asarray(texts, dtype=object), secret)
+
+
+def _canonical(texts: np.ndarray) -> np.ndarray:
+    "`is_canonical` of each text of an object array, in Arrow without a Python loop."
+    text = pd.Series(texts, dtype="string")
+    lengths = text.str.len().to_numpy(dtype=np.int64, na_value=0)
+    return text.str.fullmatch(_CANONICAL).to_numpy(dtype=bool, na_value=False) & (
+        (lengths < len(_MAX_DIGITS)) | ((lengths == len(_MAX_DIGITS)) & (texts <= _MAX_DIGITS)))
 
 
 ONE_BY_ONE = 16   # up to this many values (a request's), the rule value by value is faster
@@ -111,25 +153,20 @@ def _one_by_one(texts, secret: bytes | None) -> np.ndarray:
 
 
 def keys_of_text(texts: pd.Series | Sequence[str], secret: bytes | None = None) -> np.ndarray:
-    "The key of each text (no nulls): `key_of` for a whole column (or a request's list)."
+    """The key of each text (no nulls): `key_of` for a whole column (or a request's list).
+
+    The rule runs once for each distinct text (a card comes back many times in a batch), and
+    canonical integers are converted in Arrow; only the other distinct texts are hashed."""
     if len(texts) <= ONE_BY_ONE:
         return _one_by_one(texts, secret)
-    text = pd.Series(texts, dtype=object).astype("string") if not isinstance(
-        texts, pd.Series) else texts.astype("string")
-    keys = np.zeros(len(text), np.int64)
-    if secret is None:
-        lengths = text.str.len().to_numpy(dtype=np.int64, na_value=0)
-        canonical = text.str.fullmatch(_CANONICAL).to_numpy(dtype=bool, na_value=False) & (
-            (lengths < len(_MAX_DIGITS)) | ((lengths == len(_MAX_DIGITS))
-                                            & (text.to_numpy(dtype=object) <= _MAX_DIGITS)))
-    else:
-        canonical = np.zeros(len(text), bool)
+    codes, distinct = _distinct(texts)
+    keys = np.zeros(len(distinct), np.int64)
+    canonical = _canonical(distinct) if secret is None else np.zeros(len(distinct), bool)
     if canonical.any():
-        digits = pa_arrow.array(text[canonical].to_numpy(dtype=object), pa_arrow.string())
+        digits = pa_arrow.array(distinct[canonical], pa_arrow.string())
         keys[canonical] = digits.cast(pa_arrow.int64()).to_numpy()
-    other = ~canonical
-    keys[other] = _hash_distinct(text[other].to_numpy(dtype=object), secret)
-    return keys
+    keys[~canonical] = _hashed(distinct[~canonical], secret)
+    return keys[codes]
 
 
 def keys_of_integers(values: np.ndarray, secret: bytes | None = None) -> np.ndarray:
@@ -143,8 +180,9 @@ def keys_of_integers(values: np.ndarray, secret: bytes | None = None) -> np.ndar
         as_is = np.zeros(len(values), bool)
     keys = np.zeros(len(values), np.int64)
     keys[as_is] = values[as_is].astype(np.int64)
-    keys[~as_is] = _hash_distinct(np.array([str(v) for v in values[~as_is].tolist()], object),
-                                  secret)
+    # not canonical (negative, 2^63 or more) or under a secret: hashed, each distinct once
+    codes, distinct = _distinct([str(v) for v in values[~as_is].tolist()])
+    keys[~as_is] = _hashed(distinct, secret)[codes]
     return keys
 
 

@@ -153,8 +153,7 @@ def batch_breakdown(project: Path, params_file: Path, items: list[bytes], runs: 
 
     for b in range(max(1, min(runs, len(items) // BATCH))):
         raw = batch_body(items[b * BATCH:(b + 1) * BATCH])
-        items = timed("parse and validate", service.requests.score_body, raw)
-        columns = timed("columns", service.requests.columns, items)
+        columns = timed("parse, validate, key", service.requests.score_columns, raw).columns
         timed("known ids", state.already_scored, columns["transaction_id"])
         pending = timed("features", state.prepare, columns)
         X = timed("matrix", model.matrix, pending.values)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from ..config.params import IngestParams, ParamsError
 from ..io import StageError, atomic_output, start_stage
-from ..keys import (HASH_KEY_ENV, collisions, composite_text, keys_of_integers, keys_of_text,
+from ..keys import (HASH_KEY_ENV, collisions, composite_texts, keys_of_integers, keys_of_text,
                       secret_fingerprint, secret_from_environment)
 from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_KEYS,
                         Attribute, arrow_schema, attributes_of, transaction_schema)
@@ -568,7 +568,7 @@ def parse_ids(parts: list[pd.Series], secret: bytes | None = None
     if len(parts) > 1:
         columns = [t.to_numpy(dtype=object)[ok] for t in texts]
         text = pd.Series(pd.NA, index=index, dtype="string")
-        text[ok] = [composite_text(row) for row in zip(*columns, strict=True)]
+        text[ok] = composite_texts(list(zip(*columns, strict=True)))
     else:
         text = texts[0]
     keys = np.zeros(len(index), np.int64)

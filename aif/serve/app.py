@@ -583,14 +583,13 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
     from fastapi.responses import Response
 
     started = time.perf_counter()
-    items = service.requests.score_body(raw)
-    limit = service.params.serve.max_explain_rows
-    if explain and len(items) > limit:
+    body = service.requests.score_columns(raw)
+    columns, limit = body.columns, service.params.serve.max_explain_rows
+    if explain and len(columns["transaction_id"]) > limit:
         raise RequestValidationError([{
             "loc": ("query", "explain"), "type": "too_many_rows", "msg": f"explain=true takes "
             f"at most {limit} transactions (serve.max_explain_rows); send larger batches "
             "without it"}])
-    columns = service.requests.columns(items)
     refusal = journal_refusal(service)
     if refusal is not None:
         return refusal
@@ -622,8 +621,9 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
         record_scores(service, logged)
     if not fresh.all():
         service.metrics["retried"].inc(int((~fresh).sum()))
-    service.logger.debug("scored", extra={"fields": {"request_id": request_id, "transactions": [
-        {**t, "tx_datetime": t["tx_datetime"].isoformat()} for t in items[:10]]}})
+    if service.logger.isEnabledFor(logging.DEBUG):
+        service.logger.debug("scored", extra={"fields": {"request_id": request_id,
+                                                         "transactions": body.sample()}})
     answer = {c: np.asarray(before[c], dtype=object) for c in
               ("score", "fraud_probability", "alert", "model_version")}
     if logged is not None:
