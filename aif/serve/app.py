@@ -624,23 +624,27 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
     if service.logger.isEnabledFor(logging.DEBUG):
         service.logger.debug("scored", extra={"fields": {"request_id": request_id,
                                                          "transactions": body.sample()}})
-    answer = {c: np.asarray(before[c], dtype=object) for c in
-              ("score", "fraud_probability", "alert", "model_version")}
+    # each row's answer: the first one for a retry, the new one for the rest; typed arrays,
+    # so that one tolist() each gives the Python values orjson writes
+    answer = {c: np.array(before[c], dtype=dtype) for c, dtype in
+              (("score", np.float64), ("fraud_probability", np.float64), ("alert", bool))}
+    version = before["model_version"][0]
     if logged is not None:
         for c in answer:
-            answer[c][fresh] = logged[c].tolist()
-    results = [{"transaction_id": int(i), "score": float(sc), "fraud_probability": float(p),
-                "alert": bool(a)} for i, sc, p, a in zip(
-                    columns["transaction_id"].tolist(), answer["score"].tolist(),
-                    answer["fraud_probability"].tolist(), answer["alert"].tolist(), strict=True)]
+            answer[c][fresh] = logged[c]
+        version = logged["model_version"][0] if fresh[0] else version
+    results = [{"transaction_id": i, "score": sc, "fraud_probability": p, "alert": a}
+               for i, sc, p, a in zip(columns["transaction_id"].tolist(), answer["score"].tolist(),
+                                      answer["fraud_probability"].tolist(),
+                                      answer["alert"].tolist(), strict=True)]
     if explain and X is not None:   # per-row tree walks: in a thread, so others go on meanwhile
         tops = iter(await asyncio.to_thread(explain_rows, model, X))
         for r, is_new in zip(results, fresh.tolist(), strict=True):
             if is_new:
                 r["top_features"] = next(tops)
     # orjson straight to bytes: FastAPI's generic encoder walks 10,000 results slowly
-    return Response(orjson.dumps({"model_version": str(answer["model_version"][0]),
-                                  "results": results}), media_type="application/json")
+    return Response(orjson.dumps({"model_version": str(version), "results": results}),
+                    media_type="application/json")
 
 
 async def label_response(service: Service, raw: bytes, request: Request):

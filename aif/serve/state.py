@@ -190,11 +190,16 @@ class Merged:
     keys: np.ndarray      # key of each group, ascending
 
 
-def merge(store, keys: np.ndarray, new: np.ndarray) -> Merged:
-    "Histories of `keys` from `store` followed by the `new` rows (one per key), grouped by key."
+def merge(store, keys: np.ndarray, new: np.ndarray, by_time: np.ndarray | None = None
+          ) -> Merged:
+    """Histories of `keys` from `store` followed by the `new` rows (one per key), grouped by key.
+
+    `by_time`: the (time, id) order of `new` when the caller has it, sorted once for all of a
+    batch's entities; a stable sort by key then gives the (key, time, id) order."""
     if len(keys) == 1:
         return merge_one(store, keys, new)
-    order = np.lexsort((new["id"], new["time"], keys))
+    order = np.lexsort((new["id"], new["time"], keys)) if by_time is None else \
+        by_time[np.argsort(keys[by_time], kind="stable")]
     keys, new = keys[order], take(new, order)
     unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
     old_len, old_rows = store.get(unique)
@@ -424,10 +429,12 @@ class OnlineFeatures:
         new = {}   # the batch as history rows, one layout per set of attributes kept
         keys = {entity: entity_key(rows, entity) for entity in self.history}
         merged = {}
+        by_time = np.lexsort((rows["transaction_id"], rows["tx_datetime"])) \
+            if len(rows["transaction_id"]) > 1 else None   # one sort for every entity
         for entity, store in self.history.items():
             if store.dtype not in new:
                 new[store.dtype] = history_rows(rows, store.dtype)
-            m = merged[entity] = merge(store, keys[entity], new[store.dtype])
+            m = merged[entity] = merge(store, keys[entity], new[store.dtype], by_time)
             if compute:
                 specs = [s for s in self.specs if s.entity == entity]
                 targets = np.flatnonzero(m.source >= 0)
