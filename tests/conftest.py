@@ -36,6 +36,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail("--dist loadgroup did not group this test: see pytest's cap in "
                     "pyproject.toml", pytrace=False)
 
+
 def wait_until_up(get, proc: subprocess.Popen, log: Path, what: str, timeout: float = 90,
                   pause: float = 0.2) -> None:
     """Call `get()` (an HTTP GET) until it answers 200; fail with the end of `log` if the

@@ -190,16 +190,14 @@ class Merged:
     keys: np.ndarray      # key of each group, ascending
 
 
-def merge(store, keys: np.ndarray, new: np.ndarray, by_time: np.ndarray | None = None
-          ) -> Merged:
+def merge(store, keys: np.ndarray, new: np.ndarray, by_time: np.ndarray | None) -> Merged:
     """Histories of `keys` from `store` followed by the `new` rows (one per key), grouped by key.
 
-    `by_time`: the (time, id) order of `new` when the caller has it, sorted once for all of a
-    batch's entities; a stable sort by key then gives the (key, time, id) order."""
+    `by_time`: the (time, id) order of `new` (None for a single row), sorted once for all of
+    a batch's entities; a stable sort by key then gives the (key, time, id) order."""
     if len(keys) == 1:
         return merge_one(store, keys, new)
-    order = np.lexsort((new["id"], new["time"], keys)) if by_time is None else \
-        by_time[np.argsort(keys[by_time], kind="stable")]
+    order = by_time[np.argsort(keys[by_time], kind="stable")]
     keys, new = keys[order], take(new, order)
     unique, first, counts = np.unique(keys, return_index=True, return_counts=True)
     old_len, old_rows = store.get(unique)
