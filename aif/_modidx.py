@@ -685,6 +685,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'aif/serve/schema.py'),
                                   'aif.serve.schema.ScoreBody': ('request_schema.html#scorebody', 'aif/serve/schema.py'),
                                   'aif.serve.schema.ScoreBody.sample': ('request_schema.html#scorebody.sample', 'aif/serve/schema.py'),
+                                  'aif.serve.schema._to_the_microsecond': ( 'request_schema.html#_to_the_microsecond',
+                                                                            'aif/serve/schema.py'),
                                   'aif.serve.schema.attribute_values': ('request_schema.html#attribute_values', 'aif/serve/schema.py'),
                                   'aif.serve.schema.fast_transaction_type': ( 'request_schema.html#fast_transaction_type',
                                                                               'aif/serve/schema.py'),

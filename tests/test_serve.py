@@ -132,6 +132,8 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
            ({k: v for k, v in tx.items() if k != "customer_id"}, "customer_id"),
            ({**tx, "tx_datetime": "2018-07-09T10:00:00+02:00"}, "tx_datetime"),
            ({**tx, "tx_datetime": "yesterday"}, "tx_datetime"),
+           # a seventh digit of a second is refused, not cut to the microsecond
+           ({**tx, "tx_datetime": "2018-07-09T10:00:00.1234567"}, "more than 6 digits"),
            ({**tx, "terminal_id": True}, "terminal_id"),    # ids: integers or text
            ({**tx, "terminal_id": " "}, "terminal_id"),
            ({**tx, "terminal_id": [1, 2]}, "terminal_id"),  # not a composite in this mapping
@@ -152,6 +154,10 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [
             "body", "transactions", 7, "tx_amount"]
         assert len(r.content) < 1000    # names the row and the rule, does not echo the batch
+        batch[7]["tx_amount"], batch[9]["tx_datetime"] = 1.0, "2018-07-09T10:00:00.0000001"
+        r = client.post("/score", json={"transactions": batch})   # the fast path gives way
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == [
+            "body", "transactions", 9, "tx_datetime"]
         schemas = client.get("/openapi.json").json()["components"]["schemas"]
         assert set(schemas["Transaction"]["properties"]) == set(tx)   # /score is documented
         first = client.post("/score", json=tx)
