@@ -320,6 +320,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'aif.features.specs.specs_named': ('feature_specs.html#specs_named', 'aif/features/specs.py'),
                                     'aif.features.specs.window_columns': ('feature_specs.html#window_columns', 'aif/features/specs.py')},
             'aif.features.store': { 'aif.features.store.attribute_array': ('feature_store.html#attribute_array', 'aif/features/store.py'),
+                                    'aif.features.store.attribute_type': ('feature_store.html#attribute_type', 'aif/features/store.py'),
                                     'aif.features.store.check_stream_order': ( 'feature_store.html#check_stream_order',
                                                                                'aif/features/store.py'),
                                     'aif.features.store.feature_files': ('feature_store.html#feature_files', 'aif/features/store.py'),

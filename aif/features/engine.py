@@ -25,8 +25,8 @@ from .kernels import (entity_order, grouped_order, is_first_in_history,
                                   window_starts)
 from .specs import (DERIVED, MICROS_PER_DAY, OF_COLUMN, FeatureSpec, entity_key,
                                 spec_inputs, window_columns)
-from .store import (ROWS_PER_FILE, check_stream_order, features_table, open_source,
-                                table_columns, write_part)
+from .store import (ROWS_PER_FILE, attribute_type, check_stream_order,
+                                features_table, open_source, table_columns, write_part)
 from ..io import atomic_output
 from ..schema import INPUT_COLUMNS, column_to_numpy, numpy_to_arrow
 
@@ -317,20 +317,16 @@ def feature_frame(columns: dict, labels: list[str], specs: tuple[FeatureSpec, ..
 def _engine_type(source: pq.ParquetFile, name: str) -> pa.DataType:
     "The type `attribute_array` gives a column of the whole file (chunks may differ alone)."
     kind = source.schema_arrow.field(name).type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return pa.int64()
-    if pa.types.is_boolean(kind):
-        return pa.int8()
-    if pa.types.is_integer(kind):
-        index = source.schema_arrow.get_field_index(name)
-        stats = [source.metadata.row_group(g).column(index).statistics
-                 for g in range(source.metadata.num_row_groups)]
-        if all(st is not None and st.has_null_count for st in stats):
-            nulls = sum(st.null_count for st in stats)
-        else:
-            nulls = source.read(columns=[name]).column(0).null_count
-        return pa.int64() if nulls == 0 else pa.float64()
-    return pa.float64()
+    if not pa.types.is_integer(kind):
+        return attribute_type(kind, has_nulls=True)   # nulls change no other type
+    index = source.schema_arrow.get_field_index(name)
+    stats = [source.metadata.row_group(g).column(index).statistics
+             for g in range(source.metadata.num_row_groups)]
+    if all(st is not None and st.has_null_count for st in stats):
+        nulls = sum(st.null_count for st in stats)
+    else:
+        nulls = source.read(columns=[name]).column(0).null_count
+    return attribute_type(kind, nulls > 0)
 
 
 def spill_schema(source: pq.ParquetFile, windowed: list[str]) -> pa.Schema:

@@ -20,9 +20,9 @@ from ..schema import (INPUT_COLUMNS, KEY_COLUMNS, LABEL_COLUMNS, SORT_KEYS, arro
                         column_to_numpy, numpy_to_arrow)
 
 # %% auto #0
-__all__ = ['READ_ERRORS', 'ROWS_PER_FILE', 'check_stream_order', 'unreadable', 'open_source', 'attribute_array', 'table_columns',
-           'read_columns', 'features_table', 'write_part', 'write_features', 'feature_files', 'read_features',
-           'read_span', 'read_part_window', 'frame_columns']
+__all__ = ['READ_ERRORS', 'ROWS_PER_FILE', 'check_stream_order', 'unreadable', 'open_source', 'attribute_type', 'attribute_array',
+           'table_columns', 'read_columns', 'features_table', 'write_part', 'write_features', 'feature_files',
+           'read_features', 'read_span', 'read_part_window', 'frame_columns']
 
 # %% ../../nbs/22_feature_store.ipynb #8c86990a
 def check_stream_order(time_us: np.ndarray, tx_id: np.ndarray, where: str) -> None:
@@ -53,19 +53,30 @@ def open_source(path: Path) -> tuple[pq.ParquetFile, list[str]]:
     return source, [c for c in LABEL_COLUMNS if c in names]
 
 
+def attribute_type(kind: pa.DataType, has_nulls: bool) -> pa.DataType:
+    """The type an attribute column of arrow type `kind` has in the engines, whose windows,
+    journal and prediction log hold fixed-width numbers: text (a category) as its int64 key,
+    a boolean as int8, an integer as int64 when it has no null, any other number as float64
+    (a null as NaN)."""
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pa.int64()
+    if pa.types.is_boolean(kind):
+        return pa.int8()
+    return pa.int64() if pa.types.is_integer(kind) and not has_nulls else pa.float64()
+
+
 def attribute_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """An attribute column as the engines take it: text (a category) as its int64 key by the
-    rule of `aif.keys` (a null as ""), so that every engine, the journal and the prediction log
-    hold fixed-width numbers; numbers as float64 (a null as NaN) or int64 when there is none;
-    booleans as int8."""
+    """An attribute column as the engines take it (`attribute_type`): a category as its key by
+    the rule of `aif.keys` (a null as ""), a boolean as 0 or 1 (a null as 0)."""
     kind = column.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return category_keys(column.fill_null("").to_numpy(zero_copy_only=False))
     if pa.types.is_boolean(kind):
         return np.asarray(column.fill_null(False).to_numpy(zero_copy_only=False), np.int8)
-    if pa.types.is_integer(kind) and column.null_count == 0:
-        return np.asarray(column.to_numpy(), np.int64)
-    return np.asarray(column.cast(pa.float64()).to_numpy(zero_copy_only=False), np.float64)
+    # arrow's cast refuses what would not fit (a uint64 past int64), where numpy would wrap
+    target = attribute_type(kind, column.null_count > 0)
+    return np.asarray(column.cast(target).to_numpy(zero_copy_only=False),
+                      target.to_pandas_dtype())
 
 
 def table_columns(table: pa.Table | pa.RecordBatch, labels: list[str],
