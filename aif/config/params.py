@@ -118,6 +118,7 @@ class ActivitySurge:
 
 @dataclass(frozen=True)
 class DriftScenarios:
+    "The drifts `simulate` can add after training, each off unless switched on."
     spend_shift: SpendShift = field(default_factory=SpendShift)
     card_testing: CardTesting = field(default_factory=CardTesting)
     activity_surge: ActivitySurge = field(default_factory=ActivitySurge)
@@ -125,6 +126,7 @@ class DriftScenarios:
 
 @dataclass(frozen=True)
 class SimulateParams:
+    "`simulate`: the handbook's generator: its size, start, seed and scenarios."
     n_customers: int = 5000
     n_terminals: int = 10000
     n_days: int = 183
@@ -142,6 +144,7 @@ DEFAULT_PII = ("first", "last", "first_name", "last_name", "name", "full_name", 
 
 @dataclass(frozen=True)
 class IngestParams:
+    "`ingest`: the export's place and columns, its attributes, ids and PII, and the limits."
     source: str = "data/raw/transactions"
     columns: dict = field(default_factory=dict)
     timezone: str | None = None
@@ -181,6 +184,7 @@ DEFAULT_FEATURE_GROUPS = ("baseline", "amount_profile", "amount_peaks", "termina
 
 @dataclass(frozen=True)
 class FeaturesParams:
+    "`featurize`: the windows, the feature groups, the declared features, the engine."
     customer_windows_days: tuple[int, ...] = (1, 7, 30)
     terminal_windows_days: tuple[int, ...] = (1, 7, 30)
     velocity_window_hours: float = 1.0
@@ -207,6 +211,7 @@ class FeaturesParams:
 # %% ../../nbs/01_params.ipynb #b3127aea
 @dataclass(frozen=True)
 class SplitParams:
+    "`split`: the first training day and the lengths of the training and test periods."
     train_start: str = "2018-07-25"
     train_days: int = 7
     test_days: int = 7
@@ -224,6 +229,7 @@ DEFAULT_SEARCH_SPACE = {
 
 @dataclass(frozen=True)
 class TuneParams:
+    "`tune`: Optuna's time-aware folds, its budget, storage and search space."
     n_folds: int = 4
     n_trials: int = 20
     timeout_s: float = 600.0        # a safety cap, logged when hit; n_trials sets the budget
@@ -235,6 +241,7 @@ class TuneParams:
 
 @dataclass(frozen=True)
 class TrainParams:
+    "`train`: hyperparameters fixed by hand (None: the tuned value), and the engine."
     learning_rate: float | None = None
     num_leaves: int | None = None
     min_child_samples: int | None = None
@@ -256,6 +263,7 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
+    "`evaluate`: investigators' daily budgets, the test folds and the segments."
     k: int = 100                    # cards investigators check a day (card precision@k)
     alert_budget: int = 100         # transaction alerts a day
     shap_sample: int = 5000
@@ -266,6 +274,7 @@ class EvaluateParams:
 # %% ../../nbs/01_params.ipynb #21b3a35c
 @dataclass(frozen=True)
 class GateParams:
+    "`gate`: what a challenger may not lose against the champion to be promoted."
     max_ap_drop: float = 0.0
     max_calibration_error: float = 0.01
     max_segment_recall_loss: float = 0.25
@@ -287,6 +296,7 @@ class DriftThresholds:
 
 @dataclass(frozen=True)
 class MonitorParams:
+    "`monitor`: the reference and current windows, the chunks and the drift bands."
     reference: str = "2018-08-15:2018-09-01"   # START:END, END exclusive
     current: str = "2018-09-01:2018-10-01"
     chunk_days: int = 1
@@ -299,12 +309,14 @@ class MonitorParams:
 # %% ../../nbs/01_params.ipynb #5e9f0d21
 @dataclass(frozen=True)
 class ServeAuth:
+    "`serve.auth`: where the service's bearer tokens are kept, and what needs none."
     tokens_file: str | None = None   # token hashes and scopes; AIF_SERVE_TOKENS_FILE wins
     open_probes: bool = True         # /ready, /metrics and /version without a token
 
 
 @dataclass(frozen=True)
 class ServeParams:
+    "`serve`: the service's state, clock, journal, prediction log, limits and auth."
     poll_seconds: float = 10.0
     prediction_log: str = "reports/predictions"
     log_flush_seconds: float = 5.0
@@ -345,6 +357,7 @@ class ServeParams:
 # %% ../../nbs/01_params.ipynb #c4304388
 @dataclass(frozen=True)
 class Params:
+    "Every section of `params.yaml`, read and checked at once (`load_params`)."
     seed: int = 42
     label_delay_days: int = 7
     simulate: SimulateParams = field(default_factory=SimulateParams)
