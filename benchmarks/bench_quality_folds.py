@@ -5,8 +5,10 @@ default model on each of the four validation folds (training starts 2018-06-20, 
 07-04, 07-11; 7 days, 7 days of delay, 7 days assessed with the test-set rules) and scored
 by AP and card precision@100; means over the folds and over simulator seeds 0-2.
 
-`AIF_BENCH_QUALITY_DIR=dir` keeps the three projects between runs (building one takes a few
-minutes); `--seeds 0` for one seed.
+`--variants combinations` tries the card's largest amount with its neighbours, `--variants
+spread` robust references for the card's usual amount (z-scores, the largest before the
+delay, the smallest). `AIF_BENCH_QUALITY_DIR=dir` keeps the three projects between runs
+(building one takes a few minutes); `--seeds 0` for one seed.
 """
 from __future__ import annotations
 
@@ -117,6 +119,47 @@ def combinations(params) -> dict[str, dict]:
     return found
 
 
+def z_score(days: int) -> list[dict]:
+    "This amount's distance from the card's mean over `days`, in the card's own sd."
+    mean = "customer_avg_amount_30d" if days == 30 else f"customer_avg_amount_{days}d"
+    return [{"name": f"customer_std_amount_{days}d", "entity": "customer",
+             "aggregation": "std_amount", "window_days": days},
+            {"name": f"amount_minus_customer_avg_{days}d", "aggregation": "difference",
+             "inputs": ["tx_amount", mean]},
+            {"name": f"customer_amount_z_{days}d", "aggregation": "ratio",
+             "inputs": [f"amount_minus_customer_avg_{days}d", f"customer_std_amount_{days}d"]}]
+
+
+# robust references for a card's usual amount: its spread, its smallest, and its largest
+# before the label delay (which a thief's x5 payments of the last week do not inflate)
+SPREAD = {
+    "amount z-score over 30 days": z_score(30),
+    "amount z-score over 7 days": z_score(7),
+    "amount over the card's largest of 30 days ending 7 days ago": [
+        {"name": "customer_max_amount_30d_lag7", "entity": "customer", "aggregation": "max",
+         "window_days": 30, "lag_days": 7},
+        {"name": "amount_to_customer_max_30d_lag7", "aggregation": "ratio",
+         "inputs": ["tx_amount", "customer_max_amount_30d_lag7"]}],
+    "amount over the card's smallest of 7 days": [
+        {"name": "customer_min_amount_7d", "entity": "customer", "aggregation": "min",
+         "window_days": 7},
+        {"name": "amount_to_customer_min_7d", "aggregation": "ratio",
+         "inputs": ["tx_amount", "customer_min_amount_7d"]}],
+}
+CANDIDATES.update({f"spread: {name}": declared for name, declared in SPREAD.items()})
+
+
+def spread(params) -> dict[str, dict]:
+    "The default features with each robust reference for the card's usual amount, and all."
+    default = params.features.groups
+    found = {"default": {"columns": columns(params, default)}}
+    for name, declared in SPREAD.items():
+        found[f"+ {name}"] = {"columns": columns(params, default, declared)}
+    every = list({d["name"]: d for ds in SPREAD.values() for d in ds}.values())
+    found["+ all of them"] = {"columns": columns(params, default, every)}
+    return found
+
+
 def build(root: Path, seed: int) -> Path:
     "A project on simulator seed `seed`, featurized and tuned (reused when it exists)."
     project = root / f"seed-{seed}"
@@ -199,6 +242,8 @@ def fold_scores(project: Path, which: str) -> dict[str, dict]:
     out = candidate_features(project)
     if which == "combinations":
         found = combinations(params)
+    elif which == "spread":
+        found = spread(params)
     else:
         found = variants(params)
         found["monotone constraints"] = {**found["default"], "monotone": True}
@@ -240,7 +285,8 @@ def fold_scores(project: Path, which: str) -> dict[str, dict]:
 def main() -> bool:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--variants", choices=["ablation", "combinations"], default="ablation")
+    parser.add_argument("--variants", choices=["ablation", "combinations", "spread"],
+                        default="ablation")
     args = parser.parse_args()
     seeds = args.seeds
     keep = os.environ.get("AIF_BENCH_QUALITY_DIR")
