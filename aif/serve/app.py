@@ -139,10 +139,11 @@ def explain_rows(model, X: np.ndarray, top: int = 5) -> list[list[dict]]:
 # %% ../../nbs/66_app.ipynb #fec1e1eb
 def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec, ...],
                until: str | None, snapshot: Path | None, journal: Journal | None = None):
-    """The feature state to start from: Redis's; or the last snapshot, if newer than the
-    data, and the journal's later entries; or the data (up to `until`, a replay's start),
-    and every entry the journal holds. The journal only drops entries the clock has left
-    behind, so either way the state holds every transaction that was acknowledged."""
+    """The feature state to start from, holding every transaction that was acknowledged.
+
+    Redis's; or the last snapshot, if newer than the data, and the journal's later entries;
+    or the data (up to `until`, a replay's start), and every entry the journal holds. The
+    journal only drops entries the clock has left behind."""
     if serve.shared_state:
         from aif.serve.state_redis import RedisFeatures
 
@@ -265,11 +266,15 @@ async def flush_log(service: Service, every: float, max_rows: int) -> None:
 
 def write_snapshot(state: OnlineFeatures, path: Path) -> int:
     """Write the state from a forked child, as Redis' BGSAVE does: the child sees the memory
-    as it was at the fork (copy-on-write), so requests go on while it writes. Its pid."""
+    as it was at the fork (copy-on-write), so requests go on while it writes. Its pid.
+
+    The child runs at the lowest CPU priority: on a busy machine the requests come first and
+    the snapshot takes what they leave."""
     pid = os.fork()
     if pid == 0:   # the child: write, and leave without running the parent's exit handlers
         code = 1
         try:
+            os.nice(19)
             state.save(path)
             code = 0
         except BaseException as err:   # noqa: BLE001 - reported by the exit code, and here
@@ -576,8 +581,9 @@ def conflict(ids: list[int]):
 
 
 async def score_response(service: Service, raw: bytes, request_id: str, explain: bool):
-    """The /score answer: 200 with every result, or 409 if a transaction was scored before
-    with other content; transactions sent again unchanged get their first answer."""
+    """The /score answer: 200 with every result, or 409 for a known id with other content.
+
+    Transactions sent again unchanged get their first answer."""
     import orjson
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import Response
