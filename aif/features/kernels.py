@@ -169,8 +169,9 @@ def window_extremes(values: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 def window_distinct_counts(eo: EntityOrder, values: np.ndarray, start: np.ndarray,
                            end: np.ndarray) -> np.ndarray:
-    """Distinct `values` (sorted order, integer keys) in each window [start, end) of sorted
-    rows: windows in ascending order (starts and ends never decrease), as `window_bounds`
+    """Distinct `values` (integer keys, sorted order) in each window [start, end) of sorted rows.
+
+    Windows come in ascending order (starts and ends never decrease), as `window_bounds`
     makes them for every row, or for rows taken in ascending order."""
     n, q = len(values), len(start)
     if q == 0 or n == 0:

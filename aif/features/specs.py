@@ -385,8 +385,10 @@ def attribute_keys(values: np.ndarray) -> np.ndarray:
 
 
 def entity_key(columns: dict, entity: str) -> np.ndarray:
-    """Each row's key for `entity`, from numpy columns: the canonical ids, an attribute's
-    values, or a pair of either (`customer+merchant_category`)."""
+    """Each row's key for `entity`, from numpy columns.
+
+    An entity is a canonical id, an attribute's values, or a pair of either
+    (`customer+merchant_category`)."""
     if entity in ENTITY_ID_COLUMNS:
         return columns[ENTITY_ID_COLUMNS[entity]]
     if entity == "customer_terminal":

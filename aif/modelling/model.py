@@ -166,8 +166,10 @@ class Model:
         return self.info["features"]
 
     def feature_specs(self, params: FeaturesParams) -> tuple[FeatureSpec, ...]:
-        """The specs the model was trained with. A model saved before `model.json` held
-        them gets the registry's, with `params`' windows and the model's own label delay."""
+        """The specs the model was trained with.
+
+        A model saved before `model.json` held them gets the registry's, with `params`'
+        windows and the model's own label delay."""
         if "feature_specs" in self.info:
             return specs_from_records(self.info["feature_specs"])
         return specs_named(self.features, params, self.info["training_window"]["label_delay_days"])

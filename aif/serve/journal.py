@@ -99,8 +99,10 @@ class Journal:
         return db
 
     def submit(self, kind: str, columns: dict[str, np.ndarray], times: np.ndarray) -> Future:
-        """Write one entry (it survives kill -9 from here on); the future holds its seq once
-        it is synced as `journal_sync` says. Raises `JournalError` if it cannot be written."""
+        """Write one entry: it survives kill -9 from here on.
+
+        The future holds its seq once it is synced as `journal_sync` says. Raises
+        `JournalError` if it cannot be written."""
         if self.failed is not None:
             raise JournalError(f"{self.path}: the journal failed earlier ({self.failed})")
         earliest, latest = (int(times.min()), int(times.max())) if len(times) else (0, 0)

@@ -111,8 +111,10 @@ class PredictionLog:
                 self.in_flight.remove(flush.first)
 
     def written_seqs(self) -> list[tuple[int, int]]:
-        """The journal ranges complete flushes hold; parts of incomplete ones (a crash in the
-        middle of a flush) and stale temporary files are deleted, to be written again."""
+        """The journal ranges that complete flushes hold.
+
+        Parts of incomplete ones (a crash in the middle of a flush) and stale temporary files
+        are deleted, to be written again."""
         groups: dict[tuple[int, int, int], list[Path]] = {}
         for path in self.folder.glob("date=*/*"):
             if path.name.startswith(".") and ".tmp-" in path.name:

@@ -400,8 +400,10 @@ class OnlineFeatures:
 
     def observe(self, rows: dict, compute: bool = True, check: bool = True
                 ) -> dict[str, np.ndarray]:
-        """Record the batch `rows` (numpy columns: ids, `tx_datetime` in microseconds, amount,
-        optionally `tx_fraud`) and, with `compute`, return its features in the batch's order.
+        """Record the batch `rows` and, with `compute`, return its features in the batch's order.
+
+        `rows` are numpy columns: ids, `tx_datetime` in microseconds, amount, optionally
+        `tx_fraud`.
         A batch holding a transaction the state has already seen raises `AlreadyScored` and
         changes nothing."""
         pending = self.prepare(rows, compute, check)
@@ -409,9 +411,10 @@ class OnlineFeatures:
         return pending.values
 
     def transact(self, rows: dict, score, record, check: bool = True) -> dict:
-        """Compute the batch's features, `score` them (returns the batch's logged rows),
-        `record` those (hands them to the journal; returns the entry's seq), then keep the
-        batch: a failure before the last step leaves the state as it was."""
+        """Features, score, record, keep: a failure before the last step changes nothing.
+
+        Compute the batch's features, `score` them (returns the batch's logged rows), `record`
+        those (hands them to the journal; returns the entry's seq), then keep the batch."""
         pending = self.prepare(rows, check=check)
         logged = score(pending.values)
         self.commit(pending, record(logged))

@@ -145,8 +145,9 @@ class RedisFeatures(OnlineFeatures):
         return self.in_transaction(rows, None, compute)[0]
 
     def transact(self, rows: dict, score, record, check: bool = True) -> dict:
-        """As in memory, but Redis's transaction is the commit: `record` (the local journal,
-        for this replica's prediction log) runs once it succeeded. The ids are always checked
+        """As in memory, but Redis's transaction is the commit, and `record` runs once it succeeded.
+
+        `record` writes the local journal, for this replica's prediction log. The ids are always checked
         inside the transaction (another replica may have taken one meanwhile)."""
         logged = self.in_transaction(rows, score, True)[1]
         self.journal_seq = record(logged)
