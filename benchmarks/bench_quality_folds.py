@@ -173,9 +173,10 @@ def build(root: Path, seed: int) -> Path:
 
 def candidate_features(project: Path) -> Path:
     "Every group and every candidate declaration, featurized beside the pipeline's features."
-    from aif.config.params import FEATURE_GROUPS
+    from aif.config.params import FEATURE_GROUPS, load_params
 
-    declared = all_candidates()
+    made = set(columns(load_params(project / "params.yaml"), FEATURE_GROUPS))
+    declared = [d for d in all_candidates() if d["name"] not in made]
     digest = hashlib.sha256(json.dumps(declared, sort_keys=True).encode()).hexdigest()[:12]
     out = project / f"candidate_features-{digest}"
     if out.exists():
@@ -195,11 +196,17 @@ def all_candidates() -> list[dict]:
 
 
 def columns(params, groups, declared=()) -> list[str]:
+    """The feature columns of `groups` and `declared`; a declaration a group already makes
+    (the card's largest amount over 7 days is now `amount_peaks`) is the group's."""
     from aif.features.specs import feature_names, feature_specs
 
-    return feature_names(feature_specs(replace(params.features, groups=tuple(groups),
-                                               declared=tuple(declared)),
-                                       params.label_delay_days))
+    def names(declared: tuple) -> list[str]:
+        return feature_names(feature_specs(replace(params.features, groups=tuple(groups),
+                                                   declared=declared),
+                                           params.label_delay_days))
+
+    made = set(names(()))
+    return names(tuple(d for d in declared if d["name"] not in made))
 
 
 def variants(params) -> dict[str, dict]:
