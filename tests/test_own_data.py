@@ -213,6 +213,7 @@ def plain_row(**changes) -> dict:
 @example([plain_row(customer_id=" ")], False, True)
 @example([plain_row(transaction_id=["a1 ", "4263982640269299"])], True, True)
 @example([plain_row(tx_datetime="2018-09-17T00:00:01.1234567")], False, True)
+@example([plain_row(tx_datetime="2018-09-17T00:00:01.123456000")], True, True)
 @example([plain_row(tx_amount=-0.5)], True, True)   # and what both must refuse
 @example([plain_row(lat=90.5)], False, True)
 @example([plain_row(visits=2**63)], False, True)
@@ -227,6 +228,30 @@ def test_the_fast_request_decoder_accepts_and_keys_exactly_what_pydantic_does(ro
     fast = decoded(requests, raw, fast=True)
     slow = decoded(requests, raw, fast=False)
     assert same_columns(fast if isinstance(fast, str) else fast.columns, slow), raw[:400]
+
+
+def test_a_time_is_taken_to_the_microsecond_online_as_offline_and_never_cut():
+    """Zeros past the sixth digit of a second change nothing: ingest and the service take
+    them; any other digit there is quarantined by ingest and refused (422) by the service."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.data.ingest import _parse_datetime, source_plan
+    from aif.serve.schema import Requests
+    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    exact, zeros, finer = ("2018-09-17T00:00:01.123456", "2018-09-17T00:00:01.123456000",
+                           "2018-09-17T00:00:01.1234567")
+    offline, rules = _parse_datetime(pd.Series([exact, zeros, finer]), IngestParams(), "test")
+    assert offline[0] == offline[1] and rules.to_dict() == {2: "sub_microsecond"}
+
+    def online(time: str):
+        raw = json.dumps(plain_row(tx_datetime=time)).encode()
+        return requests.score_columns(raw).columns["tx_datetime"].tolist()
+
+    assert online(zeros) == online(exact) == [offline[0].value // 1000]
+    with pytest.raises(RequestValidationError) as refused:
+        online(finer)
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("body", "tx_datetime") and "more than 6 digits" in error["msg"]
 
 
 @settings(max_examples=50, deadline=None)

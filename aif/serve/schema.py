@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter, itemgetter
@@ -20,8 +21,10 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
-from pydantic import (ConfigDict, Field, GetPydanticSchema, NaiveDatetime, StringConstraints,
-                      TypeAdapter, ValidationError, create_model, with_config)
+from pydantic import (BeforeValidator, ConfigDict, Field, GetPydanticSchema, NaiveDatetime,
+                      StringConstraints, TypeAdapter, ValidationError, create_model,
+                      with_config)
+from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from ..config.params import IngestParams
@@ -30,9 +33,9 @@ from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_o
                       keys_of_text)
 
 # %% auto #0
-__all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'identifier_type',
-           'transaction_type', 'label_type', 'fast_transaction_type', 'ScoreBody', 'Requests', 'attribute_values',
-           'located']
+__all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'local_time',
+           'identifier_type', 'transaction_type', 'label_type', 'fast_transaction_type', 'ScoreBody', 'Requests',
+           'attribute_values', 'located']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
 MAX_ROWS = 100_000   # transactions or labels in one request
@@ -54,9 +57,31 @@ def _to_the_microsecond(source, handler):
     return schema
 
 
-# local time without a timezone (the canonical schema), to the microsecond: a time with more
-# digits is refused, never cut (ingest quarantines one with a finer part: `sub_microsecond`)
-LocalTime = Annotated[NaiveDatetime, GetPydanticSchema(_to_the_microsecond)]
+_TIME = TypeAdapter(Annotated[NaiveDatetime, GetPydanticSchema(_to_the_microsecond)],
+                    config=ConfigDict(strict=True))
+_ZEROS_PAST_THE_MICROSECOND = re.compile(r"(?<=[.,]\d{6})0+(?!\d)")
+
+
+def local_time(value):
+    """A request's time as pydantic reads JSON, to the microsecond and never cut.
+
+    Zeros past the sixth digit of a second change nothing and are taken, as ingest takes them
+    (`2018-09-01T10:00:00.123456000`); any other digit there is refused, where ingest
+    quarantines the row (`sub_microsecond`). Everything else is pydantic's strict rule, and
+    its error."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        value = _ZEROS_PAST_THE_MICROSECOND.sub("", value, count=1)
+    try:
+        return _TIME.validate_json(json.dumps(value))
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        raise PydanticCustomError(first["type"], "{reason}", {"reason": first["msg"]}) from None
+
+
+# local time without a timezone (the canonical schema)
+LocalTime = Annotated[NaiveDatetime, BeforeValidator(local_time)]
 
 
 def identifier_type(parts: int):
@@ -99,7 +124,7 @@ def label_type(plan: SourcePlan):
 _FAST_TEXT = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
 _FAST_ID = int | _FAST_TEXT
 # a time is kept as text, at most 26 characters: no room for a seventh digit of a second,
-# which msgspec would round (pydantic's path refuses it)
+# which msgspec would round (pydantic's path takes trailing zeros and refuses the rest)
 _FAST_TIME = Annotated[str, msgspec.Meta(max_length=26)]
 _NAIVE_TIMES = list[Annotated[datetime, msgspec.Meta(tz=False)]]
 
