@@ -10,6 +10,7 @@ OpenTelemetry spans (nbs/65)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -274,7 +275,8 @@ def write_snapshot(state: OnlineFeatures, path: Path) -> int:
     if pid == 0:   # the child: write, and leave without running the parent's exit handlers
         code = 1
         try:
-            os.nice(19)
+            with contextlib.suppress(OSError):   # a lower priority is a wish, not a need
+                os.nice(19)
             state.save(path)
             code = 0
         except BaseException as err:   # noqa: BLE001 - reported by the exit code, and here
