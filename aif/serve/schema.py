@@ -71,10 +71,10 @@ def local_time(value):
     its error."""
     if isinstance(value, datetime):
         return value
-    if isinstance(value, str):
-        value = _ZEROS_PAST_THE_MICROSECOND.sub("", value, count=1)
-    try:
-        return _TIME.validate_json(json.dumps(value))
+    if not isinstance(value, str):   # as strict JSON: a number, a boolean, null is no time
+        raise PydanticCustomError("datetime_type", "Input should be a valid datetime")
+    try:   # the text as JSON would give it; about 1 us a row, on pydantic's path only
+        return _TIME.validate_strings(_ZEROS_PAST_THE_MICROSECOND.sub("", value, count=1))
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         raise PydanticCustomError(first["type"], "{reason}", {"reason": first["msg"]}) from None
