@@ -118,24 +118,22 @@ def segment_table(test: pd.DataFrame, score: np.ndarray, threshold: float,
     labels = [f"amount {lo:g}-{hi:g}" if np.isfinite(hi) else f"amount >{lo:g}"
               for lo, hi in zip(bands[:-1], bands[1:], strict=True)]
     age = (test.tx_datetime - test.customer_id.map(first_seen)).dt.days
-    segmentations = {   # each segment's name per row, and the order a reader expects
-        "amount": (pd.cut(test.tx_amount, bands, right=False, labels=labels).astype(str),
-                   labels),   # bands from the smallest amounts up, not as text sorts them
-        "time": (np.where(test.tx_during_night == 1, "night (00-06)", "day"),
-                 ["day", "night (00-06)"]),
-        "week": (np.where(test.tx_during_weekend == 1, "weekend", "weekday"),
-                 ["weekday", "weekend"]),
-        "card": (np.where(age < params.new_customer_days, "new card", "established card"),
-                 ["new card", "established card"]),
+    segmentations = {   # each row's segment as its place among the names, in reading order
+        "amount": (pd.cut(test.tx_amount, bands, right=False, labels=False), labels),
+        "time": (test.tx_during_night == 1, ["day", "night (00-06)"]),
+        "week": (test.tx_during_weekend == 1, ["weekday", "weekend"]),
+        "card": (~(age < params.new_customer_days), ["new card", "established card"]),
     }
     y, alert = test.tx_fraud.to_numpy(), score >= threshold
     at_budget = budget_alerts(test.tx_datetime.dt.floor("D").to_numpy(), score,
                               params.alert_budget)
     rows = []
-    for segmentation, (values, order) in segmentations.items():
-        values = np.asarray(values)
-        for segment in (s for s in order if (values == s).any()):   # those with transactions
-            m = values == segment
+    for segmentation, (place, names) in segmentations.items():
+        place = np.asarray(place, np.float64)
+        for i, segment in enumerate(names):
+            m = place == i
+            if not m.any():   # a segment without transactions has no row
+                continue
             frauds = int(y[m].sum())
             rows.append({"segmentation": segmentation, "segment": segment,
                          "transactions": int(m.sum()), "frauds": frauds,

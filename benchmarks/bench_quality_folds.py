@@ -121,11 +121,10 @@ def combinations(params) -> dict[str, dict]:
 
 def z_score(days: int) -> list[dict]:
     "This amount's distance from the card's mean over `days`, in the card's own sd."
-    mean = "customer_avg_amount_30d" if days == 30 else f"customer_avg_amount_{days}d"
     return [{"name": f"customer_std_amount_{days}d", "entity": "customer",
              "aggregation": "std_amount", "window_days": days},
             {"name": f"amount_minus_customer_avg_{days}d", "aggregation": "difference",
-             "inputs": ["tx_amount", mean]},
+             "inputs": ["tx_amount", f"customer_avg_amount_{days}d"]},
             {"name": f"customer_amount_z_{days}d", "aggregation": "ratio",
              "inputs": [f"amount_minus_customer_avg_{days}d", f"customer_std_amount_{days}d"]}]
 

@@ -27,8 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -174,21 +174,6 @@ def batch_breakdown(project: Path, params_file: Path, items: list[bytes], runs: 
     return {name: round(float(np.median(ms)), 2) for name, ms in steps.items()}
 
 
-@contextmanager
-def environment(env: dict):
-    "`env` added to this process's environment while the block runs, then taken out again."
-    before = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def serve_figures(project: Path, singles: list[bytes], items: list[bytes], **env) -> dict:
     """Start `aif serve` on `project` (state warmed to STATE_UNTIL, its model), send `singles`
     at RATE/s open loop, then BATCHES batches of `items`; the later `items` time the batch
@@ -240,7 +225,7 @@ def serve_figures(project: Path, singles: list[bytes], items: list[bytes], **env
         params["serve"].update(journal=f"{tmp}/breakdown.sqlite", snapshot=None,
                                prediction_log=f"{tmp}/breakdown-log")
         (Path(tmp) / "breakdown.yaml").write_text(yaml.safe_dump(params))
-        with environment(env):   # the secret, for the in-process steps only
+        with mock.patch.dict(os.environ, env):   # the secret, for the in-process steps only
             breakdown = batch_breakdown(project, Path(tmp) / "breakdown.yaml",
                                         items[BATCH * BATCHES:])
     ms = np.array(latencies) * 1000
