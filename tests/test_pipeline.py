@@ -187,6 +187,18 @@ def featurize_outputs(project: Path) -> dict[str, str]:
     return files
 
 
+def is_featurize_stage(argv: list[str]) -> bool:
+    "Whether `argv` is the `aif featurize` process itself, not a shell or `dvc` around it."
+    return "featurize" in argv and any(Path(arg).name == "aif" for arg in argv)
+
+
+def test_the_stage_process_is_told_from_its_shell_and_dvc():
+    assert is_featurize_stage(["/venv/bin/python", "/venv/bin/aif", "featurize"])
+    assert is_featurize_stage(["aif", "featurize"])
+    assert not is_featurize_stage(["/bin/sh", "-c", "aif featurize"])
+    assert not is_featurize_stage(["/venv/bin/python", "/venv/bin/dvc", "repro", "featurize"])
+
+
 def test_a_failed_stage_leaves_its_outputs_and_a_killed_one_is_put_back_by_dvc_checkout(
         small_project: Path):
     """DVC deletes a stage's outputs before running it. A stage that fails puts them back as
@@ -197,6 +209,7 @@ def test_a_failed_stage_leaves_its_outputs_and_a_killed_one_is_put_back_by_dvc_c
     import subprocess
     import time
 
+    import psutil
     from conftest import run_env
 
     run(DATA_STAGES, small_project)
@@ -218,10 +231,11 @@ def test_a_failed_stage_leaves_its_outputs_and_a_killed_one_is_put_back_by_dvc_c
     while not list(processed.glob(".*.tmp-*")):   # mid-write: its temporary is there
         assert repro.poll() is None and time.monotonic() < deadline, "featurize ended first"
         time.sleep(0.001)
-    stage = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                 and b"featurize" in (p / "cmdline").read_bytes()
-                 and b"aif" in (p / "cmdline").read_bytes() and int(p.name) != repro.pid)
-    os.kill(stage, signal.SIGKILL)
+    # the stage is this repro's own child: another test's `aif featurize` on the other worker
+    # must not be the one killed (CI once killed it and failed both tests)
+    stage = next(child for child in psutil.Process(repro.pid).children(recursive=True)
+                 if is_featurize_stage(child.cmdline()))
+    os.kill(stage.pid, signal.SIGKILL)
     assert repro.wait(timeout=60) != 0
     after = featurize_outputs(small_project)
     assert all(before[path] == md5 for path, md5 in after.items())   # absent or whole
