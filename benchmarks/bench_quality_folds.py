@@ -7,7 +7,8 @@ by AP and card precision@100; means over the folds and over simulator seeds 0-2.
 
 `--variants combinations` tries the card's largest amount with its neighbours, `--variants
 spread` robust references for the card's usual amount (z-scores, the largest before the
-delay, the smallest). `AIF_BENCH_QUALITY_DIR=dir` keeps the three projects between runs
+delay, the smallest), `--variants binning` LightGBM's histogram bins and the card's peak over
+its usual genuine spend. `AIF_BENCH_QUALITY_DIR=dir` keeps the three projects between runs
 (building one takes a few minutes); `--seeds 0` for one seed.
 """
 from __future__ import annotations
@@ -159,6 +160,20 @@ def spread(params) -> dict[str, dict]:
     return found
 
 
+def binning(params) -> dict[str, dict]:
+    """The default features with LightGBM's default 255 bins, today's 1023 and 4095; and
+    without the card's peak against its usual genuine spend (amount_peaks' newer two)."""
+    default = columns(params, params.features.groups)
+    newer = ("customer_genuine_avg_amount_30d", "customer_max_to_genuine_avg_7d")
+    return {"default (1023 bins)": {"columns": default},
+            "255 bins (LightGBM's default)": {"columns": default, "lgb": {"max_bin": 255}},
+            "4095 bins": {"columns": default, "lgb": {"max_bin": 4095}},
+            "without the peak over the usual genuine spend":
+                {"columns": [c for c in default if c not in newer]},
+            "without it, 255 bins (the features and bins before)":
+                {"columns": [c for c in default if c not in newer], "lgb": {"max_bin": 255}}}
+
+
 def build(root: Path, seed: int) -> Path:
     "A project on simulator seed `seed`, featurized and tuned (reused when it exists)."
     project = root / f"seed-{seed}"
@@ -250,6 +265,8 @@ def fold_scores(project: Path, which: str) -> dict[str, dict]:
         found = combinations(params)
     elif which == "spread":
         found = spread(params)
+    elif which == "binning":
+        found = binning(params)
     else:
         found = variants(params)
         found["monotone constraints"] = {**found["default"], "monotone": True}
@@ -268,7 +285,7 @@ def fold_scores(project: Path, which: str) -> dict[str, dict]:
     for name, variant in found.items():
         folds = widened(variant.get("train_days", params.split.train_days))
         cols, per_fold = variant["columns"], []
-        fit = dict(lgb_params)
+        fit = {**lgb_params, **variant.get("lgb", {})}
         if variant.get("monotone"):
             fit["monotone_constraints"] = monotone(cols)
         for fold, same in zip(folds, default_folds, strict=True):
@@ -291,7 +308,7 @@ def fold_scores(project: Path, which: str) -> dict[str, dict]:
 def main() -> bool:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
-    parser.add_argument("--variants", choices=["ablation", "combinations", "spread"],
+    parser.add_argument("--variants", choices=["ablation", "combinations", "spread", "binning"],
                         default="ablation")
     args = parser.parse_args()
     seeds = args.seeds

@@ -88,10 +88,11 @@ def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
                 continue
             frauds = sum(label[j] for j in window)
             fraud_times = [t[j] for j in window if label[j] == 1]
-            if s.aggregation == "amount_to_genuine_mean":
+            if s.aggregation in ("amount_to_genuine_mean", "genuine_mean_amount"):
                 genuine = [amount[j] for j in window if label[j] == 0]
-                out[s.name][i] = amount[i] / (math.fsum(genuine) / len(genuine)) \
-                    if genuine else np.nan
+                usual = math.fsum(genuine) / len(genuine) if genuine else np.nan
+                out[s.name][i] = usual if s.aggregation == "genuine_mean_amount" \
+                    else amount[i] / usual
                 continue
             if s.aggregation in ("days_since_first_fraud", "days_since_last_fraud"):
                 pick = min if s.aggregation == "days_since_first_fraud" else max
@@ -184,7 +185,7 @@ FREE = ["count", "mean_amount", "sum_amount", "std_amount", "amount_to_mean",
         "seconds_since_previous", "first_use"]
 OF_COLUMN = ["sum", "mean", "std", "min", "max", "to_mean"]
 LABELLED = ["fraud_count", "fraud_rate", "days_since_first_fraud", "days_since_last_fraud",
-            "amount_to_genuine_mean"]
+            "amount_to_genuine_mean", "genuine_mean_amount"]
 
 
 @st.composite

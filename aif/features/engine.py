@@ -182,11 +182,12 @@ def aggregate(eo, columns_s: dict[str, np.ndarray], label_s: np.ndarray,
             elif kind == "fraud_rate":
                 frauds = window_int_sums(label_s, start, end)
                 values = np.divide(frauds, count, out=np.zeros(len(count)), where=count > 0)
-            elif kind == "amount_to_genuine_mean":
+            elif kind in ("amount_to_genuine_mean", "genuine_mean_amount"):
                 genuine = count - window_int_sums(label_s, start, end)
                 genuine_sum = window_float_sums(np.where(label_s == 0, amount_s, 0.0), start, end)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    values = np.where(genuine > 0, amount_s[at] / (genuine_sum / genuine), np.nan)
+                    mean = np.where(genuine > 0, genuine_sum / genuine, np.nan)
+                    values = mean if kind == "genuine_mean_amount" else amount_s[at] / mean
             elif kind in ("days_since_first_fraud", "days_since_last_fraud"):
                 first, last, has = window_label_times(label_s, eo.time, start, end)
                 since = eo.time[at] - (first if kind == "days_since_first_fraud" else last)

@@ -29,7 +29,7 @@ __all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'LABELLED_ENTITIES', 
 
 # %% ../../nbs/20_feature_specs.ipynb #71384e11
 LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
-                      "days_since_last_fraud", "amount_to_genuine_mean")
+                      "days_since_last_fraud", "amount_to_genuine_mean", "genuine_mean_amount")
 # aggregations over the entity's history that need no window
 WINDOWLESS = ("seconds_since_previous", "first_use")
 ENTITIES = ("transaction", "customer", "terminal", "customer_terminal")
@@ -168,6 +168,20 @@ def builtin_declarations(params: FeaturesParams, label_delay_days: int
             "entity": "customer", "aggregation": "max", "window_days": params.peak_window_days,
             "description": f"the card's largest amount over the last {params.peak_window_days:g} "
             "days, this one included"}),
+        # a thief's x5 payments stand out against the card's genuine spend before the delay,
+        # which they cannot inflate, better than against its recent mean or peak alone
+        ("amount_peaks", {
+            "name": f"customer_genuine_avg_amount_{_days(longest)}", "entity": "customer",
+            "aggregation": "genuine_mean_amount", "window_days": longest, "lag_days": d,
+            "description": f"the card's mean genuine amount in the {longest:g} days ending "
+            f"{d:g} days ago (labels known by then; NaN without one)"}),
+        ("amount_peaks", {
+            "name": f"customer_max_to_genuine_avg_{_days(params.peak_window_days)}",
+            "aggregation": "ratio",
+            "inputs": [f"customer_max_amount_{_days(params.peak_window_days)}",
+                       f"customer_genuine_avg_amount_{_days(longest)}"],
+            "description": f"the card's largest amount over the last "
+            f"{params.peak_window_days:g} days over its mean genuine amount (NaN without one)"}),
         ("velocity", {
             "name": f"customer_nb_tx_{hours:g}h", "entity": "customer", "aggregation": "count",
             "window_days": hours / 24,

@@ -31,7 +31,7 @@ __all__ = ['FIXED_PARAMS', 'MAX_CATEGORIES', 'lgbm_params', 'fit_booster', 'Enco
 
 # %% ../../nbs/31_model.ipynb #c234934f
 FIXED_PARAMS = {"objective": "binary", "verbose": -1, "deterministic": True,
-                "force_col_wise": True, "num_threads": 2, "bagging_freq": 1}
+                "force_col_wise": True, "num_threads": 2, "bagging_freq": 1, "max_bin": 1023}
 
 
 def lgbm_params(tuned: dict, seed: int) -> dict:

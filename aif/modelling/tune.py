@@ -22,8 +22,8 @@ from ..io import StageError, atomic_output, save_figure, start_stage, write_timi
 from ..features.store import feature_files, read_features
 from ..features.specs import feature_names, feature_specs, lookback_days
 from ..metrics import average_precision
-from .model import (Encoding, files_digest, fit_booster, lgbm_params,
-                                 loaded_code_digest)
+from .model import (FIXED_PARAMS, Encoding, files_digest, fit_booster,
+                                 lgbm_params, loaded_code_digest)
 from .split import (Protocol, check_history, load_periods, prequential_folds,
                                  split_frame)
 from ..tracking import tracked_run
@@ -35,10 +35,12 @@ __all__ = ['study_name', 'suggest', 'Fold', 'make_folds', 'cross_validate', 'fin
 
 # %% ../../nbs/32_tune.ipynb #6fd5deb8
 def study_name(params: Params, features: list[str]) -> str:
+    # the fixed LightGBM settings too: trials fitted with other bins are another problem
     problem = {"search_space": params.tune.search_space, "split": asdict(params.split),
                "label_delay_days": params.label_delay_days, "n_folds": params.tune.n_folds,
                "max_boost_rounds": params.tune.max_boost_rounds,
-               "early_stopping_rounds": params.tune.early_stopping_rounds, "features": features}
+               "early_stopping_rounds": params.tune.early_stopping_rounds, "features": features,
+               "lightgbm": FIXED_PARAMS}
     digest = hashlib.sha256(json.dumps(problem, sort_keys=True).encode()).hexdigest()
     return f"aif-{digest[:12]}"
 
