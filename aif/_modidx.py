@@ -764,6 +764,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.serve.state.merge_one': ('online_state.html#merge_one', 'aif/serve/state.py'),
                                  'aif.serve.state.out_of_time': ('online_state.html#out_of_time', 'aif/serve/state.py'),
                                  'aif.serve.state.place': ('online_state.html#place', 'aif/serve/state.py'),
+                                 'aif.serve.state.room_for': ('online_state.html#room_for', 'aif/serve/state.py'),
                                  'aif.serve.state.spans': ('online_state.html#spans', 'aif/serve/state.py'),
                                  'aif.serve.state.stamp_of': ('online_state.html#stamp_of', 'aif/serve/state.py'),
                                  'aif.serve.state.take': ('online_state.html#take', 'aif/serve/state.py')},

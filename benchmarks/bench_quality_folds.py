@@ -163,8 +163,11 @@ def spread(params) -> dict[str, dict]:
 def binning(params) -> dict[str, dict]:
     """The default features with LightGBM's default 255 bins, today's 1023 and 4095; and
     without the card's peak against its usual genuine spend (amount_peaks' newer two)."""
+    from aif.features.specs import feature_specs
+
     default = columns(params, params.features.groups)
-    newer = ("customer_genuine_avg_amount_30d", "customer_max_to_genuine_avg_7d")
+    newer = {s.name for s in feature_specs(params.features, params.label_delay_days)
+             if s.group == "amount_peaks" and s.aggregation != "max"}
     return {"default (1023 bins)": {"columns": default},
             "255 bins (LightGBM's default)": {"columns": default, "lgb": {"max_bin": 255}},
             "4095 bins": {"columns": default, "lgb": {"max_bin": 4095}},

@@ -73,7 +73,6 @@ def write_output_part(frame: pd.DataFrame, folder: str, labels: list[str],
     frame = frame.sort_index()
     c = frame_columns(frame.reset_index(drop=True))
     features = with_derived({s.name: c[s.name] for s in specs if not s.derived}, c, specs)
-    features = {s.name: features[s.name] for s in specs}   # the local engine's column order
     part = int(frame.index[0]) // rows_per_file
     write_part(features_table(c, labels, features), Path(folder), part)
     return pd.DataFrame({"rows": [len(frame)]})

@@ -249,7 +249,8 @@ def transaction_features(columns: dict, specs: list[FeatureSpec]) -> dict[str, n
 
 
 def with_derived(values: dict, columns: dict, specs) -> dict[str, np.ndarray]:
-    "`values` with every derived feature of `specs` added, in declaration order."
+    """Every feature of `specs`, in their order: `values` (the others) with the derived ones
+    computed from them, so every engine writes the same columns in the same order."""
     for spec in specs:
         if not spec.derived:
             continue
@@ -260,7 +261,7 @@ def with_derived(values: dict, columns: dict, specs) -> dict[str, np.ndarray]:
         else:
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 values[spec.name] = np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
-    return values
+    return {s.name: values[s.name] for s in specs}
 
 
 def is_windowed(specs: list[FeatureSpec]) -> bool:
@@ -301,8 +302,7 @@ def compute_features(columns: dict, specs: tuple[FeatureSpec, ...],
                 # One scatter from the partition's sorted order straight to stream positions.
                 for name, v in values.items():
                     results.setdefault(name, np.empty(n, v.dtype))[targets] = v
-    results = with_derived(results, columns, specs)
-    return {s.name: results[s.name] for s in specs}
+    return with_derived(results, columns, specs)
 
 # %% ../../nbs/23_local_engine.ipynb #da3570e6
 def feature_frame(columns: dict, labels: list[str], specs: tuple[FeatureSpec, ...],
@@ -481,7 +481,6 @@ def featurize_out_of_core(path: Path, specs: tuple[FeatureSpec, ...], params: Fe
                     for name, v in values.items():
                         features.setdefault(name, np.empty(n, v.dtype))[rows - position] = v
                 features = with_derived(features, columns, specs)
-                write_part(features_table(columns, labels, {s.name: features[s.name]
-                                                            for s in specs}), folder, i)
+                write_part(features_table(columns, labels, features), folder, i)
                 position += n
     return shape.n_rows

@@ -152,6 +152,8 @@ def builtin_declarations(params: FeaturesParams, label_delay_days: int
     longest = float(max(params.customer_windows_days))
     longest_t = float(max(params.terminal_windows_days))
     hours = params.velocity_window_hours
+    peak = f"customer_max_amount_{_days(params.peak_window_days)}"
+    usual = f"customer_genuine_avg_amount_{_days(longest)}"
     out += [
         ("amount_profile", {
             "name": f"customer_amount_to_avg_{_days(longest)}", "entity": "customer",
@@ -164,22 +166,20 @@ def builtin_declarations(params: FeaturesParams, label_delay_days: int
             "description": f"this amount over the card's mean genuine amount in the "
             f"{longest:g} days ending {d:g} days ago (labels known by then; NaN without one)"}),
         ("amount_peaks", {
-            "name": f"customer_max_amount_{_days(params.peak_window_days)}",
-            "entity": "customer", "aggregation": "max", "window_days": params.peak_window_days,
+            "name": peak, "entity": "customer", "aggregation": "max",
+            "window_days": params.peak_window_days,
             "description": f"the card's largest amount over the last {params.peak_window_days:g} "
             "days, this one included"}),
         # a thief's x5 payments stand out against the card's genuine spend before the delay,
         # which they cannot inflate, better than against its recent mean or peak alone
         ("amount_peaks", {
-            "name": f"customer_genuine_avg_amount_{_days(longest)}", "entity": "customer",
-            "aggregation": "genuine_mean_amount", "window_days": longest, "lag_days": d,
+            "name": usual, "entity": "customer", "aggregation": "genuine_mean_amount",
+            "window_days": longest, "lag_days": d,
             "description": f"the card's mean genuine amount in the {longest:g} days ending "
             f"{d:g} days ago (labels known by then; NaN without one)"}),
         ("amount_peaks", {
             "name": f"customer_max_to_genuine_avg_{_days(params.peak_window_days)}",
-            "aggregation": "ratio",
-            "inputs": [f"customer_max_amount_{_days(params.peak_window_days)}",
-                       f"customer_genuine_avg_amount_{_days(longest)}"],
+            "aggregation": "ratio", "inputs": [peak, usual],
             "description": f"the card's largest amount over the last "
             f"{params.peak_window_days:g} days over its mean genuine amount (NaN without one)"}),
         ("velocity", {

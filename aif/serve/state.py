@@ -19,8 +19,9 @@ from ..io import atomic_output
 
 # %% auto #0
 __all__ = ['HISTORY', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'history_dtype', 'history_columns',
-           'history_rows', 'take', 'place', 'spans', 'Arena', 'Merged', 'merge', 'merge_one', 'AlreadyScored',
-           'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'Pending', 'OnlineFeatures', 'durable']
+           'history_rows', 'take', 'place', 'spans', 'room_for', 'Arena', 'Merged', 'merge', 'merge_one',
+           'AlreadyScored', 'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'Pending', 'OnlineFeatures',
+           'durable']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
@@ -80,6 +81,11 @@ def spans(start: np.ndarray, length: np.ndarray) -> np.ndarray:
     return np.repeat(start - offsets, length) + np.arange(int(length.sum()))
 
 
+def room_for(rows: int) -> int:
+    "The rows an arena's new buffer holds for `rows` live ones: room for many batches."
+    return 4 * rows + 1024
+
+
 @dataclass
 class Arena:
     """One entity's histories in one buffer: key `keys[i]`'s rows are `rows[start[i]:start[i] +
@@ -106,7 +112,7 @@ class Arena:
         unique, first, counts = np.unique(keys[order], return_index=True, return_counts=True)
         arena = cls(unique, first.astype(np.int64), counts.astype(np.int64), take(rows, order))
         arena.used = len(rows)
-        arena.compact(4 * len(rows) + 1024)   # room to grow, made while loading
+        arena.compact(room_for(len(rows)))   # room to grow, made while loading
         return arena
 
     @property
@@ -142,7 +148,7 @@ class Arena:
             needed = self.live + len(rows)
             # in place while the live rows fill at most half the buffer (its pages are
             # already mapped: a fresh buffer costs page faults), else into one 4x as large
-            self.compact(len(self.rows) if 2 * needed <= len(self.rows) else 4 * needed + 1024)
+            self.compact(len(self.rows) if 2 * needed <= len(self.rows) else room_for(needed))
         place(self.rows, slice(self.used, self.used + len(rows)), rows)
         start, length = self.used + bounds[:-1], np.diff(bounds)
         self.used += len(rows)
@@ -451,9 +457,7 @@ class OnlineFeatures:
                 for name, v in values.items():
                     out[name] = np.empty_like(v)
                     out[name][where] = v
-        if compute:
-            out = with_derived(out, rows, self.specs)
-        values = {s.name: out[s.name] for s in self.specs} if compute else {}
+        values = with_derived(out, rows, self.specs) if compute else {}
         return Pending(rows, values, merged)
 
     def commit(self, pending: Pending, journal_seq: int | None = None) -> None:
