@@ -483,6 +483,10 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
             **last, "transaction_id": [last["transaction_id"][0] + "-n", int(last["customer_id"])],
             "customer_id": int(last["customer_id"]), "tx_datetime": last["tx_datetime"] + ".5"})
         assert as_number.status_code == 200, as_number.text
+    # a restart replays the journal into the state, attributes included: the retry still
+    # gets its first answer
+    with service(project, "--state-until", "2018-07-06", **secret) as (client, _):
+        assert client.post("/score", json=requests[5]).json() == again.json()
     log = pq.read_table(project / "reports/predictions").to_pandas()
     replayed = log.iloc[:len(requests)].sort_values("transaction_id").reset_index(drop=True)
     offline = features.set_index("transaction_id").loc[replayed.transaction_id].reset_index()

@@ -174,8 +174,9 @@ def replay(state: OnlineFeatures, journal: Journal) -> int:
     applied = 0
     for seq, kind, table in journal.since(state.journal_seq):
         if kind == "score":
-            rows = {c: table[c] for c in
-                    ("transaction_id", "customer_id", "terminal_id", "tx_amount")}
+            # the attributes too: a state with features over them keys and keeps them
+            rows = {c: table[c] for c in ("transaction_id", "customer_id", "terminal_id",
+                                          "tx_amount", *spec_inputs(state.specs))}
             rows["tx_datetime"] = table["tx_datetime"].view(np.int64)
             new = ~np.isin(rows["transaction_id"], state.already_scored(rows["transaction_id"]))
             if new.any():
