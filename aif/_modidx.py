@@ -664,6 +664,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests.body_errors': ( 'request_schema.html#requests.body_errors',
                                                                              'aif/serve/schema.py'),
+                                  'aif.serve.schema.Requests.cached_keys': ( 'request_schema.html#requests.cached_keys',
+                                                                             'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests.columns': ('request_schema.html#requests.columns', 'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests.columns_of': ( 'request_schema.html#requests.columns_of',
                                                                             'aif/serve/schema.py'),

@@ -269,6 +269,31 @@ def test_the_fast_path_takes_a_plain_batch(rows):
                         requests.columns(requests.score_body(raw)))
 
 
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(id_texts, min_size=1, max_size=30), min_size=1, max_size=4),
+       st.integers(1, 40))
+def test_terminal_keys_from_the_cache_are_the_rule_s(batches, limit):
+    """A terminal's key comes from a per-process cache after its first request: the key the
+    rule gives, whatever came before and however small the cache (emptied when full)."""
+    from unittest import mock
+
+    from aif.data.ingest import source_plan
+    from aif.serve import schema
+    requests = schema.Requests(source_plan(REQUEST_MAPPING), SECRET)
+    largest = 0   # the cache holds at most the limit, or one batch's ids if more
+    with mock.patch.object(schema, "ENTITY_KEY_CACHE", limit):
+        for texts in batches:
+            texts = [t.strip() or "x" for t in texts]
+            largest = max(largest, len(set(texts)))
+            assert requests.keys("terminal_id", texts).tolist() == [key_of(t) for t in texts]
+            assert len(requests.entity_keys) <= max(limit, largest)
+    # a sensitive id is keyed under the secret and never kept
+    cards = [f"4{i:018d}" for i in range(len(batches[0]))]
+    assert requests.keys("customer_id", cards).tolist() == [key_of(t, SECRET) for t in cards]
+    assert not set(cards) & set(requests.entity_keys)
+
+
 # --- ingest: mappings, attributes, PII --------------------------------------------------------
 
 def test_an_export_with_composite_ids_split_times_and_attributes():
