@@ -583,6 +583,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.audit_labels': ('app.html#audit_labels', 'aif/serve/app.py'),
                                'aif.serve.app.build_service': ('app.html#build_service', 'aif/serve/app.py'),
                                'aif.serve.app.check_key_secret': ('app.html#check_key_secret', 'aif/serve/app.py'),
+                               'aif.serve.app.collection_paused': ('app.html#collection_paused', 'aif/serve/app.py'),
                                'aif.serve.app.conflict': ('app.html#conflict', 'aif/serve/app.py'),
                                'aif.serve.app.create_app': ('app.html#create_app', 'aif/serve/app.py'),
                                'aif.serve.app.document_score_body': ('app.html#document_score_body', 'aif/serve/app.py'),

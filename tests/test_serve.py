@@ -653,3 +653,22 @@ def test_the_api_docs_render_offline_in_a_browser(project: Path):
         assert [u for u in requests_made(driver) if not u.startswith(base)] == []
         driver.save_screenshot(str(project / "docs.png"))
         assert client.get("/redoc").status_code == 404   # its bundle fetches a CDN logo
+
+
+def test_a_batch_pauses_the_collector_and_leaves_it_as_it_found_it():
+    import gc
+
+    from aif.serve.app import collection_paused
+
+    assert gc.isenabled()
+    with collection_paused(True):
+        assert not gc.isenabled()
+        with collection_paused(True):   # a second batch meanwhile
+            assert not gc.isenabled()
+        assert not gc.isenabled()       # the switch is the first one's
+    assert gc.isenabled()
+    with collection_paused(False):      # a single transaction
+        assert gc.isenabled()
+    with pytest.raises(ValueError), collection_paused(True):
+        raise ValueError("a refused batch")
+    assert gc.isenabled()

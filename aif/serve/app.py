@@ -41,12 +41,12 @@ from .state import AlreadyScored, OnlineFeatures, out_of_time
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
-__all__ = ['API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'replay', 'recover_log',
-           'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log', 'write_snapshot', 'snapshot',
-           'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body',
-           'service_now', 'refuse_out_of_time', 'original_answers', 'conflict', 'score_response', 'label_response',
-           'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service',
-           'main']
+__all__ = ['BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'replay',
+           'recover_log', 'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log', 'write_snapshot',
+           'snapshot', 'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit',
+           'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused',
+           'score_response', 'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory',
+           'check_key_secret', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -583,6 +583,26 @@ def conflict(ids: list[int]):
         "enters the feature state once, and a retry must be identical", "type": "conflict"}]})
 
 
+BATCH_BODY_BYTES = 1 << 16   # a /score body this large is a batch (a transaction is ~300 B)
+
+
+@contextlib.contextmanager
+def collection_paused(pause: bool):
+    """No garbage collection while a batch is scored: its decoded rows and its 10,000
+    answers are young objects without cycles, and the collector's passes over them cost
+    about 10 ms of a 10,000-row batch (card export, in process: 119-162 ms a batch with
+    them, 120-133 ms without). The first collection after the batch frees what it left.
+    A batch arriving while another is paused leaves the switch to the first one."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 async def score_response(service: Service, raw: bytes, request_id: str, explain: bool):
     """The /score answer: 200 with every result, or 409 for a known id with other content.
 
@@ -757,7 +777,8 @@ def create_app(service: Service):
         "application/json": {"schema": {"$ref": "#/components/schemas/ScoreBody"}}}}})
     async def score(request: Request, explain: bool = False):
         raw = await limited_body(request, service.params.serve.max_body_bytes)
-        return await score_response(service, raw, request.state.request_id, explain)
+        with collection_paused(len(raw) >= BATCH_BODY_BYTES):
+            return await score_response(service, raw, request.state.request_id, explain)
 
     @app.post("/labels", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/LabelsBody"}}}}})
