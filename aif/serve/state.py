@@ -300,11 +300,13 @@ class KnownIds:
 
     def __init__(self):
         self.runs: list[np.ndarray] = []   # each sorted by id; later runs are newer
-        self.bounds: list[tuple[int, int]] = []   # each run's lowest and highest id
+        # each run's ids again, contiguous: numpy searches a strided field by copying it
+        # first (a batch's 10,000 ids in a run of 2M: 10.7 ms against 2.7)
+        self.ids: list[np.ndarray] = []
 
     def _push(self, run: np.ndarray) -> None:
         self.runs.append(run)
-        self.bounds.append((int(run["id"][0]), int(run["id"][-1])) if len(run) else (0, -1))
+        self.ids.append(np.ascontiguousarray(run["id"]))
 
     def __len__(self) -> int:
         return sum(len(run) for run in self.runs)
@@ -317,7 +319,7 @@ class KnownIds:
         self._push(run[np.argsort(run["id"], kind="stable")])
         while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
             newer, older = self.runs.pop(), self.runs.pop()
-            del self.bounds[-2:]
+            del self.ids[-2:]
             both = np.concatenate([older, newer])
             if kept_since is not None:    # what the clock has left behind is forgotten
                 both = both[(both["stamp"] >> 2) >= kept_since]
@@ -333,20 +335,18 @@ class KnownIds:
             return self._find_one(int(ids[0]), run_of, at)
         low, high = int(ids.min()), int(ids.max())
         for r in range(len(self.runs) - 1, -1, -1):
-            run = self.runs[r]
-            first, last = self.bounds[r]
-            if last < low or first > high:   # ids mostly grow: most runs are passed here
-                continue
-            where = np.minimum(np.searchsorted(run["id"], ids), len(run) - 1)
-            hit = (run["id"][where] == ids) & (run_of < 0)
+            held = self.ids[r]
+            if not len(held) or held[-1] < low or held[0] > high:   # ids mostly grow: most
+                continue                                            # runs are passed here
+            where = np.minimum(np.searchsorted(held, ids), len(held) - 1)
+            hit = (held[where] == ids) & (run_of < 0)
             run_of[hit], at[hit] = r, where[hit]
         return run_of, at
 
     def _find_one(self, i: int, run_of: np.ndarray, at: np.ndarray):
         for r in range(len(self.runs) - 1, -1, -1):
-            first, last = self.bounds[r]
-            if first <= i <= last:
-                held = self.runs[r]["id"]
+            held = self.ids[r]
+            if len(held) and held[0] <= i <= held[-1]:
                 j = int(held.searchsorted(i))
                 if held[j] == i:
                     run_of[0], at[0] = r, j
