@@ -172,11 +172,12 @@ def replay(state: OnlineFeatures, journal: Journal) -> int:
     """Apply the journal's entries after the state's own, in their order: the batches as they
     were kept (rows the state knows already are left out), then the labels. Returns entries."""
     applied = 0
+    # the attributes too: a state with features over them keys and keeps them
+    kept = ("transaction_id", "customer_id", "terminal_id", "tx_amount",
+            *spec_inputs(state.specs))
     for seq, kind, table in journal.since(state.journal_seq):
         if kind == "score":
-            # the attributes too: a state with features over them keys and keeps them
-            rows = {c: table[c] for c in ("transaction_id", "customer_id", "terminal_id",
-                                          "tx_amount", *spec_inputs(state.specs))}
+            rows = {c: table[c] for c in kept}
             rows["tx_datetime"] = table["tx_datetime"].view(np.int64)
             new = ~np.isin(rows["transaction_id"], state.already_scored(rows["transaction_id"]))
             if new.any():
