@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 
 # %% auto #0
-__all__ = ['dask_client']
+__all__ = ['dask_client', 'cluster_workers']
 
 # %% ../nbs/06_cluster.ipynb #95548bcd
 @contextmanager
@@ -32,3 +32,9 @@ def dask_client():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
+
+# %% ../nbs/06_cluster.ipynb #cd2d3c9a
+def cluster_workers(client) -> list[str]:
+    "The addresses of the cluster's workers, sorted, asked of the scheduler itself."
+    return sorted(client.nthreads())
+

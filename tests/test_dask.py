@@ -54,6 +54,23 @@ def test_dask_engine_from_params(tmp_path: Path):
     assert (project / "data/processed/features.parquet/part-00000.parquet").read_bytes() == local
 
 
+def test_the_workers_are_listed_whenever_the_client_refreshes_its_cache():
+    """The training engine pins rows to workers by address: the list must never come back empty
+    from a live cluster, however often the client refreshes its cached scheduler identity
+    (`Client.scheduler_info()` returned no workers in about one call of seven at 1 ms; it once
+    failed `aif train` in CI)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from aif.cluster import cluster_workers
+
+    with dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=None) as cluster, Client(cluster) as client:
+        answers = [cluster_workers(client) for _ in range(300)]
+    assert len(answers[0]) == 2 and all(a == answers[0] for a in answers)
+
+
 def test_dask_training_trains_and_scores(trained_project: Path, tmp_path: Path):
     "train.engine: dask through DVC: a LightGBM text model that evaluate scores like the local one."
     project = tmp_path / "project"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..cluster import cluster_workers
 from ..features.store import feature_files, read_part_window
 from ..io import StageError
 from .split import Period
@@ -34,7 +35,7 @@ def window_frame(client, folder: Path, period: Period, columns: list[str]):
     worker, evenly sized, in stream order (see above)."""
     import dask.dataframe as dd
 
-    workers = sorted(client.scheduler_info()["workers"])
+    workers = cluster_workers(client)
     if not workers:
         raise StageError("train: the Dask cluster has no workers")
     parts = feature_files(folder)
