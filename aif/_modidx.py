@@ -649,6 +649,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'aif.serve.log': { 'aif.serve.log.Flush': ('prediction_log.html#flush', 'aif/serve/log.py'),
                                'aif.serve.log.PredictionLog': ('prediction_log.html#predictionlog', 'aif/serve/log.py'),
                                'aif.serve.log.PredictionLog.__init__': ('prediction_log.html#predictionlog.__init__', 'aif/serve/log.py'),
+                               'aif.serve.log.PredictionLog._codes': ('prediction_log.html#predictionlog._codes', 'aif/serve/log.py'),
                                'aif.serve.log.PredictionLog.add': ('prediction_log.html#predictionlog.add', 'aif/serve/log.py'),
                                'aif.serve.log.PredictionLog.confirmed_seq': ( 'prediction_log.html#predictionlog.confirmed_seq',
                                                                               'aif/serve/log.py'),

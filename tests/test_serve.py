@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, run, run_env, wait_until_up, write_params
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 TEST_START = "2018-06-24"   # the small config's test week, which the replay scores
 KEY = "not-a-real-key-serve-7c1"
@@ -672,3 +674,54 @@ def test_a_batch_pauses_the_collector_and_leaves_it_as_it_found_it():
     with pytest.raises(ValueError), collection_paused(True):
         raise ValueError("a refused batch")
     assert gc.isenabled()
+
+
+TEXTS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")),
+               max_size=12)   # as fixed-width text holds it (no trailing NUL)
+
+
+@settings(max_examples=40, deadline=None)
+@given(requests=st.lists(st.tuples(st.integers(1, 30), st.sampled_from(["v1", "v2-é"]),
+                                   st.lists(TEXTS, min_size=1, max_size=4), st.booleans()),
+                         min_size=1, max_size=10),
+       late_write=st.booleans())
+def test_the_prediction_log_writes_every_row_with_its_texts_exactly(requests, late_write):
+    """Rows go to Parquet as added, text columns included (kept as codes in between): per
+    request or per row, empty or not ASCII, across flushes, also when a flush is written
+    after more rows have come in (the buffers it took are never written again)."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from aif.serve.log import PredictionLog
+
+    added, next_id, waiting = [], 0, []
+    with tempfile.TemporaryDirectory() as folder:
+        log = PredictionLog(Path(folder))
+        for i, (n, version, notes, flush_now) in enumerate(requests):
+            rows = pd.DataFrame({
+                "transaction_id": np.arange(next_id, next_id + n, dtype=np.int64),
+                "tx_datetime": np.datetime64("2018-09-17T23:59:58", "us")
+                + np.arange(n) * np.timedelta64(1, "s"),   # a request may span midnight
+                "score": np.linspace(0, 1, n), "model_version": version,
+                "request_id": f"request-{i}", "note": [notes[j % len(notes)] for j in range(n)]})
+            next_id += n
+            added.append(rows)
+            log.add({c: rows[c].to_numpy(dtype="U64" if rows[c].dtype == object else None)
+                     for c in rows}, seq=i + 1)
+            if flush_now:
+                waiting.append(log.take())
+            if not late_write:   # else every flush is written once all rows are in
+                for flush in waiting:
+                    log.write(flush)
+                waiting = []
+        for flush in waiting:
+            log.write(flush)
+        log.flush()
+        written = pd.read_parquet(folder).sort_values("transaction_id", ignore_index=True)
+        for part in Path(folder).rglob("*.parquet"):   # text, as any reader expects it
+            assert str(pq.read_schema(part).field("note").type) == "string"
+    expected = pd.concat(added, ignore_index=True)
+    assert len(written) == len(expected)
+    for c in ("transaction_id", "score", "model_version", "request_id", "note"):
+        assert written[c].tolist() == expected[c].tolist(), c
