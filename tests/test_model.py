@@ -3,6 +3,7 @@ text models, DVC metrics, plots and experiments, W&B offline."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -187,3 +188,18 @@ def test_prequential_test_folds(pipeline: Path):
     assert (pipeline / "reports/figures/prequential.png").stat().st_size > 10_000
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], pipeline).stdout)
     assert "prequential" in json.dumps(shown)
+
+
+def test_compiled_trees_score_a_batch_on_threads_as_row_by_row(pipeline: Path, tmp_path: Path):
+    """The service scores a large batch with the compiled trees on several threads: every row
+    gets the score it gets alone, to the bit, and LightGBM's own to 1e-9."""
+    from aif.modelling.model import PARALLEL_ROWS, Model, prediction_threads
+
+    model = Model.load(pipeline / "models").compile(tmp_path / "compiled")
+    rows = pd.read_parquet(pipeline / "data/processed/features.parquet")
+    X = model.matrix(rows.iloc[:PARALLEL_ROWS + 1001])   # an odd split across the threads
+    assert prediction_threads(len(X)) > 1 or (os.cpu_count() or 1) == 1
+    batch = model.score(X)
+    alone = np.concatenate([model.score(X[i:i + 1]) for i in range(len(X))])
+    assert batch.tobytes() == alone.tobytes()
+    np.testing.assert_allclose(batch, model.booster.predict(X), rtol=0, atol=1e-9)

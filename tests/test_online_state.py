@@ -208,3 +208,30 @@ def test_a_recorded_label_changes_only_when_allowed_and_a_refusal_changes_nothin
     assert rows["label"][np.isin(rows["id"], ids)].tolist() == [1, 1, 1]
     unknown = state.record_labels(np.array([10**6]), np.array([1]))
     assert not unknown["known"][0]
+
+
+def test_a_large_batch_worked_on_threads_gives_the_features_and_state_of_one_thread(
+        monkeypatch):
+    import aif.serve.state as online
+    params = replace(SHORT, groups=FEATURE_GROUPS, declared=DECLARED)
+    specs = feature_specs(params, 1)
+    columns = stream(11, 3 * online.THREADED_ROWS, days=6)
+    thirds = [{c: v[lo:lo + online.THREADED_ROWS] for c, v in columns.items()}
+              for lo in range(0, 3 * online.THREADED_ROWS, online.THREADED_ROWS)]
+    pooled = []
+    monkeypatch.setattr(online, "entity_threads",
+                        lambda: pooled.append(1) or online.ThreadPoolExecutor(4))
+    threaded, single = OnlineFeatures.empty(specs, HOUR), OnlineFeatures.empty(specs, HOUR)
+    with_threads = [threaded.observe(batch) for batch in thirds]
+    assert len(pooled) == 6                   # prepare and commit of each batch
+    monkeypatch.setattr(online, "THREADED_ROWS", 10**9)
+    one_thread = [single.observe(batch) for batch in thirds]
+    assert len(pooled) == 6
+    for got, expected in zip(with_threads, one_thread, strict=True):
+        assert got.keys() == expected.keys()
+        for name in got:
+            assert np.array_equal(got[name], expected[name], equal_nan=True), name
+    for entity, arena in threaded.history.items():
+        assert all(np.array_equal(a, b) for a, b in zip(
+            arena.everything(), single.history[entity].everything(), strict=True)), entity
+    assert np.array_equal(threaded.known.everything(), single.known.everything())

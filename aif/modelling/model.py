@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from ..features.specs import FeatureSpec, specs_from_records, specs_named
 from ..io import StageError, atomic_output
 
 # %% auto #0
-__all__ = ['FIXED_PARAMS', 'MAX_CATEGORIES', 'lgbm_params', 'fit_booster', 'Encoding', 'Calibration', 'library_versions',
-           'files_digest', 'loaded_code_digest', 'Prediction', 'Model', 'compile_trees']
+__all__ = ['FIXED_PARAMS', 'MAX_CATEGORIES', 'PARALLEL_ROWS', 'lgbm_params', 'fit_booster', 'Encoding', 'Calibration',
+           'library_versions', 'files_digest', 'loaded_code_digest', 'Prediction', 'Model', 'compile_trees',
+           'prediction_threads']
 
 # %% ../../nbs/31_model.ipynb #c234934f
 FIXED_PARAMS = {"objective": "binary", "verbose": -1, "deterministic": True,
@@ -193,8 +195,8 @@ class Model:
 
     def score(self, X: np.ndarray) -> np.ndarray:
         "Raw scores of the rows of `X` (with the compiled model when there is one)."
-        if self.compiled is not None:
-            return self.compiled.predict(X, n_jobs=1)
+        if self.compiled is not None:   # rows are scored independently: same numbers
+            return self.compiled.predict(X, n_jobs=prediction_threads(len(X)))
         return self.booster.predict(X, num_threads=2)
 
     def predict(self, X: np.ndarray) -> Prediction:
@@ -257,3 +259,14 @@ def compile_trees(model_file: Path, cache: Path):
 
 
 _COMPILE = "import sys, lleaves; lleaves.Model(model_file=sys.argv[1]).compile(cache=sys.argv[2])"
+
+
+PARALLEL_ROWS = 4096   # from this many rows a batch is scored on several threads
+
+
+def prediction_threads(rows: int) -> int:
+    """Threads for scoring `rows` with the compiled trees: one for a request's few rows (a
+    thread costs more than it saves), else up to four of the machine's cores. The compiled
+    code lets go of the interpreter lock, and each row's score is its own: the same numbers
+    on any number of threads."""
+    return 1 if rows < PARALLEL_ROWS else max(1, min(4, os.cpu_count() or 1))

@@ -8,6 +8,9 @@ kernel, same numbers as `featurize`."""
 # %% ../../nbs/60_online_state.ipynb #9ee2fe4f
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +21,10 @@ from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of, windo
 from ..io import atomic_output
 
 # %% auto #0
-__all__ = ['HISTORY', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'history_dtype', 'history_columns',
-           'history_rows', 'take', 'place', 'spans', 'room_for', 'Arena', 'Merged', 'merge', 'merge_one',
-           'AlreadyScored', 'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'Pending', 'OnlineFeatures',
-           'durable']
+__all__ = ['HISTORY', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'THREADED_ROWS', 'history_dtype',
+           'history_columns', 'history_rows', 'take', 'place', 'spans', 'room_for', 'Arena', 'Merged', 'merge',
+           'merge_one', 'AlreadyScored', 'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'entity_threads',
+           'Pending', 'OnlineFeatures', 'durable']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
@@ -371,6 +374,15 @@ class KnownIds:
         return np.concatenate(self.runs) if self.runs else np.empty(0, KNOWN)
 
 # %% ../../nbs/60_online_state.ipynb #e5b4a7c1
+THREADED_ROWS = 2048   # from this many rows, a batch's entities are worked on side by side
+
+
+@functools.cache
+def entity_threads() -> ThreadPoolExecutor:
+    "The threads a large batch's entities are worked on with: up to four of the machine's cores."
+    return ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="entity")
+
+
 @dataclass
 class Pending:
     "A batch's computed update, not yet kept."
@@ -439,26 +451,44 @@ class OnlineFeatures:
         out = transaction_features(rows, [s for s in self.specs if s.entity == "transaction"]) \
             if compute else {}
         new = {}   # the batch as history rows, one layout per set of attributes kept
-        keys = {entity: entity_key(rows, entity) for entity in self.history}
-        merged = {}
-        by_time = np.lexsort((rows["transaction_id"], rows["tx_datetime"])) \
-            if len(rows["transaction_id"]) > 1 else None   # one sort for every entity
-        for entity, store in self.history.items():
+        for store in self.history.values():
             if store.dtype not in new:
                 new[store.dtype] = history_rows(rows, store.dtype)
-            m = merged[entity] = merge(store, keys[entity], new[store.dtype], by_time)
+        keys = {entity: entity_key(rows, entity) for entity in self.history}
+        by_time = np.lexsort((rows["transaction_id"], rows["tx_datetime"])) \
+            if len(rows["transaction_id"]) > 1 else None   # one sort for every entity
+
+        def features_of(entity: str) -> tuple[Merged, dict[str, np.ndarray]]:
+            store, values = self.history[entity], {}
+            m = merge(store, keys[entity], new[store.dtype], by_time)
             if compute:
                 specs = [s for s in self.specs if s.entity == entity]
                 targets = np.flatnonzero(m.source >= 0)
-                values = grouped_row_features(
+                found = grouped_row_features(
                     m.bounds, np.ascontiguousarray(m.rows["time"]), history_columns(m.rows, specs),
                     np.ascontiguousarray(m.rows["label"]), specs, targets)
                 where = m.source[targets]   # targets are in (key, time, id) order
-                for name, v in values.items():
-                    out[name] = np.empty_like(v)
-                    out[name][where] = v
+                for name, v in found.items():
+                    values[name] = np.empty_like(v)
+                    values[name][where] = v
+            return m, values
+
+        merged = {}
+        for entity, (m, values) in zip(self.history, self._each_entity(features_of, rows),
+                                       strict=True):
+            merged[entity] = m
+            out.update(values)
         values = with_derived(out, rows, self.specs) if compute else {}
         return Pending(rows, values, merged)
+
+    def _each_entity(self, work, rows: dict) -> list:
+        """`work(entity)` for every entity, in their order. A large batch held in memory has
+        them worked on side by side (`entity_threads`): each entity's histories are apart from
+        the others', and numpy lets go of the interpreter lock in the heavy steps."""
+        if len(rows["transaction_id"]) >= THREADED_ROWS and len(self.history) > 1 and all(
+                type(store) is Arena for store in self.history.values()):
+            return list(entity_threads().map(work, self.history))
+        return [work(entity) for entity in self.history]
 
     def commit(self, pending: Pending, journal_seq: int | None = None) -> None:
         "Keep a prepared batch (`journal_seq`: the journal entry that holds it)."
@@ -466,8 +496,8 @@ class OnlineFeatures:
         if len(rows["transaction_id"]):
             self.clock = max(self.clock if self.clock is not None else -2**63,
                              int(rows["tx_datetime"].max()))
-        for entity, store in self.history.items():
-            self._keep(store, pending.merged[entity], self.history_since(entity))
+        since = {entity: self.history_since(entity) for entity in self.history}
+        self._each_entity(lambda e: self._keep(self.history[e], pending.merged[e], since[e]), rows)
         self._remember(rows)
         if journal_seq is not None:
             self.journal_seq = journal_seq
