@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 
 # %% auto #0
-__all__ = ['dask_client', 'cluster_workers']
+__all__ = ['dask_client', 'cluster_workers', 'batch_threads']
 
 # %% ../nbs/06_cluster.ipynb #95548bcd
 @contextmanager
@@ -38,3 +38,8 @@ def cluster_workers(client) -> list[str]:
     "The addresses of the cluster's workers, sorted, asked of the scheduler itself."
     return sorted(client.nthreads())
 
+
+# %% ../nbs/06_cluster.ipynb #7638ee99
+def batch_threads() -> int:
+    "Threads one process gives a large batch: up to four of this machine's cores."
+    return max(1, min(4, os.cpu_count() or 1))

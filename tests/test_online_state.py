@@ -218,9 +218,8 @@ def test_a_large_batch_worked_on_threads_gives_the_features_and_state_of_one_thr
     columns = stream(11, 3 * online.THREADED_ROWS, days=6)
     thirds = [{c: v[lo:lo + online.THREADED_ROWS] for c, v in columns.items()}
               for lo in range(0, 3 * online.THREADED_ROWS, online.THREADED_ROWS)]
-    pooled = []
-    monkeypatch.setattr(online, "entity_threads",
-                        lambda: pooled.append(1) or online.ThreadPoolExecutor(4))
+    pooled, pool = [], online.ThreadPoolExecutor(4)
+    monkeypatch.setattr(online, "entity_threads", lambda: pooled.append(1) or pool)
     threaded, single = OnlineFeatures.empty(specs, HOUR), OnlineFeatures.empty(specs, HOUR)
     with_threads = [threaded.observe(batch) for batch in thirds]
     assert len(pooled) == 6                   # prepare and commit of each batch
@@ -235,3 +234,4 @@ def test_a_large_batch_worked_on_threads_gives_the_features_and_state_of_one_thr
         assert all(np.array_equal(a, b) for a, b in zip(
             arena.everything(), single.history[entity].everything(), strict=True)), entity
     assert np.array_equal(threaded.known.everything(), single.known.everything())
+    pool.shutdown()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
+from ..cluster import batch_threads
 from ..config.params import FeaturesParams
 from ..config.paths import MODEL_FILE, MODEL_INFO_FILE
 from ..features.specs import FeatureSpec, specs_from_records, specs_named
@@ -269,4 +269,4 @@ def prediction_threads(rows: int) -> int:
     thread costs more than it saves), else up to four of the machine's cores. The compiled
     code lets go of the interpreter lock, and each row's score is its own: the same numbers
     on any number of threads."""
-    return 1 if rows < PARALLEL_ROWS else max(1, min(4, os.cpu_count() or 1))
+    return 1 if rows < PARALLEL_ROWS else batch_threads()

@@ -9,13 +9,13 @@ kernel, same numbers as `featurize`."""
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..cluster import batch_threads
 from ..features.engine import grouped_row_features, transaction_features, with_derived
 from ..features.specs import FeatureSpec, entity_key, horizon_us, keys_of, window_columns
 from ..io import atomic_output
@@ -380,7 +380,7 @@ THREADED_ROWS = 2048   # from this many rows, a batch's entities are worked on s
 @functools.cache
 def entity_threads() -> ThreadPoolExecutor:
     "The threads a large batch's entities are worked on with: up to four of the machine's cores."
-    return ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="entity")
+    return ThreadPoolExecutor(batch_threads(), thread_name_prefix="entity")
 
 
 @dataclass
