@@ -66,7 +66,7 @@ class Service:
     last_flush: float = 0.0
     writing: object = None    # the prediction-log write in progress, if any
     journal: Journal | None = None   # what was acknowledged (nbs/64a_journal)
-    snapshotting: int | None = None  # the pid of the child writing a snapshot, if any
+    snapshotting: object = None  # the wait for the child writing a snapshot, if any
     audit: Path | None = None        # one JSON line for every label recorded or changed
     requests: Requests | None = None  # what /score and /labels accept (the ingest mapping)
 
@@ -296,8 +296,11 @@ async def snapshot(service: Service) -> bool:
     if service.writing is not None:   # no Arrow write in another thread while forking
         await service.writing         # (the last await before the fork)
     seq, kept_since = state.journal_seq, state.kept_since
-    pid = service.snapshotting = write_snapshot(state, service.paths.resolve(serve.snapshot))
-    _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+    pid = write_snapshot(state, service.paths.resolve(serve.snapshot))
+    # shielded, and kept: a shutdown cancels this task but must wait for the same child (a
+    # second waitpid would find it reaped already, ChildProcessError)
+    service.snapshotting = asyncio.ensure_future(asyncio.to_thread(os.waitpid, pid, 0))
+    _, status = await asyncio.shield(service.snapshotting)
     service.snapshotting = None
     ok = os.waitstatus_to_exitcode(status) == 0
     service.metrics["snapshots"].labels("written" if ok else "failed").inc()
@@ -339,7 +342,7 @@ def lifespan_of(service: Service):
             await service.writing
         service.predictions.flush()
         if service.snapshotting is not None:   # let it finish first: it holds an older state
-            await asyncio.to_thread(os.waitpid, service.snapshotting, 0)
+            await service.snapshotting
         if snapshots:
             service.features.save(service.paths.resolve(serve.snapshot))
             if service.journal is not None:
