@@ -54,11 +54,9 @@ class Server:
         # uvicorn re-raises the signal once it has shut down cleanly
         assert self.proc.wait(timeout=60) in (0, -signal.SIGTERM)
 
-    def snapshot_child(self) -> int | None:
-        "The pid of the forked child writing a snapshot, if one is running."
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        children = path.read_text().split() if path.exists() else []
-        return int(children[0]) if children else None
+    def writing_snapshot(self) -> bool:
+        "Whether a snapshot is being written (its temporary file is there)."
+        return any((self.project / "models/serving").glob(".state.parquet.tmp-*"))
 
 
 def post_until_answered(server: Server, body: dict, answers: dict,
@@ -165,8 +163,8 @@ def test_kill_9_in_a_batch_and_in_a_snapshot_loses_no_acknowledged_transaction(
         server.start()
         sending.join()
         assert attempts[k] >= 2   # the killed service never answered it: the client retried
-    deadline = time.monotonic() + 30          # then while a forked child writes a snapshot
-    while server.snapshot_child() is None:
+    deadline = time.monotonic() + 30          # then while a snapshot is written
+    while not server.writing_snapshot():
         assert time.monotonic() < deadline, "no snapshot was taken"
         time.sleep(0.001)
     server.kill9()
@@ -269,11 +267,11 @@ def test_a_restart_rebuilds_exactly_the_live_state(trained_project: Path, tmp_pa
 
 def test_a_stop_while_a_snapshot_is_written_waits_for_it_and_saves_the_state(
         trained_project: Path, tmp_path: Path):
-    """The service stopped while a forked child writes a snapshot (its lifespan run in process,
-    so that the stop surely meets the child): the shutdown waits for that child, then saves
-    the state it ends with, and finishes without an error; the next start goes on from it.
-    Three rounds: the stop and the snapshot's own wait used to race for the child (each round
-    failed about one time in two with ChildProcessError)."""
+    """The service stopped while a snapshot is written (its lifespan run in process, so that
+    the stop surely meets the write): the shutdown waits for that write, then saves the state
+    it ends with, and finishes without an error; the next start goes on from it. Three rounds
+    (when a forked child wrote snapshots, the stop and the snapshot's own wait raced for the
+    child, and each round failed about one time in two with ChildProcessError)."""
     import asyncio
     import shutil
 
@@ -297,7 +295,7 @@ def test_a_stop_while_a_snapshot_is_written_waits_for_it_and_saves_the_state(
             for tx in sent:
                 assert (await client.post("/score", json=tx)).status_code == 200
         deadline = time.monotonic() + 30
-        while service.snapshotting is None:   # a child is forked and writing
+        while service.snapshotting is None:   # a snapshot is being written
             assert time.monotonic() < deadline, "no snapshot was taken"
             await asyncio.sleep(0.001)
         with pytest.raises(StopAsyncIteration):

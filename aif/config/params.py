@@ -322,7 +322,7 @@ class ServeParams:
     log_flush_seconds: float = 5.0
     log_flush_rows: int = 10_000
     snapshot: str | None = "models/serving/state.parquet"
-    snapshot_seconds: float = 300.0   # how often the state is snapshotted (in a forked child)
+    snapshot_seconds: float = 300.0   # how often the state is snapshotted (copied, then written in a thread)
     journal: str | None = "models/serving/journal.sqlite"   # what was acknowledged (nbs/64a)
     journal_sync: str = "never"       # never: written before the reply (kill -9); always: synced too (power loss)
     label_audit: str | None = "models/serving/label-audit.jsonl"   # every label change
