@@ -588,6 +588,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.check_key_secret': ('app.html#check_key_secret', 'aif/serve/app.py'),
                                'aif.serve.app.collection_paused': ('app.html#collection_paused', 'aif/serve/app.py'),
                                'aif.serve.app.conflict': ('app.html#conflict', 'aif/serve/app.py'),
+                               'aif.serve.app.count_snapshot': ('app.html#count_snapshot', 'aif/serve/app.py'),
                                'aif.serve.app.create_app': ('app.html#create_app', 'aif/serve/app.py'),
                                'aif.serve.app.document_score_body': ('app.html#document_score_body', 'aif/serve/app.py'),
                                'aif.serve.app.explain_rows': ('app.html#explain_rows', 'aif/serve/app.py'),

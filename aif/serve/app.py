@@ -46,10 +46,10 @@ from .telemetry import json_logger, make_tracer, service_metrics
 # %% auto #0
 __all__ = ['BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'replay',
            'recover_log', 'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log', 'snapshot_writer',
-           'write_snapshot', 'snapshot', 'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests',
-           'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers', 'conflict',
-           'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores', 'create_app',
-           'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
+           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_every', 'lifespan_of', 'document_score_body',
+           'ObserveRequests', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers',
+           'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores',
+           'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -290,6 +290,14 @@ def write_snapshot(frozen: FrozenState, path: Path) -> str | None:
     return None
 
 
+def count_snapshot(service: Service, failure: str | None) -> None:
+    "Count a snapshot by its outcome; log a failure (the journal keeps what it did not save)."
+    service.metrics["snapshots"].labels("failed" if failure else "written").inc()
+    if failure:
+        service.logger.error(f"snapshot failed ({failure}); the journal keeps everything "
+                             "since the last one")
+
+
 async def snapshot(service: Service) -> bool:
     "A snapshot of the feature state, then the journal entries it made redundant pruned."
     state, serve = service.features, service.params.serve
@@ -304,11 +312,8 @@ async def snapshot(service: Service) -> bool:
         snapshot_writer(), write_snapshot, frozen, service.paths.resolve(serve.snapshot))
     failure = await asyncio.shield(service.snapshotting)
     service.snapshotting = None
-    service.metrics["snapshots"].labels("failed" if failure else "written").inc()
-    if failure:
-        service.logger.error(f"snapshot failed ({failure}); the journal keeps everything "
-                             "since the last one")
-    elif service.journal is not None:
+    count_snapshot(service, failure)
+    if failure is None and service.journal is not None:
         upto = min(frozen.journal_seq, service.predictions.confirmed_seq)
         await asyncio.to_thread(service.journal.prune, upto, kept_since)
     return failure is None
@@ -345,10 +350,12 @@ def lifespan_of(service: Service):
         service.predictions.flush()
         if service.snapshotting is not None:   # let it finish first: it holds an older state
             await service.snapshotting
-        if snapshots:
-            service.features.save(service.paths.resolve(serve.snapshot))
-            if service.journal is not None:
-                service.journal.prune(service.features.journal_seq, service.features.kept_since)
+        if snapshots:   # the state it ends with
+            state = service.features
+            failure = write_snapshot(state.frozen(), service.paths.resolve(serve.snapshot))
+            count_snapshot(service, failure)
+            if failure is None and service.journal is not None:
+                service.journal.prune(state.journal_seq, state.kept_since)
         if service.journal is not None:
             service.journal.close()
 
