@@ -304,7 +304,11 @@ def test_a_stop_while_a_snapshot_is_written_waits_for_it_and_saves_the_state(
     for start in range(3):   # the first from the data, the next from the snapshot saved
         service = build_service(project_paths(project), load_params(project / "params.yaml"),
                                 None, TEST_START if start == 0 else None)
+        pruned, prune = [], service.journal.prune
+        service.journal.prune = lambda *upto, prune=prune, pruned=pruned: (
+            pruned.append(upto), prune(*upto))[1]
         asyncio.run(serve_then_stop_in_a_snapshot(service, stream[start * 10:][:10]))
+        assert pruned and pruned[-1][0] == 10 * (start + 1)   # the state saved at the stop
         saved = pq.read_table(project / "models/serving/state.parquet")
         assert int(saved.schema.metadata[b"journal_seq"]) == 10 * (start + 1)
 
@@ -332,6 +336,8 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_journal_keeps_eve
     service = build_service(project_paths(project), load_params(project / "params.yaml"), None,
                             TEST_START)
     app = create_app(service)
+    pruned, prune = [], service.journal.prune   # what the journal is asked to drop
+    service.journal.prune = lambda *upto: (pruned.append(upto), prune(*upto))[1]
 
     def snapshots(outcome: str) -> float:
         return service.collector.get_sample_value("aif_state_snapshots_total",
@@ -354,5 +360,6 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_journal_keeps_eve
 
     asyncio.run(serve_beside_failing_snapshots())
     assert snapshots("failed") >= 3 and snapshots("written") == 0   # the last at the stop
+    assert pruned == []   # nothing saved, nothing dropped
     journal = Journal(project / "models/serving/journal.sqlite")
     assert [kind for _, kind, _ in journal.since(0)] == ["score"] * len(sent)

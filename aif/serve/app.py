@@ -286,23 +286,24 @@ def write_snapshot(frozen: FrozenState, path: Path) -> str | None:
     try:
         frozen.write(path)
     except Exception as err:   # noqa: BLE001 - reported; the journal keeps everything
-        return str(err)
+        return f"{type(err).__name__}: {err}"   # never empty: MemoryError() has no message
     return None
 
 
 def count_snapshot(service: Service, failure: str | None) -> None:
     "Count a snapshot by its outcome; log a failure (the journal keeps what it did not save)."
-    service.metrics["snapshots"].labels("failed" if failure else "written").inc()
-    if failure:
+    service.metrics["snapshots"].labels("written" if failure is None else "failed").inc()
+    if failure is not None:
         service.logger.error(f"snapshot failed ({failure}); the journal keeps everything "
                              "since the last one")
 
 
 async def snapshot(service: Service) -> bool:
     "A snapshot of the feature state, then the journal entries it made redundant pruned."
-    state, serve = service.features, service.params.serve
+    serve = service.params.serve
     if service.journal is not None:   # the snapshot holds only what the journal holds
         await asyncio.wrap_future(service.journal.barrier())
+    state = service.features   # after the await: a model reload may have replaced it
     # Copied between two requests (about 10 ms for a million rows), written beside them. A
     # forked child writing it (as Redis' BGSAVE does) held the requests up more: 14-18 ms of
     # fork, then thousands of copy-on-write page faults in the service while the child wrote.
@@ -322,7 +323,10 @@ async def snapshot(service: Service) -> bool:
 async def snapshot_every(service: Service, every: float) -> None:
     while True:
         await asyncio.sleep(every)
-        await snapshot(service)
+        try:
+            await snapshot(service)
+        except Exception as err:   # noqa: BLE001 - a journal or memory error: try again later
+            count_snapshot(service, f"{type(err).__name__}: {err}")
 
 
 def lifespan_of(service: Service):
@@ -349,7 +353,7 @@ def lifespan_of(service: Service):
             await service.writing
         service.predictions.flush()
         if service.snapshotting is not None:   # let it finish first: it holds an older state
-            await service.snapshotting
+            count_snapshot(service, await service.snapshotting)   # its task was cancelled
         if snapshots:   # the state it ends with
             state = service.features
             failure = write_snapshot(state.frozen(), service.paths.resolve(serve.snapshot))
