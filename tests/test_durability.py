@@ -363,3 +363,59 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_journal_keeps_eve
     assert pruned == []   # nothing saved, nothing dropped
     journal = Journal(project / "models/serving/journal.sqlite")
     assert [kind for _, kind, _ in journal.since(0)] == ["score"] * len(sent)
+
+
+def test_a_label_is_kept_by_the_state_before_its_journal_entry_is_synced(
+        trained_project: Path, tmp_path: Path):
+    """A label is in the state from the moment its journal entry is written, as a score is,
+    not only once the entry is synced: a snapshot taken while the sync runs (after a later
+    score) must hold it, or the snapshot's prune could drop the label's entry and a crash
+    would lose a label the client got 200 for. The sync of the label's entry is held open."""
+    import asyncio
+    import shutil
+    from concurrent.futures import Future
+
+    from aif.config.paths import project_paths
+    from aif.serve.app import build_service, create_app, lifespan_of
+
+    project = tmp_path / "project"
+    shutil.copytree(trained_project, project, symlinks=True)
+    write_params(project, serve={"journal_sync": "always", "snapshot_seconds": 3600})
+    rows = interim(project)
+    first, later = payload(rows[rows.tx_datetime >= TEST_START].iloc[:2])
+    service = build_service(project_paths(project), load_params(project / "params.yaml"), None,
+                            TEST_START)
+    app = create_app(service)
+    held, submit = [], service.journal.submit
+
+    def submit_holding_labels(kind, columns, times):
+        synced = submit(kind, columns, times)
+        if kind != "labels":
+            return synced
+        answered = Future()   # done when the test lets it, after the real sync
+        held.append(lambda: answered.set_result(synced.result()))
+        return answered
+
+    service.journal.submit = submit_holding_labels
+    fraud = {"transaction_id": first["transaction_id"], "tx_fraud": 1}
+
+    async def label_while_its_sync_is_held() -> None:
+        running = lifespan_of(service)(app)
+        await anext(running)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://aif")
+        async with client:
+            assert (await client.post("/score", json=first)).status_code == 200
+            labelled = asyncio.create_task(client.post("/labels", json=fraud))
+            deadline = time.monotonic() + 30
+            while not held:
+                assert time.monotonic() < deadline, "the label never reached the journal"
+                await asyncio.sleep(0.001)
+            assert (await client.post("/score", json=later)).status_code == 200
+            known, label = service.features.label_states([first["transaction_id"]])
+            assert known[0] and label[0] == 1   # kept while its entry is still syncing
+            held[0]()
+            assert (await labelled).status_code == 200
+        with pytest.raises(StopAsyncIteration):
+            await anext(running)
+
+    asyncio.run(label_while_its_sync_is_held())

@@ -719,17 +719,24 @@ async def label_response(service: Service, raw: bytes, request: Request):
             "recorded label needs an admin token (nothing in this request was kept)"}])
     new = known & (previous != labels)
     if new.any():
+        written = None
         if service.journal is not None:
             refusal = journal_refusal(service)
             if refusal is not None:
                 return refusal
             try:
-                await asyncio.wrap_future(service.journal.submit("labels", {
+                written = service.journal.submit("labels", {
                     "transaction_id": ids[new], "tx_fraud": labels[new],
-                    "previous": previous[new]}, np.zeros(0, np.int64)))
+                    "previous": previous[new]}, np.zeros(0, np.int64))
             except JournalError:
                 return journal_refusal(service)
+        # kept at once, as a score is: a snapshot taken while the journal syncs this entry
+        # must not hold a later entry without it (its prune could then drop this one)
         state.record_labels(ids[new], labels[new])
+        try:
+            await on_disk(written)
+        except JournalError:
+            return journal_refusal(service)
         audit_labels(service, request, ids[new], previous[new], labels[new])
     counts = {"recorded": int((new & (previous < 0)).sum()), "changed": int(changes.sum()),
               "unchanged": int((known & ~new).sum()), "unknown": int((~known).sum())}
