@@ -6,6 +6,7 @@ with the features an uninterrupted run computes, and every answer a client got i
 logged. Also the journal alone, killed while it appends."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -264,6 +265,43 @@ def test_a_restart_rebuilds_exactly_the_live_state(trained_project: Path, tmp_pa
     assert int(live.schema.metadata[b"journal_seq"]) == 51
 
 
+def project_copy(trained_project: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    project = tmp_path / "project"
+    shutil.copytree(trained_project, project, symlinks=True)
+    return project
+
+
+def in_process(project: Path, until: str | None = TEST_START):
+    "The service `aif serve` builds for `project`, in this process: the test runs its lifespan."
+    from aif.config.paths import project_paths
+    from aif.serve.app import build_service
+
+    return build_service(project_paths(project), load_params(project / "params.yaml"), None,
+                         until)
+
+
+@contextlib.asynccontextmanager
+async def serving(service):
+    "A client on the started service; then the service stopped, which must finish cleanly."
+    from aif.serve.app import create_app, lifespan_of
+
+    app = create_app(service)
+    running = lifespan_of(service)(app)
+    await anext(running)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://aif") as c:
+        yield c
+    with pytest.raises(StopAsyncIteration):
+        await anext(running)
+
+
+def recorded_prunes(service) -> list[tuple]:
+    "What the service's journal is asked to drop from now on (each prune still done)."
+    pruned, prune = [], service.journal.prune
+    service.journal.prune = lambda *upto: (pruned.append(upto), prune(*upto))[1]
+    return pruned
+
 
 def test_a_stop_while_a_snapshot_is_written_waits_for_it_and_saves_the_state(
         trained_project: Path, tmp_path: Path):
@@ -273,40 +311,26 @@ def test_a_stop_while_a_snapshot_is_written_waits_for_it_and_saves_the_state(
     (when a forked child wrote snapshots, the stop and the snapshot's own wait raced for the
     child, and each round failed about one time in two with ChildProcessError)."""
     import asyncio
-    import shutil
 
     import pyarrow.parquet as pq
 
-    from aif.config.paths import project_paths
-    from aif.serve.app import build_service, create_app, lifespan_of
-
-    project = tmp_path / "project"
-    shutil.copytree(trained_project, project, symlinks=True)
+    project = project_copy(trained_project, tmp_path)
     write_params(project, serve={"snapshot_seconds": 0.05})
     rows = interim(project)
     stream = payload(rows[rows.tx_datetime >= TEST_START].iloc[:30])
 
     async def serve_then_stop_in_a_snapshot(service, sent: list[dict]) -> None:
-        app = create_app(service)
-        running = lifespan_of(service)(app)
-        await anext(running)   # started
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://aif")
-        async with client:
+        async with serving(service) as client:
             for tx in sent:
                 assert (await client.post("/score", json=tx)).status_code == 200
-        deadline = time.monotonic() + 30
-        while service.snapshotting is None:   # a snapshot is being written
-            assert time.monotonic() < deadline, "no snapshot was taken"
-            await asyncio.sleep(0.001)
-        with pytest.raises(StopAsyncIteration):
-            await anext(running)   # stopped
+            deadline = time.monotonic() + 30
+            while service.snapshotting is None:   # a snapshot is being written
+                assert time.monotonic() < deadline, "no snapshot was taken"
+                await asyncio.sleep(0.001)
 
     for start in range(3):   # the first from the data, the next from the snapshot saved
-        service = build_service(project_paths(project), load_params(project / "params.yaml"),
-                                None, TEST_START if start == 0 else None)
-        pruned, prune = [], service.journal.prune
-        service.journal.prune = lambda *upto, prune=prune, pruned=pruned: (
-            pruned.append(upto), prune(*upto))[1]
+        service = in_process(project, TEST_START if start == 0 else None)
+        pruned = recorded_prunes(service)
         asyncio.run(serve_then_stop_in_a_snapshot(service, stream[start * 10:][:10]))
         assert pruned and pruned[-1][0] == 10 * (start + 1)   # the state saved at the stop
         saved = pq.read_table(project / "models/serving/state.parquet")
@@ -319,35 +343,25 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_journal_keeps_eve
     each is counted as failed and logged, requests go on being answered, the stop finishes,
     and the journal keeps every scored entry (none pruned), so a restart loses nothing."""
     import asyncio
-    import shutil
 
-    from aif.config.paths import project_paths
-    from aif.serve.app import build_service, create_app, lifespan_of
     from aif.serve.journal import Journal
 
-    project = tmp_path / "project"
-    shutil.copytree(trained_project, project, symlinks=True)
+    project = project_copy(trained_project, tmp_path)
     (project / "models/serving").mkdir(parents=True, exist_ok=True)
     (project / "models/serving/blocked").write_text("not a folder")
     write_params(project, serve={"snapshot_seconds": 0.05,
                                  "snapshot": "models/serving/blocked/state.parquet"})
     rows = interim(project)
     sent = payload(rows[rows.tx_datetime >= TEST_START].iloc[:12])
-    service = build_service(project_paths(project), load_params(project / "params.yaml"), None,
-                            TEST_START)
-    app = create_app(service)
-    pruned, prune = [], service.journal.prune   # what the journal is asked to drop
-    service.journal.prune = lambda *upto: (pruned.append(upto), prune(*upto))[1]
+    service = in_process(project)
+    pruned = recorded_prunes(service)
 
     def snapshots(outcome: str) -> float:
         return service.collector.get_sample_value("aif_state_snapshots_total",
                                                   {"outcome": outcome}) or 0.0
 
     async def serve_beside_failing_snapshots() -> None:
-        running = lifespan_of(service)(app)
-        await anext(running)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://aif")
-        async with client:
+        async with serving(service) as client:
             for i, tx in enumerate(sent):
                 assert (await client.post("/score", json=tx)).status_code == 200
                 if i == 5:   # half sent: let snapshots fail in between
@@ -355,8 +369,6 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_journal_keeps_eve
                     while snapshots("failed") < 2:
                         assert time.monotonic() < deadline, "no snapshot was tried"
                         await asyncio.sleep(0.01)
-        with pytest.raises(StopAsyncIteration):
-            await anext(running)
 
     asyncio.run(serve_beside_failing_snapshots())
     assert snapshots("failed") >= 3 and snapshots("written") == 0   # the last at the stop
@@ -372,20 +384,13 @@ def test_a_label_is_kept_by_the_state_before_its_journal_entry_is_synced(
     score) must hold it, or the snapshot's prune could drop the label's entry and a crash
     would lose a label the client got 200 for. The sync of the label's entry is held open."""
     import asyncio
-    import shutil
     from concurrent.futures import Future
 
-    from aif.config.paths import project_paths
-    from aif.serve.app import build_service, create_app, lifespan_of
-
-    project = tmp_path / "project"
-    shutil.copytree(trained_project, project, symlinks=True)
+    project = project_copy(trained_project, tmp_path)
     write_params(project, serve={"journal_sync": "always", "snapshot_seconds": 3600})
     rows = interim(project)
     first, later = payload(rows[rows.tx_datetime >= TEST_START].iloc[:2])
-    service = build_service(project_paths(project), load_params(project / "params.yaml"), None,
-                            TEST_START)
-    app = create_app(service)
+    service = in_process(project)
     held, submit = [], service.journal.submit
 
     def submit_holding_labels(kind, columns, times):
@@ -400,10 +405,7 @@ def test_a_label_is_kept_by_the_state_before_its_journal_entry_is_synced(
     fraud = {"transaction_id": first["transaction_id"], "tx_fraud": 1}
 
     async def label_while_its_sync_is_held() -> None:
-        running = lifespan_of(service)(app)
-        await anext(running)
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://aif")
-        async with client:
+        async with serving(service) as client:
             assert (await client.post("/score", json=first)).status_code == 200
             labelled = asyncio.create_task(client.post("/labels", json=fraud))
             deadline = time.monotonic() + 30
@@ -415,7 +417,5 @@ def test_a_label_is_kept_by_the_state_before_its_journal_entry_is_synced(
             assert known[0] and label[0] == 1   # kept while its entry is still syncing
             held[0]()
             assert (await labelled).status_code == 200
-        with pytest.raises(StopAsyncIteration):
-            await anext(running)
 
     asyncio.run(label_while_its_sync_is_held())

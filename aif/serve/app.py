@@ -355,11 +355,7 @@ def lifespan_of(service: Service):
         if service.snapshotting is not None:   # let it finish first: it holds an older state
             count_snapshot(service, await service.snapshotting)   # its task was cancelled
         if snapshots:   # the state it ends with
-            state = service.features
-            failure = write_snapshot(state.frozen(), service.paths.resolve(serve.snapshot))
-            count_snapshot(service, failure)
-            if failure is None and service.journal is not None:
-                service.journal.prune(state.journal_seq, state.kept_since)
+            await snapshot(service)
         if service.journal is not None:
             service.journal.close()
 
