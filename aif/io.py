@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -21,18 +22,25 @@ from .config.params import Params, load_params
 from .config.paths import ProjectPaths, project_paths
 
 # %% auto #0
-__all__ = ['atomic_output', 'stage_outputs', 'remove_temporaries', 'restore_outputs', 'get_logger', 'StageError', 'Stage',
-           'start_stage', 'save_figure', 'write_timings']
+__all__ = ['atomic_output', 'synced', 'stage_outputs', 'remove_temporaries', 'restore_outputs', 'get_logger', 'StageError',
+           'Stage', 'start_stage', 'save_figure', 'write_timings']
 
 # %% ../nbs/02_io.ipynb #7d9ec80c
 @contextlib.contextmanager
-def atomic_output(final: Path | str):
-    "Yield a temporary path beside `final`; on success it replaces `final` (file or folder)."
+def atomic_output(final: Path | str, durable: bool = False):
+    """Yield a temporary path beside `final`; on success it replaces `final` (file or folder).
+    `durable` (a file): its contents and the rename are on the disk before this returns, so
+    they outlive a power cut, as the service's journal does."""
     final = Path(final)
+    new_folder = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        if durable:
+            synced(tmp)
+            if new_folder:   # its name in its own parent
+                synced(final.parent.parent)
         if final.is_dir() and not final.is_symlink():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             final.rename(old)
@@ -40,11 +48,25 @@ def atomic_output(final: Path | str):
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
+        if durable:   # a rename is a change to the folder, which has its own sync
+            synced(final.parent)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp)
         elif tmp.exists():
             tmp.unlink()
+
+
+def synced(path: Path) -> None:
+    "Have the disk hold what was written to a file, or a folder's names (fsync)."
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as err:   # some network filesystems cannot sync a folder: they need not
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP) or not path.is_dir():
+            raise
+    finally:
+        os.close(fd)
 
 # %% ../nbs/02_io.ipynb #r2e3s4t5
 def stage_outputs(root: Path, stage: str) -> list[dict]:

@@ -419,3 +419,138 @@ def test_a_label_is_kept_by_the_state_before_its_journal_entry_is_synced(
             assert (await labelled).status_code == 200
 
     asyncio.run(label_while_its_sync_is_held())
+
+
+def test_a_state_rebuilt_for_a_new_model_misses_nothing_acknowledged_meanwhile(
+        trained_project: Path, tmp_path: Path):
+    """A new model whose features the running state does not keep gets a state rebuilt from
+    the data aside while requests go on (`rebuilt_state`). Held open once it has read the
+    journal: a batch scored, a label recorded and a label changed meanwhile, and a label
+    recorded before whose journal entry a snapshot has pruned since, are all in the rebuilt
+    state as in the running one, which gives the next transactions the same features."""
+    import asyncio
+
+    import aif.serve.app as app
+
+    project = project_copy(trained_project, tmp_path)
+    write_params(project, serve={"snapshot_seconds": 3600, "log_flush_seconds": 0.05})
+    rows = interim(project)
+    later = rows[rows.tx_datetime >= TEST_START]
+    before, meanwhile, after = payload(later.iloc[:20]), payload(later.iloc[20:25]), later[25:45]
+    pruned_label = {"transaction_id": before[3]["transaction_id"], "tx_fraud": 1}
+    changed = before[15]["transaction_id"]   # 1 before the rebuild, 0 once it began
+    new_label = {"transaction_id": meanwhile[2]["transaction_id"], "tx_fraud": 1}
+    service = in_process(project)
+    copied, go, built, release = (threading.Event() for _ in range(4))
+    warm_state = app.warm_state
+
+    def warm_state_held_open(*args):   # held before it reads anything, and after
+        copied.set()
+        assert go.wait(30)
+        state = warm_state(*args)
+        built.set()
+        assert release.wait(30)
+        return state
+
+    async def until(event: threading.Event, rebuilding: asyncio.Task) -> None:
+        deadline = time.monotonic() + 60
+        while not event.is_set():
+            assert not rebuilding.done() and time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+
+    async def rebuild_while_serving():
+        async with serving(service) as client:
+            for i, part in enumerate((before[:10], before[10:])):
+                response = await client.post("/score", json={"transactions": part})
+                assert response.status_code == 200
+                if i == 0:   # the label's entry between two scores' (seq 2 of 3)
+                    assert (await client.post("/labels", json=pruned_label)).status_code == 200
+            deadline = time.monotonic() + 30
+            while service.predictions.confirmed_seq < 3:   # logged: the snapshot may prune
+                assert time.monotonic() < deadline, "the prediction log was not written"
+                await asyncio.sleep(0.01)
+            assert await app.snapshot(service)
+            assert "labels" not in [kind for _, kind in service.journal.kinds()]   # pruned
+            fraud = {"transaction_id": changed, "tx_fraud": 1}
+            assert (await client.post("/labels", json=fraud)).status_code == 200
+            app.warm_state = warm_state_held_open
+            try:
+                async with service.state_lock:
+                    rebuilding = asyncio.create_task(
+                        app.rebuilt_state(service, service.features.specs))
+                    await until(copied, rebuilding)   # the running state's labels copied
+                    # changed after the copy and before the rebuild reads the journal: the
+                    # copy's older label must not win
+                    unfraud = {"transaction_id": changed, "tx_fraud": 0}
+                    assert (await client.post("/labels", json=unfraud)).status_code == 200
+                    go.set()
+                    await until(built, rebuilding)   # the journal read
+                    response = await client.post("/score", json={"transactions": meanwhile})
+                    assert response.status_code == 200
+                    assert (await client.post("/labels", json=new_label)).status_code == 200
+                    release.set()
+                    return service.features, await rebuilding
+            finally:
+                app.warm_state = warm_state
+
+    running, rebuilt = asyncio.run(rebuild_while_serving())
+    ids = [tx["transaction_id"] for tx in before + meanwhile]
+    assert sorted(rebuilt.already_scored(ids)) == sorted(ids)
+    labelled = [pruned_label["transaction_id"], new_label["transaction_id"], changed]
+    for state in (running, rebuilt):
+        known, label = state.label_states(labelled)
+        assert known.all() and label.tolist() == [1, 1, 0]
+    assert np.array_equal(np.sort(rebuilt.known.everything()), np.sort(running.known.everything()))
+    columns = {c: after[c].to_numpy() for c in
+               ("transaction_id", "customer_id", "terminal_id", "tx_amount")}
+    columns["tx_datetime"] = after.tx_datetime.to_numpy().astype("datetime64[us]").view(np.int64)
+    expected, got = running.prepare(columns).values, rebuilt.prepare(columns).values
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_a_prediction_log_write_that_fails_is_reported_and_written_later(
+        trained_project: Path, tmp_path: Path):
+    """The prediction log cannot be written for a while (a file stands where the day's folder
+    goes): each failed write is counted and logged, requests go on being answered, the journal
+    keeps the rows (the log confirms none of them), and once the folder can be made the next
+    flush writes every row, once, in parts named by their journal entries."""
+    import asyncio
+
+    project = project_copy(trained_project, tmp_path)
+    write_params(project, serve={"snapshot_seconds": 3600, "log_flush_seconds": 0.05})
+    rows = interim(project)
+    sent = payload(rows[rows.tx_datetime >= TEST_START].iloc[:12])
+    day = project / "reports/predictions" / f"date={sent[0]['tx_datetime'][:10]}"
+    assert {tx["tx_datetime"][:10] for tx in sent} == {day.name[5:]}   # one day's folder
+    day.parent.mkdir(parents=True, exist_ok=True)
+    day.write_text("in the way")
+    service = in_process(project)
+
+    def failures() -> float:
+        return service.collector.get_sample_value("aif_prediction_log_failures_total") or 0.0
+
+    async def serve_while_the_log_fails() -> None:
+        async with serving(service) as client:
+            for i, tx in enumerate(sent):
+                assert (await client.post("/score", json=tx)).status_code == 200
+                if i == 5:
+                    deadline = time.monotonic() + 30
+                    while failures() < 2:
+                        assert time.monotonic() < deadline, "no write was tried"
+                        await asyncio.sleep(0.01)
+                    assert service.predictions.confirmed_seq == 0
+            day.unlink()
+            deadline = time.monotonic() + 30
+            while service.predictions.confirmed_seq < len(sent):
+                assert time.monotonic() < deadline, "the log was not written after the fix"
+                await asyncio.sleep(0.01)
+
+    asyncio.run(serve_while_the_log_fails())
+    logged = pd.read_parquet(project / "reports/predictions")
+    assert sorted(logged.transaction_id) == sorted(tx["transaction_id"] for tx in sent)
+    from aif.serve.log import PART
+    ranges = sorted(tuple(map(int, PART.match(p.name).groups()[:2])) for p in day.iterdir())
+    assert [first for first, _ in ranges] == [1] + [last + 1 for _, last in ranges[:-1]]
+    assert ranges[-1][1] == len(sent)   # every journal entry, in parts named by them

@@ -235,3 +235,34 @@ def test_a_large_batch_worked_on_threads_gives_the_features_and_state_of_one_thr
             arena.everything(), single.history[entity].everything(), strict=True)), entity
     assert np.array_equal(threaded.known.everything(), single.known.everything())
     pool.shutdown()
+
+
+def test_a_snapshot_kept_for_other_features_is_refused_and_its_labels_are_carried_over(tmp_path):
+    """A snapshot holds the rows its own features needed: one taken for shorter windows (or
+    a smaller lateness) lacks rows longer ones read, so a state for other features refuses it
+    (and is rebuilt from the data) instead of loading it with a silently short history; the
+    labels it holds (received online, maybe no longer in the journal) are carried over."""
+    from aif.serve.app import carry_labels, snapshot_labels
+
+    columns = stream(9, 60, days=4)
+    unlabelled = {c: v for c, v in columns.items() if c != "tx_fraud"}
+    short, long = feature_specs(SHORT, 1), feature_specs(FeaturesParams(), 7)
+    live = OnlineFeatures.empty(short, HOUR)
+    live.observe(unlabelled, compute=False)
+    ids = columns["transaction_id"][[2, 40]]
+    live.record_labels(ids, [1, 0])
+    path = tmp_path / "state.parquet"
+    live.save(path)
+    for specs, lateness in ((short, HOUR), (long, HOUR), (short, 2 * HOUR)):
+        restarted = OnlineFeatures.empty(specs, lateness)
+        if (specs, lateness) == (short, HOUR):
+            restarted.load(path)   # its own layout: taken as it is
+            assert restarted.label_states(ids)[1].tolist() == [1, 0]
+            continue
+        with pytest.raises(ValueError, match="other features"):
+            restarted.load(path)
+        restarted = OnlineFeatures.empty(specs, lateness)
+        restarted.observe(unlabelled, compute=False)   # the rebuild from the data
+        assert restarted.label_states(ids)[1].tolist() == [-1, -1]
+        assert carry_labels(restarted, snapshot_labels(path)) == 2
+        assert restarted.label_states(ids)[1].tolist() == [1, 0]

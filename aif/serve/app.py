@@ -40,16 +40,19 @@ from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
 from ..keys import HASH_KEY_ENV, secret_fingerprint
 from .schema import Requests
-from .state import AlreadyScored, FrozenState, OnlineFeatures, out_of_time
+from .state import (UNLABELLED, AlreadyScored, FrozenState, OnlineFeatures, known_in,
+                             out_of_time)
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
-__all__ = ['BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'replay',
-           'recover_log', 'fill_from_interim', 'reload_if_changed', 'watch_registry', 'flush_log', 'snapshot_writer',
-           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_every', 'lifespan_of', 'document_score_body',
-           'ObserveRequests', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers',
-           'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores',
-           'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
+__all__ = ['BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state',
+           'snapshot_labels', 'replay', 'recover_log', 'fill_from_interim', 'reload_if_changed', 'rebuilt_state',
+           'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written', 'snapshot_writer',
+           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'snapshot_every', 'lifespan_of',
+           'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
+           'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
+           'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
+           'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -72,6 +75,9 @@ class Service:
     snapshotting: object = None  # the snapshot being written, if any (a future)
     audit: Path | None = None        # one JSON line for every label recorded or changed
     requests: Requests | None = None  # what /score and /labels accept (the ingest mapping)
+    state_until: str | None = None   # --state-until: the data a rebuilt state starts from
+    # a snapshot (which prunes the journal) and a state rebuilt for a new model take turns
+    state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def score(self, columns: dict[str, np.ndarray], request_id: str, started: float,
               checked: bool = False):
@@ -156,19 +162,33 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             fill_from_interim(state, paths, until)
             state.warm_start_done()
         return state
-    state = OnlineFeatures.empty(specs, serve.lateness_us)
+    state, labelled = OnlineFeatures.empty(specs, serve.lateness_us), None
     if snapshot is not None and snapshot.exists() and until is None and (
             not paths.interim_transactions.exists()
             or snapshot.stat().st_mtime > paths.interim_transactions.stat().st_mtime):
         try:
             state.load(snapshot)
-        except ValueError:   # written by an older version: rebuild from the data instead
-            state = OnlineFeatures.empty(specs, serve.lateness_us)
+        except ValueError:   # an older version's or another model's: rebuilt from the data,
+            state = OnlineFeatures.empty(specs, serve.lateness_us)   # with its labels
+            labelled = snapshot_labels(snapshot)
     if state.clock is None:
         fill_from_interim(state, paths, until)
+    if labelled is not None:   # newer than the data: its labels are the last word
+        carry_labels(state, labelled)
     if journal is not None:
         replay(state, journal)
     return state
+
+
+def snapshot_labels(path: Path) -> np.ndarray | None:
+    "A snapshot's known ids with their labels (`KNOWN` records); None if it holds none."
+    import pyarrow.parquet as pq
+
+    try:
+        return known_in(pq.read_table(path, columns=["entity", "key", "time", "label", "id",
+                                                     "terminal"]))
+    except (OSError, ValueError, KeyError):   # a format from before the known ids were kept
+        return None
 
 
 def replay(state: OnlineFeatures, journal: Journal) -> int:
@@ -233,16 +253,66 @@ async def reload_if_changed(service: Service) -> bool:
     except Exception as err:  # a broken registry must not take the service down
         service.logger.error("reload failed", extra={"fields": {"error": str(err)}})
         return False
-    if not {s.computation for s in specs} <= {s.computation for s in service.features.specs}:
-        service.features = await asyncio.to_thread(
-            warm_state, service.paths, service.params.serve, specs, None, None, service.journal)
-    previous, service.loaded = service.loaded.version, loaded
+    async with service.state_lock:   # no snapshot prunes the journal while a state is rebuilt
+        rebuild = not {s.computation for s in specs} <= {s.computation
+                                                          for s in service.features.specs}
+        if rebuild:
+            service.features = await rebuilt_state(service, specs)
+        previous, service.loaded = service.loaded.version, loaded   # no await since the state
+        if rebuild and service.params.serve.snapshot and not service.params.serve.shared_state:
+            # at once: the labels it carried over may be on no disk in its layout yet (the
+            # journal has pruned their entries, the last snapshot is in the old layout)
+            await snapshot_unlocked(service)
     service.metrics["model"].clear()
     service.metrics["model"].labels(loaded.version).set(1)
     service.metrics["reloads"].inc()
     service.logger.info("model switched", extra={"fields": {"from": previous,
                                                             "to": loaded.version}})
     return True
+
+
+async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
+    """A feature state for `specs` (a new model's features, which the running state does not
+    keep), level with the running state when it is swapped in. Built from the data and the
+    journal in a thread while requests go on into the running state; then given the labels the
+    running state holds that the data lacks (a snapshot may have pruned their journal entries)
+    and the journal's entries written meanwhile, the last ones in the loop, with no request
+    between them and the caller's swap. Call it holding `service.state_lock`."""
+    serve, journal = service.params.serve, service.journal
+    build = functools.partial(warm_state, service.paths, serve, specs, service.state_until,
+                              None, journal)
+    if serve.shared_state:   # Redis holds every replica's transactions and labels itself
+        return await asyncio.to_thread(build)
+    known = service.features.known.everything()   # a copy, taken between two requests
+    if journal is None:   # nothing to catch up from: built in the loop, requests wait
+        state = build()
+        carry_labels(state, known)
+        return state
+    copied_at = journal.last_seq
+    state = await asyncio.to_thread(build)
+
+    def level() -> None:
+        carry_labels(state, known)
+        for _, kind, table in journal.since(copied_at):   # labels recorded after the copy:
+            if kind == "labels":                            # theirs is the last word
+                state.record_labels(table["transaction_id"], table["tx_fraud"])
+        replay(state, journal)   # most of what came while the state was built
+
+    await asyncio.to_thread(level)
+    replay(state, journal)   # the rest: no await from here to the swap
+    return state
+
+
+def carry_labels(state: OnlineFeatures, known: np.ndarray) -> int:
+    """Record in `state` the labels of `known` (another state's `KNOWN` records) that differ
+    from its own, for the transactions it knows. Returns how many."""
+    labelled = known[(known["stamp"] & 3) != UNLABELLED]
+    ids, labels = labelled["id"], (labelled["stamp"] & 3) - 1
+    held, current = state.label_states(ids)
+    differ = held & (current != labels)
+    if differ.any():
+        state.record_labels(ids[differ], labels[differ])
+    return int(differ.sum())
 
 
 async def watch_registry(service: Service, wake: asyncio.Event, every: float) -> None:
@@ -252,22 +322,44 @@ async def watch_registry(service: Service, wake: asyncio.Event, every: float) ->
         except TimeoutError:
             pass
         wake.clear()
-        await reload_if_changed(service)
+        try:
+            await reload_if_changed(service)
+        except Exception as err:   # noqa: BLE001 - e.g. no memory for a rebuilt state
+            service.logger.error("reload failed; the model in use stays", extra={
+                "fields": {"error": f"{type(err).__name__}: {err}"}})
 
 
 async def flush_log(service: Service, every: float, max_rows: int) -> None:
     while True:
         await asyncio.sleep(min(every, 0.5))
-        log = service.predictions
-        due = log.rows_pending and (time.monotonic() - service.last_flush >= every
-                                    or log.rows_pending >= max_rows)
-        if due:
-            service.last_flush = time.monotonic()
-            # shielded: a shutdown waits for a write in progress instead of dropping its rows
-            service.writing = asyncio.ensure_future(asyncio.to_thread(log.write, log.take()))
-            await asyncio.shield(service.writing)
+        try:
+            await write_log(service, every, max_rows)
+        except Exception as err:   # noqa: BLE001 - a full disk: tried again at the next flush
+            log_not_written(service, err)
         if service.journal is not None:   # copy the journal's log into its database, aside
-            await asyncio.to_thread(service.journal.checkpoint)
+            try:
+                await asyncio.to_thread(service.journal.checkpoint)
+            except Exception as err:   # noqa: BLE001 - the log grows until a later one
+                service.logger.error(f"journal checkpoint failed ({type(err).__name__}: {err})")
+
+
+async def write_log(service: Service, every: float, max_rows: int) -> None:
+    "Write the prediction log when due, with any rows waiting (a failed write, a switch)."
+    log = service.predictions
+    due = (log.rows_pending or log.unwritten) and (
+        time.monotonic() - service.last_flush >= every or log.rows_pending >= max_rows)
+    if due:
+        service.last_flush = time.monotonic()
+        taken = log.take() if log.rows_pending else None
+        # shielded: a shutdown waits for a write in progress instead of dropping its rows
+        service.writing = asyncio.ensure_future(asyncio.to_thread(log.write_in_order, taken))
+        await asyncio.shield(service.writing)
+
+
+def log_not_written(service: Service, err: Exception) -> None:
+    service.metrics["log_failures"].inc()
+    service.logger.error(f"prediction log not written ({type(err).__name__}: {err}); its rows "
+                         "are kept and tried again, and the journal holds them")
 
 
 @functools.cache
@@ -281,10 +373,10 @@ def snapshot_writer() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(1, thread_name_prefix="snapshot", initializer=lower_priority)
 
 
-def write_snapshot(frozen: FrozenState, path: Path) -> str | None:
+def write_snapshot(frozen: FrozenState, path: Path, durable: bool) -> str | None:
     "Write a copy of the state (in the snapshot thread); what stopped it, or None."
     try:
-        frozen.write(path)
+        frozen.write(path, durable)
     except Exception as err:   # noqa: BLE001 - reported; the journal keeps everything
         return f"{type(err).__name__}: {err}"   # never empty: MemoryError() has no message
     return None
@@ -300,6 +392,11 @@ def count_snapshot(service: Service, failure: str | None) -> None:
 
 async def snapshot(service: Service) -> bool:
     "A snapshot of the feature state, then the journal entries it made redundant pruned."
+    async with service.state_lock:
+        return await snapshot_unlocked(service)
+
+
+async def snapshot_unlocked(service: Service) -> bool:
     serve = service.params.serve
     if service.journal is not None:   # the snapshot holds only what the journal holds
         await asyncio.wrap_future(service.journal.barrier())
@@ -310,7 +407,8 @@ async def snapshot(service: Service) -> bool:
     frozen, kept_since = state.frozen(), state.kept_since
     # shielded, and kept: a shutdown cancels this task but waits for the write
     service.snapshotting = asyncio.get_running_loop().run_in_executor(
-        snapshot_writer(), write_snapshot, frozen, service.paths.resolve(serve.snapshot))
+        snapshot_writer(), write_snapshot, frozen, service.paths.resolve(serve.snapshot),
+        serve.journal_sync == "always")   # synced where the journal is: to outlive a power cut
     failure = await asyncio.shield(service.snapshotting)
     service.snapshotting = None
     count_snapshot(service, failure)
@@ -349,9 +447,12 @@ def lifespan_of(service: Service):
         service.ready = False
         for task in tasks:
             task.cancel()
-        if service.writing is not None:
-            await service.writing
-        service.predictions.flush()
+        try:
+            if service.writing is not None:   # a write that fails queues its rows again
+                await asyncio.wait([service.writing])
+            service.predictions.flush()
+        except Exception as err:   # noqa: BLE001 - the next start writes them from the journal
+            log_not_written(service, err)
         if service.snapshotting is not None:   # let it finish first: it holds an older state
             count_snapshot(service, await service.snapshotting)   # its task was cancelled
         if snapshots:   # the state it ends with
@@ -871,7 +972,8 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
             stale.unlink()
     journal = Journal(paths.resolve(serve.journal), serve.journal_sync) if serve.journal \
         else None
-    predictions = PredictionLog(paths.resolve(serve.prediction_log))
+    predictions = PredictionLog(paths.resolve(serve.prediction_log),
+                                durable=serve.journal_sync == "always")
     if journal is not None:
         recover_log(predictions, journal)
     features = warm_state(paths, serve, loaded.model.feature_specs(params.features), until,
@@ -883,7 +985,7 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                    guard=Guard(tokens_path(paths, serve), serve.auth.open_probes),
                    fixed_model=model_dir is not None, journal=journal,
                    audit=paths.resolve(serve.label_audit) if serve.label_audit else None,
-                   requests=requests)
+                   requests=requests, state_until=until)
 
 
 def main(argv: list[str] | None = None) -> int:

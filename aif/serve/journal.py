@@ -156,12 +156,16 @@ class Journal:
             for seq, done in batch:
                 done.set_result(seq)
 
-    def since(self, seq: int) -> Iterator[tuple[int, str, dict[str, np.ndarray]]]:
-        "The entries after `seq`, in order."
-        rows = self.reader.execute("SELECT seq, kind, payload FROM entries WHERE seq > ? "
-                                   "ORDER BY seq", (seq,))
-        for entry, kind, payload in rows:
-            yield entry, kind, unpack(payload)
+    def since(self, seq: int, page: int = 256) -> Iterator[tuple[int, str, dict[str, np.ndarray]]]:
+        """The entries after `seq`, in order, up to the last one written by the time they are
+        read. From its own connection, a page at a time: a replay in a thread keeps no read
+        open on the connection the event loop reads retries' answers with (an open read
+        would show the loop the journal as it was when the read began)."""
+        with contextlib.closing(self.connect()) as db:
+            while rows := db.execute("SELECT seq, kind, payload FROM entries WHERE seq > ? "
+                                     "ORDER BY seq LIMIT ?", (seq, page)).fetchall():
+                for seq, kind, payload in rows:
+                    yield seq, kind, unpack(payload)
 
     def kinds(self) -> list[tuple[int, str]]:
         "Every entry's seq and kind (no payloads)."

@@ -35,6 +35,14 @@ class Flush:
     first: int     # journal seqs of the rows it holds (0, 0: rows from no journal)
     last: int
     texts: dict = field(default_factory=dict)   # a text column's values, by code
+    taken: str = field(default_factory=lambda: f"{time.time():.6f}".replace(".", "") + "-"
+                       + uuid.uuid4().hex[:8])
+
+    @property
+    def name(self) -> str:
+        """Its parts' name: the journal entries it holds (or when it was taken), the same when
+        a failed write is tried again, so that the new parts replace the old."""
+        return f"{self.first:012d}-{self.last:012d}" if self.last else self.taken
 
 
 class PredictionLog:
@@ -46,20 +54,27 @@ class PredictionLog:
     the buffers' bytes, and Arrow converted it holding the interpreter's lock: a flush of 40,000
     rows stopped the requests for 8 ms, and copying the buffers out for 10 ms more."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, durable: bool = False):
         self.folder = folder
+        # parts synced to the disk (the journal's `always`): a sync every flush stalls the
+        # event loop's own writes on some filesystems, so only where a power cut must be survived
+        self.durable = durable
         self.buffers: dict[str, np.ndarray] = {}
         self.texts: dict[str, dict[str, int]] = {}   # text column: {value: code}
         self.rows_pending = 0
         self.first = self.last = 0            # journal seqs of the pending rows
         self.in_flight: list[int] = []        # first seq of each flush being written
         self.issued = 0                       # the last seq handed to a flush
+        self.unwritten: list[Flush] = []      # flushes taken, waiting for a write
         self.lock = threading.Lock()
 
     def add(self, columns: dict[str, np.ndarray], seq: int = 0) -> None:
         n = len(columns["transaction_id"])
         if self.buffers and set(columns) != set(self.buffers):   # a model with other features
-            self.flush()
+            if self.rows_pending:   # written by the next flush: no disk in the request's path
+                taken = self.take()
+                with self.lock:
+                    self.unwritten.append(taken)
             self.buffers = {}
         if not self.buffers or self.rows_pending + n > len(self.buffers["transaction_id"]):
             size = max(4096, 2 * (self.rows_pending + n))
@@ -106,10 +121,35 @@ class PredictionLog:
             return min(waiting) - 1 if waiting else self.issued
 
     def flush(self) -> int:
-        return self.write(self.take()) if self.rows_pending else 0
+        "Write the pending rows (after any whose write failed before); returns rows written."
+        return self.write_in_order(self.take() if self.rows_pending else None)
+
+    def write_in_order(self, flush: Flush | None) -> int:
+        """Write the flushes waiting (a failed write, a model switch's), then `flush`; returns
+        rows written. Each that fails (a full disk) waits for the next call, in flight: it holds
+        `confirmed_seq` below its rows (the journal keeps them). Raises the first failure."""
+        with self.lock:
+            todo, self.unwritten = self.unwritten + ([flush] if flush is not None else []), []
+        written, failures = 0, []
+        for each in todo:
+            try:
+                written += self.write(each)
+            except Exception as err:   # noqa: PERF203 - the others are written all the same
+                failures.append(err)
+                with self.lock:
+                    self.unwritten.append(each)
+        if failures:
+            raise failures[0]
+        return written
 
     def write(self, flush: Flush) -> int:
-        "Write rows as one Parquet part per day; returns rows written."
+        "Write a flush's rows as one Parquet part per day; returns rows written."
+        written = self.write_parts(flush)
+        with self.lock:   # a write that failed stays in flight
+            self.in_flight.remove(flush.first)
+        return written
+
+    def write_parts(self, flush: Flush) -> int:
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
@@ -121,23 +161,17 @@ class PredictionLog:
             return pa.DictionaryArray.from_arrays(
                 values, pa.array(flush.texts[name], pa.string())).dictionary_decode()
 
-        try:
-            table = pa.table({name: column(name, v) for name, v in flush.columns.items()})
-            if table.num_rows == 0:
-                return 0
-            day = table.column("tx_datetime").cast(pa.date32())
-            days = pc.unique(day).sort().to_pylist()   # in Arrow: this runs beside requests
-            name = f"{flush.first:012d}-{flush.last:012d}" if flush.last else \
-                f"{time.time():.6f}".replace(".", "") + "-" + uuid.uuid4().hex[:8]
-            for i, d in enumerate(days, 1):
-                part = table.filter(pc.equal(day, pa.scalar(d, pa.date32())))
-                path = self.folder / f"date={d}" / f"part-{name}-{i}of{len(days)}.parquet"
-                with atomic_output(path) as tmp:
-                    pq.write_table(part, tmp)
-            return table.num_rows
-        finally:
-            with self.lock:
-                self.in_flight.remove(flush.first)
+        table = pa.table({name: column(name, v) for name, v in flush.columns.items()})
+        if table.num_rows == 0:
+            return 0
+        day = table.column("tx_datetime").cast(pa.date32())
+        days = pc.unique(day).sort().to_pylist()   # in Arrow: this runs beside requests
+        for i, d in enumerate(days, 1):
+            part = table.filter(pc.equal(day, pa.scalar(d, pa.date32())))
+            path = self.folder / f"date={d}" / f"part-{flush.name}-{i}of{len(days)}.parquet"
+            with atomic_output(path, self.durable) as tmp:   # the journal may drop its rows
+                pq.write_table(part, tmp)
+        return table.num_rows
 
     def written_seqs(self) -> list[tuple[int, int]]:
         """The journal ranges that complete flushes hold.

@@ -9,6 +9,7 @@ kernel, same numbers as `featurize`."""
 from __future__ import annotations
 
 import functools
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..io import atomic_output
 __all__ = ['HISTORY', 'STATE_FORMAT_KEY', 'STATE_FORMAT', 'KNOWN', 'UNLABELLED', 'THREADED_ROWS', 'history_dtype',
            'history_columns', 'history_rows', 'take', 'place', 'spans', 'room_for', 'Arena', 'Merged', 'merge',
            'merge_one', 'AlreadyScored', 'LabelChangeRefused', 'out_of_time', 'stamp_of', 'KnownIds', 'entity_threads',
-           'Pending', 'FrozenState', 'OnlineFeatures', 'durable']
+           'Pending', 'FrozenState', 'OnlineFeatures', 'known_in']
 
 # %% ../../nbs/60_online_state.ipynb #8e2156c8
 # Every field 8 bytes: histories concatenate as plain int64 buffers (numpy's structured
@@ -398,8 +399,10 @@ class FrozenState:
     known: np.ndarray                                    # KNOWN records
     journal_seq: int
     clock: int | None
+    layout: str = ""                                     # `OnlineFeatures.layout`
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path, durable: bool = False) -> None:
+        "Write it to `path` at once (`durable`: synced, as the journal is with `always`)."
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -424,10 +427,9 @@ class FrozenState:
                                  + [ids], promote_options="default")
         table = table.replace_schema_metadata({
             STATE_FORMAT_KEY: STATE_FORMAT, "journal_seq": str(self.journal_seq),
-            "clock": "" if self.clock is None else str(self.clock)})
-        with atomic_output(path) as tmp:
+            "clock": "" if self.clock is None else str(self.clock), "layout": self.layout})
+        with atomic_output(path, durable) as tmp:
             pq.write_table(table, tmp)
-            durable(tmp)
 
 
 @dataclass
@@ -626,7 +628,14 @@ class OnlineFeatures:
         """What a snapshot holds, copied (about 10 ms for a million rows): another thread can
         write it while requests go on changing the state."""
         return FrozenState({entity: store.everything() for entity, store in self.history.items()},
-                           self.known.everything(), self.journal_seq, self.clock)
+                           self.known.everything(), self.journal_seq, self.clock, self.layout())
+
+    def layout(self) -> str:
+        """What decides which rows the state keeps: each entity's fields and horizon, the
+        lateness. A snapshot of another layout lacks rows or fields these specs need."""
+        return json.dumps({"lateness": self.lateness, "horizon": self.horizon, **{
+            entity: [str(store.dtype), horizon_us([s for s in self.specs if s.entity == entity])]
+            for entity, store in self.history.items()}}, sort_keys=True)
 
     def load(self, path: Path) -> None:
         "Read a snapshot `save` wrote; ValueError for one in another format (older keys)."
@@ -657,24 +666,23 @@ class OnlineFeatures:
             for field_name in store.dtype.names:
                 rows[field_name] = np.asarray(part[field_name])
             self.history[name] = Arena.of(part["key"], rows)
-        part = of("transaction")
-        known = np.empty(len(part["key"]), KNOWN)
-        known["id"], known["customer"] = part["id"], part["key"]
-        known["terminal"] = part["terminal"].to_numpy()
-        known["stamp"] = (part["time"] << 2) | part["label"]
+        if meta.get(b"layout", b"").decode() != self.layout():   # other windows or lateness
+            raise ValueError(f"{path}: a feature-state snapshot kept for other features (its "
+                             "rows are not those these features need)")
         self.known = KnownIds()
-        self.known._push(known[np.argsort(known["id"], kind="stable")])
+        self.known._push(known_in(table))
         self.journal_seq = int(meta.get(b"journal_seq", b"0"))
         clock = meta.get(b"clock", b"")
         self.clock = int(clock) if clock else None
 
 
-def durable(path: Path) -> None:
-    "Flush a written file to the disk (a snapshot must outlive a power cut, as the journal)."
-    import os
+def known_in(table) -> np.ndarray:
+    "A snapshot's known ids (its rows of entity `transaction`) as `KNOWN` records, by id."
+    import pyarrow.compute as pc
 
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    part = table.filter(pc.equal(table.column("entity"), "transaction"))
+    known = np.empty(part.num_rows, KNOWN)
+    known["id"], known["customer"] = part.column("id").to_numpy(), part.column("key").to_numpy()
+    known["terminal"] = part.column("terminal").to_numpy()
+    known["stamp"] = (part.column("time").to_numpy() << 2) | part.column("label").to_numpy()
+    return known[np.argsort(known["id"], kind="stable")]

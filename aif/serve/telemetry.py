@@ -69,6 +69,9 @@ def service_metrics():
                           registry=collector),
         "snapshots": Counter("aif_state_snapshots_total", "feature-state snapshots, by outcome",
                              ["outcome"], registry=collector),
+        "log_failures": Counter("aif_prediction_log_failures_total", "prediction-log writes "
+                                "that failed (tried again; the journal holds their rows)",
+                                registry=collector),
     }
 
 
