@@ -598,6 +598,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.flush_log': ('app.html#flush_log', 'aif/serve/app.py'),
                                'aif.serve.app.journal_refusal': ('app.html#journal_refusal', 'aif/serve/app.py'),
                                'aif.serve.app.keep_freed_memory': ('app.html#keep_freed_memory', 'aif/serve/app.py'),
+                               'aif.serve.app.keeps_snapshots': ('app.html#keeps_snapshots', 'aif/serve/app.py'),
                                'aif.serve.app.label_response': ('app.html#label_response', 'aif/serve/app.py'),
                                'aif.serve.app.lifespan_of': ('app.html#lifespan_of', 'aif/serve/app.py'),
                                'aif.serve.app.limited_body': ('app.html#limited_body', 'aif/serve/app.py'),

@@ -264,5 +264,5 @@ def test_a_snapshot_kept_for_other_features_is_refused_and_its_labels_are_carrie
         restarted = OnlineFeatures.empty(specs, lateness)
         restarted.observe(unlabelled, compute=False)   # the rebuild from the data
         assert restarted.label_states(ids)[1].tolist() == [-1, -1]
-        assert carry_labels(restarted, snapshot_labels(path)) == 2
+        assert carry_labels(restarted, *snapshot_labels(path)) == 2
         assert restarted.label_states(ids)[1].tolist() == [1, 0]

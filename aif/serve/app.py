@@ -48,8 +48,8 @@ from .telemetry import json_logger, make_tracer, service_metrics
 __all__ = ['BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state',
            'snapshot_labels', 'replay', 'recover_log', 'fill_from_interim', 'reload_if_changed', 'rebuilt_state',
            'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written', 'snapshot_writer',
-           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'snapshot_every', 'lifespan_of',
-           'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
+           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every',
+           'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
            'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
            'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
            'build_service', 'main']
@@ -173,20 +173,22 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             labelled = snapshot_labels(snapshot)
     if state.clock is None:
         fill_from_interim(state, paths, until)
-    if labelled is not None:   # newer than the data: its labels are the last word
-        carry_labels(state, labelled)
     if journal is not None:
         replay(state, journal)
+    if labelled is not None:   # newer than the data; after the replay, which adds what the
+        carry_labels(state, *labelled, journal)   # service scored, and newer labels again
     return state
 
 
-def snapshot_labels(path: Path) -> np.ndarray | None:
-    "A snapshot's known ids with their labels (`KNOWN` records); None if it holds none."
+def snapshot_labels(path: Path) -> tuple[np.ndarray, int] | None:
+    """A snapshot's known ids with their labels (`KNOWN` records) and the journal seq it
+    holds; None if it holds no known ids."""
     import pyarrow.parquet as pq
 
     try:
-        return known_in(pq.read_table(path, columns=["entity", "key", "time", "label", "id",
-                                                     "terminal"]))
+        table = pq.read_table(path, columns=["entity", "key", "time", "label", "id",
+                                             "terminal"])
+        return known_in(table), int((table.schema.metadata or {}).get(b"journal_seq", b"0"))
     except (OSError, ValueError, KeyError):   # a format from before the known ids were kept
         return None
 
@@ -259,7 +261,7 @@ async def reload_if_changed(service: Service) -> bool:
         if rebuild:
             service.features = await rebuilt_state(service, specs)
         previous, service.loaded = service.loaded.version, loaded   # no await since the state
-        if rebuild and service.params.serve.snapshot and not service.params.serve.shared_state:
+        if rebuild and keeps_snapshots(service.params.serve):
             # at once: the labels it carried over may be on no disk in its layout yet (the
             # journal has pruned their entries, the last snapshot is in the old layout)
             await snapshot_unlocked(service)
@@ -292,10 +294,7 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
     state = await asyncio.to_thread(build)
 
     def level() -> None:
-        carry_labels(state, known)
-        for _, kind, table in journal.since(copied_at):   # labels recorded after the copy:
-            if kind == "labels":                            # theirs is the last word
-                state.record_labels(table["transaction_id"], table["tx_fraud"])
+        carry_labels(state, known, copied_at, journal)
         replay(state, journal)   # most of what came while the state was built
 
     await asyncio.to_thread(level)
@@ -303,15 +302,21 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
     return state
 
 
-def carry_labels(state: OnlineFeatures, known: np.ndarray) -> int:
-    """Record in `state` the labels of `known` (another state's `KNOWN` records) that differ
-    from its own, for the transactions it knows. Returns how many."""
+def carry_labels(state: OnlineFeatures, known: np.ndarray, after: int = 0,
+                 journal: Journal | None = None) -> int:
+    """Record in `state` the labels of `known` (a copy of another state's `KNOWN` records, as
+    of journal seq `after`) that differ from its own, for the transactions it knows; then the
+    journal's labels after `after` again, in their order: they are newer than the copy's.
+    Returns how many labels of the copy were carried."""
     labelled = known[(known["stamp"] & 3) != UNLABELLED]
     ids, labels = labelled["id"], (labelled["stamp"] & 3) - 1
     held, current = state.label_states(ids)
     differ = held & (current != labels)
     if differ.any():
         state.record_labels(ids[differ], labels[differ])
+    if journal is not None:
+        for _, _, table in journal.since(after, kind="labels"):
+            state.record_labels(table["transaction_id"], table["tx_fraud"])
     return int(differ.sum())
 
 
@@ -418,6 +423,11 @@ async def snapshot_unlocked(service: Service) -> bool:
     return failure is None
 
 
+def keeps_snapshots(serve: ServeParams) -> bool:
+    "Whether the service snapshots its state (a shared state in Redis is Redis' to keep)."
+    return bool(serve.snapshot) and not serve.shared_state
+
+
 async def snapshot_every(service: Service, every: float) -> None:
     while True:
         await asyncio.sleep(every)
@@ -430,7 +440,7 @@ async def snapshot_every(service: Service, every: float) -> None:
 def lifespan_of(service: Service):
     "What runs beside the requests: the registry watch, the log flush, the snapshots."
     serve = service.params.serve
-    snapshots = bool(serve.snapshot) and not serve.shared_state
+    snapshots = keeps_snapshots(serve)
 
     async def lifespan(app):
         wake = asyncio.Event()

@@ -156,14 +156,16 @@ class Journal:
             for seq, done in batch:
                 done.set_result(seq)
 
-    def since(self, seq: int, page: int = 256) -> Iterator[tuple[int, str, dict[str, np.ndarray]]]:
-        """The entries after `seq`, in order, up to the last one written by the time they are
-        read. From its own connection, a page at a time: a replay in a thread keeps no read
-        open on the connection the event loop reads retries' answers with (an open read
-        would show the loop the journal as it was when the read began)."""
+    def since(self, seq: int, kind: str | None = None, page: int = 256
+              ) -> Iterator[tuple[int, str, dict[str, np.ndarray]]]:
+        """The entries after `seq` (of one `kind`, or all), in order, up to the last one written
+        by the time they are read. From its own connection, a page at a time: a replay in a
+        thread keeps no read open on the connection the event loop reads retries' answers with
+        (an open read would show the loop the journal as it was when the read began)."""
         with contextlib.closing(self.connect()) as db:
-            while rows := db.execute("SELECT seq, kind, payload FROM entries WHERE seq > ? "
-                                     "ORDER BY seq LIMIT ?", (seq, page)).fetchall():
+            while rows := db.execute(
+                    "SELECT seq, kind, payload FROM entries WHERE seq > ? AND (? IS NULL OR "
+                    "kind = ?) ORDER BY seq LIMIT ?", (seq, kind, kind, page)).fetchall():
                 for seq, kind, payload in rows:
                     yield seq, kind, unpack(payload)
 
