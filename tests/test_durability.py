@@ -7,6 +7,7 @@ logged. Also the journal alone, killed while it appends."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -303,6 +304,21 @@ def recorded_prunes(service) -> list[tuple]:
     return pruned
 
 
+async def snapshot_pruning_labels(service) -> None:
+    """A snapshot once the prediction log holds the first three entries (a score, labels, a
+    score), which prunes the labels' entry: the snapshot is the only place they are kept."""
+    import asyncio
+
+    from aif.serve.app import snapshot
+
+    deadline = time.monotonic() + 30
+    while service.predictions.confirmed_seq < 3:   # logged: the snapshot may prune
+        assert time.monotonic() < deadline, "the prediction log was not written"
+        await asyncio.sleep(0.01)
+    assert await snapshot(service)
+    assert "labels" not in [kind for _, kind in service.journal.kinds()]   # pruned
+
+
 def test_a_stop_while_a_snapshot_is_written_waits_for_it_and_saves_the_state(
         trained_project: Path, tmp_path: Path):
     """The service stopped while a snapshot is written (its lifespan run in process, so that
@@ -465,12 +481,7 @@ def test_a_state_rebuilt_for_a_new_model_misses_nothing_acknowledged_meanwhile(
                 assert response.status_code == 200
                 if i == 0:   # the label's entry between two scores' (seq 2 of 3)
                     assert (await client.post("/labels", json=pruned_label)).status_code == 200
-            deadline = time.monotonic() + 30
-            while service.predictions.confirmed_seq < 3:   # logged: the snapshot may prune
-                assert time.monotonic() < deadline, "the prediction log was not written"
-                await asyncio.sleep(0.01)
-            assert await app.snapshot(service)
-            assert "labels" not in [kind for _, kind in service.journal.kinds()]   # pruned
+            await snapshot_pruning_labels(service)
             fraud = {"transaction_id": changed, "tx_fraud": 1}
             assert (await client.post("/labels", json=fraud)).status_code == 200
             app.warm_state = warm_state_held_open
@@ -508,6 +519,61 @@ def test_a_state_rebuilt_for_a_new_model_misses_nothing_acknowledged_meanwhile(
     assert expected.keys() == got.keys()
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=0, err_msg=name)
+
+
+def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_online(
+        trained_project: Path, tmp_path: Path, capsys):
+    """A re-ingest under a running service leaves data newer than its snapshot. The restart
+    builds the state from the data and replays the journal, and takes of the snapshot its
+    labels, received online, whose journal entries the snapshot pruned: those the data lacks
+    are kept; where the data labels a transaction otherwise, the data's label stands and the
+    start says how many disagreed. Labels sent after the snapshot are the last word."""
+    import asyncio
+
+    import aif.serve.app as app
+    from aif.serve.journal import Journal
+
+    project = project_copy(trained_project, tmp_path)
+    write_params(project, serve={"snapshot_seconds": 3600, "log_flush_seconds": 0.05})
+    later = interim(project).query("tx_datetime >= @TEST_START")
+    in_data = payload(later.iloc[:5])   # transactions the data holds, with its labels
+    next_batch = payload(later.iloc[10:15])
+    outside = [{**tx, "transaction_id": 10**12 + i}   # scored online only
+               for i, tx in enumerate(payload(later.iloc[5:10]))]
+    data_label = int(later.iloc[0].tx_fraud)
+    before = [{"transaction_id": outside[0]["transaction_id"], "tx_fraud": 1},
+              {"transaction_id": outside[1]["transaction_id"], "tx_fraud": 0},
+              {"transaction_id": in_data[0]["transaction_id"], "tx_fraud": 1 - data_label}]
+    after = {"transaction_id": outside[2]["transaction_id"], "tx_fraud": 1}
+    service = in_process(project)
+
+    async def label_then_snapshot() -> None:
+        async with serving(service) as client:
+            response = await client.post("/score", json={"transactions": in_data + outside})
+            assert response.status_code == 200
+            assert (await client.post("/labels", json={"labels": before})).status_code == 200
+            response = await client.post("/score", json={"transactions": next_batch})
+            assert response.status_code == 200   # the state's seq past the labels' entry
+            await snapshot_pruning_labels(service)
+            assert (await client.post("/labels", json=after)).status_code == 200
+
+    asyncio.run(label_then_snapshot())
+    serve = service.params.serve
+    snapshot = service.paths.resolve(serve.snapshot)
+    data = project / "data/interim/transactions.parquet"
+    written = snapshot.stat().st_mtime + 5   # the re-ingest
+    os.utime(data, (written, written))
+    capsys.readouterr()
+    journal = Journal(service.journal.path)
+    state = app.warm_state(service.paths, serve, service.features.specs, None, snapshot,
+                           journal)
+    journal.close()
+    ids = [tx["transaction_id"] for tx in (*before, after)]
+    known, label = state.label_states(ids)
+    assert known.all() and label.tolist() == [1, 0, data_label, 1]
+    said = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+            if "labels_contradicted" in line]
+    assert [entry["labels_contradicted"] for entry in said] == [1]
 
 
 def test_a_prediction_log_write_that_fails_is_reported_and_written_later(

@@ -269,6 +269,48 @@ def test_sighup_reloads_at_once(project: Path):
             time.sleep(0.1)
 
 
+def test_a_version_that_fails_to_load_is_tried_again_after_a_backoff(project: Path):
+    """A promoted version whose model does not load leaves the model in use serving. The
+    failure is logged and counted once, not again at every poll (a failing rebuild would hold
+    snapshots back each time); SIGHUP tries it at once, and once it loads, the switch is made."""
+    write_params(project, serve={"poll_seconds": 0.2})
+    run(["aif", "registry", "register"], project)
+    materialised = project / "models/serving/v0.0.1"   # where the service puts the version
+    materialised.mkdir(parents=True)
+    for name in ("model.txt", "model.json"):   # as a disk gone bad would leave them
+        (materialised / name).write_text("{not a model")
+
+    def failures() -> list[dict]:
+        lines = (project / "serve.log").read_text().splitlines()
+        return [e for e in map(json.loads, filter(lambda line: line.startswith('{"ts"'), lines))
+                if e["msg"].startswith("switch to v0.0.1 failed")]
+
+    def wait_for(what, name: str) -> None:
+        deadline = time.monotonic() + 30
+        while not what():
+            assert time.monotonic() < deadline, name
+            time.sleep(0.1)
+
+    rows = payload(interim(project).iloc[-1:])[0]
+    with service(project) as (client, proc):
+        run(["aif", "registry", "promote", "v0.0.1", "--force"], project)
+        wait_for(failures, "the failed switch was not logged")
+        time.sleep(2)   # ten polls
+        assert len(failures()) == 1 and failures()[0]["version"] == "v0.0.1"
+        assert "60 s" in failures()[0]["msg"]
+        fresh = {**rows, "transaction_id": 10**9}
+        assert client.post("/score", json=fresh).json()["model_version"] == "workspace"
+        assert "aif_model_reload_failures_total 1.0" in client.get("/metrics").text
+        os.kill(proc.pid, signal.SIGHUP)   # at once, and the wait doubles
+        wait_for(lambda: len(failures()) == 2, "SIGHUP did not try the version again")
+        assert "120 s" in failures()[1]["msg"]
+        shutil.rmtree(materialised)   # now it can be materialised from the registry
+        os.kill(proc.pid, signal.SIGHUP)
+        wait_for(lambda: client.get("/version").json()["model_version"] ==
+                 "fraud-model@v0.0.1", "the version was not switched to once it loaded")
+        assert "aif_model_reloads_total 1.0" in client.get("/metrics").text
+
+
 @pytest.fixture
 def redis_url(tmp_path: Path):
     "A real redis-server on a free port, for this test only."

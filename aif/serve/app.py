@@ -45,8 +45,9 @@ from .state import (UNLABELLED, AlreadyScored, FrozenState, OnlineFeatures, know
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
-__all__ = ['BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state',
-           'snapshot_labels', 'replay', 'recover_log', 'fill_from_interim', 'reload_if_changed', 'rebuilt_state',
+__all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
+           'journal_refusal', 'explain_rows', 'warm_state', 'snapshot_labels', 'replay', 'recover_log',
+           'fill_from_interim', 'Refused', 'after_failure', 'reload_if_changed', 'switch_to', 'rebuilt_state',
            'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written', 'snapshot_writer',
            'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every',
            'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
@@ -76,6 +77,7 @@ class Service:
     audit: Path | None = None        # one JSON line for every label recorded or changed
     requests: Requests | None = None  # what /score and /labels accept (the ingest mapping)
     state_until: str | None = None   # --state-until: the data a rebuilt state starts from
+    refused: Refused | None = None   # the prod version a switch to failed, tried again later
     # a snapshot (which prunes the journal) and a state rebuilt for a new model take turns
     state_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -163,20 +165,23 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             state.warm_start_done()
         return state
     state, labelled = OnlineFeatures.empty(specs, serve.lateness_us), None
-    if snapshot is not None and snapshot.exists() and until is None and (
-            not paths.interim_transactions.exists()
-            or snapshot.stat().st_mtime > paths.interim_transactions.stat().st_mtime):
-        try:
-            state.load(snapshot)
-        except ValueError:   # an older version's or another model's: rebuilt from the data,
-            state = OnlineFeatures.empty(specs, serve.lateness_us)   # with its labels
+    data_newer = (snapshot is not None and snapshot.exists() and paths.interim_transactions.exists()
+                  and snapshot.stat().st_mtime <= paths.interim_transactions.stat().st_mtime)
+    if snapshot is not None and snapshot.exists() and until is None:
+        if data_newer:   # a re-ingest since: built from the data, which labels first
             labelled = snapshot_labels(snapshot)
+        else:
+            try:
+                state.load(snapshot)
+            except ValueError:   # an older version's or another model's: rebuilt from the
+                state = OnlineFeatures.empty(specs, serve.lateness_us)   # data, its labels
+                labelled = snapshot_labels(snapshot)                      # carried
     if state.clock is None:
         fill_from_interim(state, paths, until)
     if journal is not None:
         replay(state, journal)
-    if labelled is not None:   # newer than the data; after the replay, which adds what the
-        carry_labels(state, *labelled, journal)   # service scored, and newer labels again
+    if labelled is not None:   # after the replay, which adds what the service scored; then
+        carry_labels(state, *labelled, journal, data_first=data_newer)   # newer labels again
     return state
 
 
@@ -242,19 +247,62 @@ def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
                   compute=False)
 
 # %% ../../nbs/66_app.ipynb #cb77170b
-async def reload_if_changed(service: Service) -> bool:
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 60.0, 3600.0
+
+
+@dataclass(frozen=True)
+class Refused:
+    "A prod version the service failed to switch to, and when it tries that version again."
+    version: str
+    delay: float       # seconds from the failure to the next try
+    retry_at: float    # time.monotonic()
+
+
+def after_failure(refused: Refused | None, version: str, now: float) -> Refused:
+    """When to try `version` again after a failed switch: a minute after its first failure,
+    then twice the last wait, up to an hour."""
+    delay = RETRY_FIRST_SECONDS
+    if refused is not None and refused.version == version:
+        delay = min(2 * refused.delay, RETRY_MAX_SECONDS)
+    return Refused(version, delay, now + delay)
+
+
+async def reload_if_changed(service: Service, forced: bool = False) -> bool:
+    """Switch to the registry's prod version when it changed; True if it switched. A version
+    that failed to load or to get its feature state (no memory for it, say) is tried again
+    after a minute, then after twice as long each time up to an hour, not at every poll (a
+    rebuild holds snapshots back while it runs); at once when `forced` (SIGHUP) or when
+    another version is promoted. The model in use stays meanwhile."""
     if service.fixed_model:
         return False
     try:
         name = await asyncio.to_thread(prod_version, service.paths)
-        current = service.loaded.version.split("@")[-1]
-        if name is None or name == current:
-            return False
-        loaded = await asyncio.to_thread(load_model, service.paths)
-        specs = loaded.model.feature_specs(service.params.features)
-    except Exception as err:  # a broken registry must not take the service down
+    except Exception as err:  # noqa: BLE001 - a broken registry must not take the service down
         service.logger.error("reload failed", extra={"fields": {"error": str(err)}})
         return False
+    refused = service.refused
+    if name is None or name == service.loaded.version.split("@")[-1] or (
+            not forced and refused and refused.version == name
+            and time.monotonic() < refused.retry_at):
+        return False
+    try:
+        await switch_to(service)
+    except Exception as err:  # noqa: BLE001 - e.g. no memory for a rebuilt state
+        service.refused = after_failure(refused, name, time.monotonic())
+        service.metrics["reload_failures"].inc()
+        service.logger.error(
+            f"switch to {name} failed; the model in use stays; tried again in "
+            f"{service.refused.delay:.0f} s, at once on SIGHUP or another promotion",
+            extra={"fields": {"version": name, "error": f"{type(err).__name__}: {err}"}})
+        return False
+    service.refused = None
+    return True
+
+
+async def switch_to(service: Service) -> None:
+    "Load the registry's prod version, rebuild the feature state if it needs one, swap both."
+    loaded = await asyncio.to_thread(load_model, service.paths)
+    specs = loaded.model.feature_specs(service.params.features)
     async with service.state_lock:   # no snapshot prunes the journal while a state is rebuilt
         rebuild = not {s.computation for s in specs} <= {s.computation
                                                           for s in service.features.specs}
@@ -270,7 +318,6 @@ async def reload_if_changed(service: Service) -> bool:
     service.metrics["reloads"].inc()
     service.logger.info("model switched", extra={"fields": {"from": previous,
                                                             "to": loaded.version}})
-    return True
 
 
 async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
@@ -303,15 +350,25 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
 
 
 def carry_labels(state: OnlineFeatures, known: np.ndarray, after: int = 0,
-                 journal: Journal | None = None) -> int:
+                 journal: Journal | None = None, data_first: bool = False) -> int:
     """Record in `state` the labels of `known` (a copy of another state's `KNOWN` records, as
     of journal seq `after`) that differ from its own, for the transactions it knows; then the
     journal's labels after `after` again, in their order: they are newer than the copy's.
-    Returns how many labels of the copy were carried."""
+    With `data_first` (the state was built from data written after the copy), only where the
+    state has no label: a label the data gives stands, and how many the copy contradicts is
+    logged. Returns how many labels of the copy were carried."""
     labelled = known[(known["stamp"] & 3) != UNLABELLED]
     ids, labels = labelled["id"], (labelled["stamp"] & 3) - 1
     held, current = state.label_states(ids)
     differ = held & (current != labels)
+    if data_first:
+        contradicted = int((differ & (current >= 0)).sum())
+        differ &= current < 0
+        if contradicted:
+            logging.getLogger("aif.serve").warning(
+                f"{contradicted} labels of the snapshot differ from the newer data's; the "
+                "data's stand (send them to /labels again to change them)",
+                extra={"fields": {"labels_contradicted": contradicted}})
     if differ.any():
         state.record_labels(ids[differ], labels[differ])
     if journal is not None:
@@ -326,12 +383,9 @@ async def watch_registry(service: Service, wake: asyncio.Event, every: float) ->
             await asyncio.wait_for(wake.wait(), timeout=every)
         except TimeoutError:
             pass
+        forced = wake.is_set()   # SIGHUP: an operator asks for the switch now
         wake.clear()
-        try:
-            await reload_if_changed(service)
-        except Exception as err:   # noqa: BLE001 - e.g. no memory for a rebuilt state
-            service.logger.error("reload failed; the model in use stays", extra={
-                "fields": {"error": f"{type(err).__name__}: {err}"}})
+        await reload_if_changed(service, forced)
 
 
 async def flush_log(service: Service, every: float, max_rows: int) -> None:

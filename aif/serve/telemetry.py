@@ -60,6 +60,9 @@ def service_metrics():
         "model": Gauge("aif_model_info", "the model being served", ["version"],
                        registry=collector),
         "reloads": Counter("aif_model_reloads_total", "model switches", registry=collector),
+        "reload_failures": Counter("aif_model_reload_failures_total",
+                                   "switches to a new prod version that failed (the model in "
+                                   "use stays)", registry=collector),
         "refused": Counter("aif_transactions_refused_total", "transactions refused by the "
                            "clock (too far ahead or too late)", ["reason"], registry=collector),
         "retried": Counter("aif_retries_answered_total", "transactions sent again with the same "
