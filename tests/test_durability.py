@@ -576,6 +576,62 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
     assert [entry["labels_contradicted"] for entry in said] == [1]
 
 
+def test_a_state_for_longer_windows_says_which_online_transactions_it_lacks(
+        trained_project: Path, tmp_path: Path, capsys):
+    """The journal drops scored entries once they are older than the state's horizon. A state
+    built later from the data for features reaching further back (a model with longer
+    windows) lacks those transactions when the data ends before them: the start says which
+    span, instead of serving features that count fewer in silence. For the same features
+    nothing is missing, and it says nothing."""
+    import asyncio
+    from dataclasses import replace
+
+    import aif.serve.app as app
+    from aif.features.specs import feature_specs
+    from aif.serve.journal import Journal
+
+    project = project_copy(trained_project, tmp_path)
+    write_params(project, serve={"snapshot_seconds": 3600, "log_flush_seconds": 0.05,
+                                 "max_clock_skew_seconds": 90 * 86400})
+    later = interim(project).query("tx_datetime >= @TEST_START")
+    early = payload(later.iloc[:10])
+    ahead = later.iloc[10:11].assign(tx_datetime=later.tx_datetime.iloc[9] + pd.Timedelta(
+        days=60), transaction_id=10**12)   # moves the clock past the early ones' horizon
+    service = in_process(project)
+
+    async def score_then_prune() -> None:
+        async with serving(service) as client:
+            for batch in (early, payload(ahead)):
+                response = await client.post("/score", json={"transactions": batch})
+                assert response.status_code == 200
+            deadline = time.monotonic() + 30
+            while service.predictions.confirmed_seq < 2:   # logged: the snapshot may prune
+                assert time.monotonic() < deadline, "the prediction log was not written"
+                await asyncio.sleep(0.01)
+            assert await app.snapshot(service)
+            assert [kind for _, kind in service.journal.kinds()] == ["score"]   # early's gone
+
+    asyncio.run(score_then_prune())
+    journal = Journal(service.journal.path)
+    last_early = int(later.tx_datetime.iloc[9].value // 1000)
+    assert journal.pruned_through() == last_early
+    params = load_params(project / "params.yaml")
+    longer = feature_specs(replace(params.features, customer_windows_days=(1, 7, 90)),
+                           params.label_delay_days)
+    said = []
+    for specs in (service.features.specs, longer):
+        capsys.readouterr()
+        state = app.warm_state(service.paths, params.serve, specs, TEST_START, None, journal)
+        said.append([json.loads(line) for line in capsys.readouterr().err.splitlines()
+                     if "missing_from" in line])
+    journal.close()
+    assert said[0] == []   # its own features: what the journal dropped is beyond their reach
+    (missing,) = said[1]
+    assert missing["missing_to"] == str(later.tx_datetime.iloc[9].floor("s")).replace(" ", "T")
+    assert missing["missing_from"] < str(later.tx_datetime.iloc[0]).replace(" ", "T")
+    assert not state.already_scored([tx["transaction_id"] for tx in early])   # lacks them
+
+
 def test_a_prediction_log_write_that_fails_is_reported_and_written_later(
         trained_project: Path, tmp_path: Path):
     """The prediction log cannot be written for a while (a file stands where the day's folder

@@ -47,11 +47,11 @@ from .telemetry import json_logger, make_tracer, service_metrics
 # %% auto #0
 __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
            'journal_refusal', 'explain_rows', 'warm_state', 'snapshot_labels', 'replay', 'recover_log',
-           'fill_from_interim', 'Refused', 'after_failure', 'reload_if_changed', 'switch_to', 'rebuilt_state',
-           'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written', 'snapshot_writer',
-           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every',
-           'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
-           'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
+           'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure', 'reload_if_changed',
+           'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written',
+           'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'keeps_snapshots',
+           'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body',
+           'service_now', 'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
            'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
            'build_service', 'main']
 
@@ -176,10 +176,13 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             except ValueError:   # an older version's or another model's: rebuilt from the
                 state = OnlineFeatures.empty(specs, serve.lateness_us)   # data, its labels
                 labelled = snapshot_labels(snapshot)                      # carried
-    if state.clock is None:
-        fill_from_interim(state, paths, until)
+    from_data = state.clock is None
+    if from_data:
+        data_end = fill_from_interim(state, paths, until)
     if journal is not None:
         replay(state, journal)
+        if from_data and (span := missing_online(state, journal, data_end)):
+            say_missing_online(span)
     if labelled is not None:   # after the replay, which adds what the service scored; then
         carry_labels(state, *labelled, journal, data_first=data_newer)   # newer labels again
     return state
@@ -229,10 +232,11 @@ def recover_log(log: PredictionLog, journal: Journal) -> int:
     return log.flush()
 
 
-def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
-    "Feed the state the interim transactions (with labels) before `until`, within its horizon."
+def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> int | None:
+    """Feed the state the interim transactions (with labels) before `until`, within its
+    horizon. The last one's time (µs), None without any."""
     if not paths.interim_transactions.exists():
-        return
+        return None
     extra = tuple(spec_inputs(state.specs))   # the attributes the features read
     columns, _ = read_columns(paths.interim_transactions, extra)
     end = len(columns["tx_datetime"])
@@ -245,6 +249,30 @@ def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> None:
                                     columns["tx_datetime"][end - 1] - state.horizon))
     state.observe({c: columns[c][start:end] for c in INPUT_COLUMNS + list(extra)},
                   compute=False)
+    return int(columns["tx_datetime"][end - 1]) if end else None
+
+
+def missing_online(state: OnlineFeatures, journal: Journal, data_end: int | None
+                   ) -> tuple[int, int] | None:
+    """The event times (µs, from, to) of transactions scored online that a state built from
+    data ending at `data_end` and the journal lacks, within its horizon: the journal dropped
+    them under an earlier state's shorter horizon (a model with longer windows since), and the
+    data does not reach them. None when it lacks none."""
+    pruned = journal.pruned_through()
+    if pruned is None:
+        return None
+    since = max(t for t in (state.kept_since, data_end, -1) if t is not None)
+    return (since, pruned) if pruned > since else None
+
+
+def say_missing_online(span: tuple[int, int]) -> None:
+    first, last = (str(np.datetime64(t, "us").astype("datetime64[s]")) for t in span)
+    logging.getLogger("aif.serve").error(
+        f"the feature state lacks the transactions scored online from {first} to {last}: "
+        "the journal dropped them under the previous features' shorter horizon and the data "
+        "ends before them (the prediction log holds them); windows reaching back there "
+        "count fewer transactions until data holding them is ingested",
+        extra={"fields": {"missing_from": first, "missing_to": last}})
 
 # %% ../../nbs/66_app.ipynb #cb77170b
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 60.0, 3600.0

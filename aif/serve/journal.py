@@ -32,7 +32,11 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS entries (
     latest INTEGER NOT NULL,
     payload BLOB NOT NULL         -- the entry's columns (`pack`)
 );
-CREATE INDEX IF NOT EXISTS entries_latest ON entries (latest);"""
+CREATE INDEX IF NOT EXISTS entries_latest ON entries (latest);
+CREATE TABLE IF NOT EXISTS pruned (   -- one row: the latest event of a score entry pruned
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    latest INTEGER NOT NULL
+);"""
 SYNC_MODES = ("always", "never")
 
 
@@ -196,6 +200,13 @@ class Journal:
             return 0
         dropped = 0
         with contextlib.closing(self.connect()) as db:
+            # recorded first: a crash between the two leaves an early record, never a late one
+            (latest,) = db.execute("SELECT MAX(latest) FROM entries WHERE seq <= ? AND "
+                                   "latest < ? AND kind = 'score'",
+                                   (upto_seq, before_time)).fetchone()
+            if latest is not None:
+                db.execute("INSERT INTO pruned VALUES (1, ?) ON CONFLICT (one) DO UPDATE SET "
+                           "latest = MAX(latest, excluded.latest)", (latest,))
             while True:
                 n = db.execute("DELETE FROM entries WHERE seq IN (SELECT seq FROM entries "
                                "WHERE seq <= ? AND latest < ? LIMIT ?)",
@@ -203,6 +214,12 @@ class Journal:
                 dropped += n
                 if n < chunk:
                     return dropped
+
+    def pruned_through(self) -> int | None:
+        """The latest event time (µs) of any score entry pruned so far; None if none was.
+        A state built from data ending before it lacks the transactions of those entries."""
+        row = self.reader.execute("SELECT latest FROM pruned").fetchone()
+        return row[0] if row else None
 
     def checkpoint(self) -> None:
         "Copy the write-ahead log into the database (PASSIVE: never blocks a writer)."
