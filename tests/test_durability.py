@@ -525,9 +525,9 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
         trained_project: Path, tmp_path: Path, capsys):
     """A re-ingest under a running service leaves data newer than its snapshot. The restart
     builds the state from the data and replays the journal, and takes of the snapshot its
-    labels, received online, whose journal entries the snapshot pruned: those the data lacks
-    are kept; where the data labels a transaction otherwise, the data's label stands and the
-    start says how many disagreed. Labels sent after the snapshot are the last word."""
+    labels, received online, whose journal entries the snapshot pruned. Every label the
+    service acknowledged stands, whether its entry was pruned or not, for a transaction the
+    data holds or one scored online only; the start says how many differ from the data's."""
     import asyncio
 
     import aif.serve.app as app
@@ -540,11 +540,12 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
     next_batch = payload(later.iloc[10:15])
     outside = [{**tx, "transaction_id": 10**12 + i}   # scored online only
                for i, tx in enumerate(payload(later.iloc[5:10]))]
-    data_label = int(later.iloc[0].tx_fraud)
-    before = [{"transaction_id": outside[0]["transaction_id"], "tx_fraud": 1},
+    data_labels = later.tx_fraud.iloc[:2].astype(int).tolist()
+    before = [{"transaction_id": outside[0]["transaction_id"], "tx_fraud": 1},   # pruned
               {"transaction_id": outside[1]["transaction_id"], "tx_fraud": 0},
-              {"transaction_id": in_data[0]["transaction_id"], "tx_fraud": 1 - data_label}]
-    after = {"transaction_id": outside[2]["transaction_id"], "tx_fraud": 1}
+              {"transaction_id": in_data[0]["transaction_id"], "tx_fraud": 1 - data_labels[0]}]
+    after = [{"transaction_id": outside[2]["transaction_id"], "tx_fraud": 1},   # journalled
+             {"transaction_id": in_data[1]["transaction_id"], "tx_fraud": 1 - data_labels[1]}]
     service = in_process(project)
 
     async def label_then_snapshot() -> None:
@@ -555,7 +556,7 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
             response = await client.post("/score", json={"transactions": next_batch})
             assert response.status_code == 200   # the state's seq past the labels' entry
             await snapshot_pruning_labels(service)
-            assert (await client.post("/labels", json=after)).status_code == 200
+            assert (await client.post("/labels", json={"labels": after})).status_code == 200
 
     asyncio.run(label_then_snapshot())
     serve = service.params.serve
@@ -568,12 +569,12 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
     state = app.warm_state(service.paths, serve, service.features.specs, None, snapshot,
                            journal)
     journal.close()
-    ids = [tx["transaction_id"] for tx in (*before, after)]
-    known, label = state.label_states(ids)
-    assert known.all() and label.tolist() == [1, 0, data_label, 1]
+    labels = [*before, *after]
+    known, label = state.label_states([tx["transaction_id"] for tx in labels])
+    assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in labels]
     said = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-            if "labels_contradicted" in line]
-    assert [entry["labels_contradicted"] for entry in said] == [1]
+            if "labels_overridden" in line]
+    assert [entry["labels_overridden"] for entry in said] == [2]
 
 
 def test_a_state_for_longer_windows_says_which_online_transactions_it_lacks(

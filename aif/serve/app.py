@@ -46,14 +46,14 @@ from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
 __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
-           'journal_refusal', 'explain_rows', 'warm_state', 'snapshot_labels', 'replay', 'recover_log',
-           'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure', 'reload_if_changed',
-           'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written',
-           'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'keeps_snapshots',
-           'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body',
-           'service_now', 'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
-           'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
-           'build_service', 'main']
+           'journal_refusal', 'explain_rows', 'warm_state', 'labels_overridden', 'snapshot_labels', 'replay',
+           'recover_log', 'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure',
+           'due', 'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log',
+           'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot',
+           'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every', 'lifespan_of', 'document_score_body',
+           'ObserveRequests', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers',
+           'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores',
+           'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -165,10 +165,11 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             state.warm_start_done()
         return state
     state, labelled = OnlineFeatures.empty(specs, serve.lateness_us), None
-    data_newer = (snapshot is not None and snapshot.exists() and paths.interim_transactions.exists()
-                  and snapshot.stat().st_mtime <= paths.interim_transactions.stat().st_mtime)
-    if snapshot is not None and snapshot.exists() and until is None:
-        if data_newer:   # a re-ingest since: built from the data, which labels first
+    usable = snapshot is not None and snapshot.exists() and until is None
+    data_newer = usable and paths.interim_transactions.exists() and (
+        snapshot.stat().st_mtime <= paths.interim_transactions.stat().st_mtime)
+    if usable:
+        if data_newer:   # a re-ingest since: built from the data, with the snapshot's labels
             labelled = snapshot_labels(snapshot)
         else:
             try:
@@ -179,13 +180,27 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
     from_data = state.clock is None
     if from_data:
         data_end = fill_from_interim(state, paths, until)
+        # the data's labels, before the service's (a copy)
+        data_known = state.known.everything() if data_newer else None
     if journal is not None:
         replay(state, journal)
         if from_data and (span := missing_online(state, journal, data_end)):
             say_missing_online(span)
     if labelled is not None:   # after the replay, which adds what the service scored; then
-        carry_labels(state, *labelled, journal, data_first=data_newer)   # newer labels again
+        carry_labels(state, *labelled, journal)   # newer labels again
+    if data_newer and (overridden := labels_overridden(state, data_known)):
+        logging.getLogger("aif.serve").warning(
+            f"{overridden} labels received online differ from those of the data, written "
+            "since the last snapshot; the ones received online stand (the label audit has "
+            "them)", extra={"fields": {"labels_overridden": overridden}})
     return state
+
+
+def labels_overridden(state: OnlineFeatures, data_known: np.ndarray) -> int:
+    "How many labels of `data_known` (the `KNOWN` records of data) `state` holds otherwise."
+    labelled = data_known[(data_known["stamp"] & 3) != UNLABELLED]
+    _, now = state.label_states(labelled["id"])
+    return int((now != (labelled["stamp"] & 3) - 1).sum())
 
 
 def snapshot_labels(path: Path) -> tuple[np.ndarray, int] | None:
@@ -295,6 +310,11 @@ def after_failure(refused: Refused | None, version: str, now: float) -> Refused:
     return Refused(version, delay, now + delay)
 
 
+def due(refused: Refused | None, version: str, forced: bool, now: float) -> bool:
+    "Whether to try switching to `version` now: forced, new, or refused long enough ago."
+    return forced or refused is None or refused.version != version or now >= refused.retry_at
+
+
 async def reload_if_changed(service: Service, forced: bool = False) -> bool:
     """Switch to the registry's prod version when it changed; True if it switched. A version
     that failed to load or to get its feature state (no memory for it, say) is tried again
@@ -308,15 +328,15 @@ async def reload_if_changed(service: Service, forced: bool = False) -> bool:
     except Exception as err:  # noqa: BLE001 - a broken registry must not take the service down
         service.logger.error("reload failed", extra={"fields": {"error": str(err)}})
         return False
-    refused = service.refused
-    if name is None or name == service.loaded.version.split("@")[-1] or (
-            not forced and refused and refused.version == name
-            and time.monotonic() < refused.retry_at):
+    if name is None or name == service.loaded.version.split("@")[-1]:
+        service.refused = None   # rolled back, say: promoted again, it is tried at once
+        return False
+    if not due(service.refused, name, forced, time.monotonic()):
         return False
     try:
         await switch_to(service)
     except Exception as err:  # noqa: BLE001 - e.g. no memory for a rebuilt state
-        service.refused = after_failure(refused, name, time.monotonic())
+        service.refused = after_failure(service.refused, name, time.monotonic())
         service.metrics["reload_failures"].inc()
         service.logger.error(
             f"switch to {name} failed; the model in use stays; tried again in "
@@ -337,15 +357,18 @@ async def switch_to(service: Service) -> None:
         if rebuild:
             service.features = await rebuilt_state(service, specs)
         previous, service.loaded = service.loaded.version, loaded   # no await since the state
+        service.metrics["model"].clear()
+        service.metrics["model"].labels(loaded.version).set(1)
+        service.metrics["reloads"].inc()
+        service.logger.info("model switched", extra={"fields": {"from": previous,
+                                                                "to": loaded.version}})
         if rebuild and keeps_snapshots(service.params.serve):
             # at once: the labels it carried over may be on no disk in its layout yet (the
             # journal has pruned their entries, the last snapshot is in the old layout)
-            await snapshot_unlocked(service)
-    service.metrics["model"].clear()
-    service.metrics["model"].labels(loaded.version).set(1)
-    service.metrics["reloads"].inc()
-    service.logger.info("model switched", extra={"fields": {"from": previous,
-                                                            "to": loaded.version}})
+            try:
+                await snapshot_unlocked(service)
+            except Exception as err:  # noqa: BLE001 - switched; the journal keeps everything
+                count_snapshot(service, f"{type(err).__name__}: {err}")
 
 
 async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
@@ -378,25 +401,15 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
 
 
 def carry_labels(state: OnlineFeatures, known: np.ndarray, after: int = 0,
-                 journal: Journal | None = None, data_first: bool = False) -> int:
+                 journal: Journal | None = None) -> int:
     """Record in `state` the labels of `known` (a copy of another state's `KNOWN` records, as
     of journal seq `after`) that differ from its own, for the transactions it knows; then the
     journal's labels after `after` again, in their order: they are newer than the copy's.
-    With `data_first` (the state was built from data written after the copy), only where the
-    state has no label: a label the data gives stands, and how many the copy contradicts is
-    logged. Returns how many labels of the copy were carried."""
+    Returns how many labels of the copy were carried."""
     labelled = known[(known["stamp"] & 3) != UNLABELLED]
     ids, labels = labelled["id"], (labelled["stamp"] & 3) - 1
     held, current = state.label_states(ids)
     differ = held & (current != labels)
-    if data_first:
-        contradicted = int((differ & (current >= 0)).sum())
-        differ &= current < 0
-        if contradicted:
-            logging.getLogger("aif.serve").warning(
-                f"{contradicted} labels of the snapshot differ from the newer data's; the "
-                "data's stand (send them to /labels again to change them)",
-                extra={"fields": {"labels_contradicted": contradicted}})
     if differ.any():
         state.record_labels(ids[differ], labels[differ])
     if journal is not None:
@@ -413,7 +426,11 @@ async def watch_registry(service: Service, wake: asyncio.Event, every: float) ->
             pass
         forced = wake.is_set()   # SIGHUP: an operator asks for the switch now
         wake.clear()
-        await reload_if_changed(service, forced)
+        try:
+            await reload_if_changed(service, forced)
+        except Exception as err:   # noqa: BLE001 - the watch goes on whatever happened
+            service.logger.error("reload failed; the model in use stays", extra={
+                "fields": {"error": f"{type(err).__name__}: {err}"}})
 
 
 async def flush_log(service: Service, every: float, max_rows: int) -> None:
