@@ -526,9 +526,15 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
     """A re-ingest under a running service leaves data newer than its snapshot. The restart
     builds the state from the data and replays the journal, and takes of the snapshot its
     labels, received online, whose journal entries the snapshot pruned. Every label the
-    service acknowledged stands, whether its entry was pruned or not, for a transaction the
-    data holds or one scored online only; the start says how many differ from the data's."""
+    service acknowledged (its label audit) stands, whether its entry was pruned or not, for a
+    transaction the data holds or one scored online only, and the start says how many differ
+    from the data's; a label the new data changed and the service never received is the new
+    data's, not the old one the snapshot holds."""
     import asyncio
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
     import aif.serve.app as app
     from aif.serve.journal import Journal
@@ -561,20 +567,40 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
     asyncio.run(label_then_snapshot())
     serve = service.params.serve
     snapshot = service.paths.resolve(serve.snapshot)
+    # the re-ingest: a chargeback found since turns a label of the old data, which the
+    # snapshot holds too, and which the service never received
     data = project / "data/interim/transactions.parquet"
-    written = snapshot.stat().st_mtime + 5   # the re-ingest
+    old = interim(project).query("tx_datetime < @TEST_START").iloc[-1]
+    table = pq.read_table(data)
+    found = pc.equal(table["transaction_id"], int(old.transaction_id))
+    relabelled = {"transaction_id": int(old.transaction_id), "tx_fraud": 1 - int(old.tx_fraud)}
+    table = table.set_column(table.schema.get_field_index("tx_fraud"), "tx_fraud", pc.if_else(
+        found, pa.scalar(relabelled["tx_fraud"], table["tx_fraud"].type), table["tx_fraud"]))
+    pq.write_table(table, data)
+    written = snapshot.stat().st_mtime + 5
     os.utime(data, (written, written))
-    capsys.readouterr()
-    journal = Journal(service.journal.path)
-    state = app.warm_state(service.paths, serve, service.features.specs, None, snapshot,
-                           journal)
-    journal.close()
-    labels = [*before, *after]
+
+    def restarted():
+        capsys.readouterr()
+        journal = Journal(service.journal.path)
+        state = app.warm_state(service.paths, serve, service.features.specs, None, snapshot,
+                               journal)
+        journal.close()
+        said = [json.loads(line)["labels_overridden"]
+                for line in capsys.readouterr().err.splitlines() if "labels_overridden" in line]
+        return state, said
+
+    state, said = restarted()
+    labels = [*before, *after, relabelled]
     known, label = state.label_states([tx["transaction_id"] for tx in labels])
     assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in labels]
-    said = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-            if "labels_overridden" in line]
-    assert [entry["labels_overridden"] for entry in said] == [2]
+    assert said == [2]
+    # without the label audit, the snapshot's labels (the old data's too) only fill gaps
+    service.paths.resolve(serve.label_audit).unlink()
+    state, said = restarted()
+    online_only = [before[0], before[1], after[0], relabelled]
+    known, label = state.label_states([tx["transaction_id"] for tx in online_only])
+    assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in online_only]
 
 
 def test_a_state_for_longer_windows_says_which_online_transactions_it_lacks(

@@ -40,20 +40,21 @@ from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
 from ..keys import HASH_KEY_ENV, secret_fingerprint
 from .schema import Requests
-from .state import (UNLABELLED, AlreadyScored, FrozenState, OnlineFeatures, known_in,
-                             out_of_time)
+from .state import (KNOWN, UNLABELLED, AlreadyScored, FrozenState, OnlineFeatures,
+                             known_in, out_of_time, stamp_of)
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
 __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
-           'journal_refusal', 'explain_rows', 'warm_state', 'labels_overridden', 'snapshot_labels', 'replay',
-           'recover_log', 'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure',
-           'due', 'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log',
-           'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot',
-           'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every', 'lifespan_of', 'document_score_body',
-           'ObserveRequests', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers',
-           'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores',
-           'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
+           'journal_refusal', 'explain_rows', 'warm_state', 'labels_overridden', 'labels_over_newer_data',
+           'acknowledged_labels', 'snapshot_labels', 'replay', 'recover_log', 'fill_from_interim', 'missing_online',
+           'say_missing_online', 'Refused', 'after_failure', 'due', 'reload_if_changed', 'switch_to', 'rebuilt_state',
+           'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written', 'snapshot_writer',
+           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every',
+           'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
+           'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
+           'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
+           'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -164,13 +165,13 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             fill_from_interim(state, paths, until)
             state.warm_start_done()
         return state
-    state, labelled = OnlineFeatures.empty(specs, serve.lateness_us), None
+    state, labelled, fill_only = OnlineFeatures.empty(specs, serve.lateness_us), None, False
     usable = snapshot is not None and snapshot.exists() and until is None
     data_newer = usable and paths.interim_transactions.exists() and (
         snapshot.stat().st_mtime <= paths.interim_transactions.stat().st_mtime)
     if usable:
-        if data_newer:   # a re-ingest since: built from the data, with the snapshot's labels
-            labelled = snapshot_labels(snapshot)
+        if data_newer:   # a re-ingest since: built from the data, with the labels received
+            labelled, fill_only = labels_over_newer_data(paths, serve, snapshot)
         else:
             try:
                 state.load(snapshot)
@@ -187,20 +188,55 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
         if from_data and (span := missing_online(state, journal, data_end)):
             say_missing_online(span)
     if labelled is not None:   # after the replay, which adds what the service scored; then
-        carry_labels(state, *labelled, journal)   # newer labels again
+        carry_labels(state, *labelled, journal, fill_only)   # newer labels again
     if data_newer and (overridden := labels_overridden(state, data_known)):
         logging.getLogger("aif.serve").warning(
             f"{overridden} labels received online differ from those of the data, written "
-            "since the last snapshot; the ones received online stand (the label audit has "
-            "them)", extra={"fields": {"labels_overridden": overridden}})
+            "since the last snapshot; the ones received online stand",
+            extra={"fields": {"labels_overridden": overridden}})
     return state
 
 
 def labels_overridden(state: OnlineFeatures, data_known: np.ndarray) -> int:
     "How many labels of `data_known` (the `KNOWN` records of data) `state` holds otherwise."
     labelled = data_known[(data_known["stamp"] & 3) != UNLABELLED]
-    _, now = state.label_states(labelled["id"])
-    return int((now != (labelled["stamp"] & 3) - 1).sum())
+    held, now = state.label_states(labelled["id"])   # an id forgotten since is not counted
+    return int((held & (now != (labelled["stamp"] & 3) - 1)).sum())
+
+
+def labels_over_newer_data(paths: ProjectPaths, serve: ServeParams, snapshot: Path
+                           ) -> tuple[tuple[np.ndarray, int] | None, bool]:
+    """The labels to carry over data written after `snapshot`, and whether only where the
+    data has none: those the service acknowledged (its label audit); without an audit, the
+    snapshot's, which are also the old data's and must not stand over the new data's."""
+    acknowledged = acknowledged_labels(paths, serve)
+    if acknowledged is not None:
+        return acknowledged, False
+    return snapshot_labels(snapshot), True
+
+
+def acknowledged_labels(paths: ProjectPaths, serve: ServeParams
+                        ) -> tuple[np.ndarray, int] | None:
+    """The last label the service acknowledged for each transaction, as `KNOWN` records, from
+    its label audit (`serve.label_audit`), with journal seq 0 (every journal label is at least
+    as new); None without an audit. A line cut short by a crash is left out: its label's
+    journal entry was written just before it, and no snapshot came between (`label_response`)."""
+    path = paths.resolve(serve.label_audit) if serve.label_audit else None
+    if path is None or not path.exists():
+        return None
+    last: dict[int, int] = {}
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            last[int(entry["transaction_id"])] = int(entry["to"])
+    known = np.zeros(len(last), KNOWN)
+    known["id"] = np.fromiter(last.keys(), np.int64, len(last))
+    known["stamp"] = stamp_of(np.zeros(len(last), np.int64),
+                              np.fromiter(last.values(), np.int64, len(last)))
+    return known, 0
 
 
 def snapshot_labels(path: Path) -> tuple[np.ndarray, int] | None:
@@ -401,15 +437,15 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
 
 
 def carry_labels(state: OnlineFeatures, known: np.ndarray, after: int = 0,
-                 journal: Journal | None = None) -> int:
+                 journal: Journal | None = None, fill_only: bool = False) -> int:
     """Record in `state` the labels of `known` (a copy of another state's `KNOWN` records, as
-    of journal seq `after`) that differ from its own, for the transactions it knows; then the
-    journal's labels after `after` again, in their order: they are newer than the copy's.
-    Returns how many labels of the copy were carried."""
+    of journal seq `after`) that differ from its own, for the transactions it knows (with
+    `fill_only`, only where it has none); then the journal's labels after `after` again, in
+    their order: they are newer than the copy's. Returns how many labels were carried."""
     labelled = known[(known["stamp"] & 3) != UNLABELLED]
     ids, labels = labelled["id"], (labelled["stamp"] & 3) - 1
     held, current = state.label_states(ids)
-    differ = held & (current != labels)
+    differ = held & (current != labels) & ((current < 0) if fill_only else True)
     if differ.any():
         state.record_labels(ids[differ], labels[differ])
     if journal is not None:
@@ -937,13 +973,14 @@ async def label_response(service: Service, raw: bytes, request: Request):
             except JournalError:
                 return journal_refusal(service)
         # kept at once, as a score is: a snapshot taken while the journal syncs this entry
-        # must not hold a later entry without it (its prune could then drop this one)
+        # must not hold a later entry without it (its prune could then drop this one); and
+        # audited with no await since, so that no snapshot comes between entry and audit
         state.record_labels(ids[new], labels[new])
+        audit_labels(service, request, ids[new], previous[new], labels[new])
         try:
             await on_disk(written)
         except JournalError:
             return journal_refusal(service)
-        audit_labels(service, request, ids[new], previous[new], labels[new])
     counts = {"recorded": int((new & (previous < 0)).sum()), "changed": int(changes.sum()),
               "unchanged": int((known & ~new).sum()), "unknown": int((~known).sum())}
     for name, count in counts.items():

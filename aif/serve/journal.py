@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 # %% auto #0
-__all__ = ['SCHEMA', 'SYNC_MODES', 'header_of', 'pack', 'unpack', 'JournalError', 'Journal']
+__all__ = ['SCHEMA', 'SYNC_MODES', 'UNRECORDED_PRUNES', 'header_of', 'pack', 'unpack', 'JournalError', 'Journal']
 
 # %% ../../nbs/64a_journal.ipynb #j4e5f6a7
 SCHEMA = """CREATE TABLE IF NOT EXISTS entries (
@@ -38,6 +38,11 @@ CREATE TABLE IF NOT EXISTS pruned (   -- one row: the latest event of a score en
     latest INTEGER NOT NULL
 );"""
 SYNC_MODES = ("always", "never")
+# for a journal that pruned (a gap at the start of its seqs) before prunes were recorded: the
+# earliest end of a score entry it kept. An overestimate (a span it names may not be missing),
+# rather than saying nothing of one that is
+UNRECORDED_PRUNES = """INSERT INTO pruned SELECT 1, MIN(latest) FROM entries WHERE kind = 'score'
+    AND (SELECT MIN(seq) FROM entries) > 1 HAVING MIN(latest) IS NOT NULL"""
 
 
 @functools.lru_cache(maxsize=64)
@@ -81,7 +86,11 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.sync = path, sync
         self.db = self.connect()   # the event loop's: one INSERT per entry
+        older = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'entries'").fetchone()
+        recorded = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'pruned'").fetchone()
         self.db.executescript(SCHEMA)
+        if older and not recorded:   # a journal from before prunes were recorded
+            self.db.execute(UNRECORDED_PRUNES)
         last = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'")
         self.last_seq = (last.fetchone() or (0,))[0]
         self.reader = self.connect()
