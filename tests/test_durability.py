@@ -521,15 +521,15 @@ def test_a_state_rebuilt_for_a_new_model_misses_nothing_acknowledged_meanwhile(
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=0, err_msg=name)
 
 
-def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_online(
+def test_a_restart_on_reingested_data_keeps_the_labels_received_online(
         trained_project: Path, tmp_path: Path, capsys):
-    """A re-ingest under a running service leaves data newer than its snapshot. The restart
-    builds the state from the data and replays the journal, and takes of the snapshot its
-    labels, received online, whose journal entries the snapshot pruned. Every label the
-    service acknowledged (its label audit) stands, whether its entry was pruned or not, for a
-    transaction the data holds or one scored online only, and the start says how many differ
-    from the data's; a label the new data changed and the service never received is the new
-    data's, not the old one the snapshot holds."""
+    """A re-ingest under a running service leaves other data than its snapshot started from,
+    even with a file time older than the snapshot (kept from the export). The restart builds
+    the state from the data and replays the journal. Every label the service acknowledged (its
+    label audit) stands, whether a snapshot pruned its journal entry or not, for a transaction
+    the data holds or one scored online only, and the start says how many differ from the
+    data's; a label the new data changed and the service never received is the new data's,
+    not the old one the snapshot holds."""
     import asyncio
 
     import pyarrow as pa
@@ -577,8 +577,8 @@ def test_a_restart_on_data_newer_than_the_snapshot_keeps_the_labels_received_onl
     table = table.set_column(table.schema.get_field_index("tx_fraud"), "tx_fraud", pc.if_else(
         found, pa.scalar(relabelled["tx_fraud"], table["tx_fraud"].type), table["tx_fraud"]))
     pq.write_table(table, data)
-    written = snapshot.stat().st_mtime + 5
-    os.utime(data, (written, written))
+    kept = snapshot.stat().st_mtime - 3600   # the export's own time, kept (cp -p, rsync -a)
+    os.utime(data, (kept, kept))   # older than the snapshot: the file's time alone would hide it
 
     def restarted():
         capsys.readouterr()

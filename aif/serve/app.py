@@ -46,15 +46,15 @@ from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
 __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
-           'journal_refusal', 'explain_rows', 'warm_state', 'labels_overridden', 'labels_over_newer_data',
-           'acknowledged_labels', 'snapshot_labels', 'replay', 'recover_log', 'fill_from_interim', 'missing_online',
-           'say_missing_online', 'Refused', 'after_failure', 'due', 'reload_if_changed', 'switch_to', 'rebuilt_state',
-           'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written', 'snapshot_writer',
-           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every',
-           'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
-           'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
-           'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
-           'build_service', 'main']
+           'journal_refusal', 'explain_rows', 'warm_state', 'data_identity', 'data_changed_since', 'labels_overridden',
+           'labels_over_newer_data', 'acknowledged_labels', 'snapshot_labels', 'replay', 'recover_log',
+           'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure', 'due',
+           'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log',
+           'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot',
+           'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every', 'lifespan_of', 'document_score_body',
+           'ObserveRequests', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers',
+           'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores',
+           'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -154,7 +154,7 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
                until: str | None, snapshot: Path | None, journal: Journal | None = None):
     """The feature state to start from, holding every transaction that was acknowledged.
 
-    Redis's; or the last snapshot, if newer than the data, and the journal's later entries;
+    Redis's; or the last snapshot, if its data is the data file, and the journal's later entries;
     or the data (up to `until`, a replay's start), and every entry the journal holds. The
     journal only drops entries the clock has left behind."""
     if serve.shared_state:
@@ -167,8 +167,7 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
         return state
     state, labelled, fill_only = OnlineFeatures.empty(specs, serve.lateness_us), None, False
     usable = snapshot is not None and snapshot.exists() and until is None
-    data_newer = usable and paths.interim_transactions.exists() and (
-        snapshot.stat().st_mtime <= paths.interim_transactions.stat().st_mtime)
+    data_newer = usable and data_changed_since(snapshot, paths)
     if usable:
         if data_newer:   # a re-ingest since: built from the data, with the labels received
             labelled, fill_only = labels_over_newer_data(paths, serve, snapshot)
@@ -181,6 +180,7 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
     from_data = state.clock is None
     if from_data:
         data_end = fill_from_interim(state, paths, until)
+        state.data = data_identity(paths)
         # the data's labels, before the service's (a copy)
         data_known = state.known.everything() if data_newer else None
     if journal is not None:
@@ -195,6 +195,33 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             "since the last snapshot; the ones received online stand",
             extra={"fields": {"labels_overridden": overridden}})
     return state
+
+
+def data_identity(paths: ProjectPaths) -> str:
+    """What tells the data file apart from another: size, modification time and inode. A
+    re-ingest changes it even where it keeps the old file's time (`cp -p`, `rsync -a`, a DVC
+    checkout); a false alarm only costs a start from the data."""
+    try:
+        found = paths.interim_transactions.stat()
+    except FileNotFoundError:
+        return ""
+    return f"{found.st_size}:{found.st_mtime_ns}:{found.st_ino}"
+
+
+def data_changed_since(snapshot: Path, paths: ProjectPaths) -> bool:
+    """Whether the data file is another than the one the snapshot's state started from (for
+    a snapshot from before that was recorded: whether the file is newer than it)."""
+    import pyarrow.parquet as pq
+
+    if not paths.interim_transactions.exists():
+        return False
+    try:
+        recorded = (pq.read_schema(snapshot).metadata or {}).get(b"data")
+    except (OSError, ValueError):   # not a snapshot that loads: its start refuses it anyway
+        return False
+    if recorded is None:
+        return snapshot.stat().st_mtime <= paths.interim_transactions.stat().st_mtime
+    return recorded.decode() != data_identity(paths)
 
 
 def labels_overridden(state: OnlineFeatures, data_known: np.ndarray) -> int:

@@ -400,6 +400,7 @@ class FrozenState:
     journal_seq: int
     clock: int | None
     layout: str = ""                                     # `OnlineFeatures.layout`
+    data: str = ""                                       # `OnlineFeatures.data`
 
     def write(self, path: Path, durable: bool = False) -> None:
         "Write it to `path` at once (`durable`: synced, as the journal is with `always`)."
@@ -427,7 +428,8 @@ class FrozenState:
                                  + [ids], promote_options="default")
         table = table.replace_schema_metadata({
             STATE_FORMAT_KEY: STATE_FORMAT, "journal_seq": str(self.journal_seq),
-            "clock": "" if self.clock is None else str(self.clock), "layout": self.layout})
+            "clock": "" if self.clock is None else str(self.clock), "layout": self.layout,
+            "data": self.data})
         with atomic_output(path, durable) as tmp:
             pq.write_table(table, tmp)
 
@@ -441,6 +443,7 @@ class OnlineFeatures:
     lateness: int = 0                         # how late (µs) a transaction may still arrive
     clock: int | None = None                  # the latest event time the state holds
     journal_seq: int = 0                      # the last journal entry the state holds
+    data: str = ""                            # what tells apart the data file it started from
     horizons: dict = field(default_factory=dict, repr=False)   # entity: its own horizon
 
     @classmethod
@@ -628,7 +631,8 @@ class OnlineFeatures:
         """What a snapshot holds, copied (about 10 ms for a million rows): another thread can
         write it while requests go on changing the state."""
         return FrozenState({entity: store.everything() for entity, store in self.history.items()},
-                           self.known.everything(), self.journal_seq, self.clock, self.layout())
+                           self.known.everything(), self.journal_seq, self.clock, self.layout(),
+                           self.data)
 
     def layout(self) -> str:
         """What decides which rows the state keeps: each entity's fields and horizon, the
@@ -674,6 +678,7 @@ class OnlineFeatures:
         self.journal_seq = int(meta.get(b"journal_seq", b"0"))
         clock = meta.get(b"clock", b"")
         self.clock = int(clock) if clock else None
+        self.data = meta.get(b"data", b"").decode()
 
 
 def known_in(table) -> np.ndarray:
