@@ -174,6 +174,8 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
         else:
             try:
                 state.load(snapshot)
+                # one from before the data was recorded, judged by the file's time
+                state.data = state.data or data_identity(paths)
             except ValueError:   # an older version's or another model's: rebuilt from the
                 state = OnlineFeatures.empty(specs, serve.lateness_us)   # data, its labels
                 labelled = snapshot_labels(snapshot)                      # carried
