@@ -14,7 +14,14 @@ from aif.config.params import DEFAULT_FEATURE_GROUPS, FEATURE_GROUPS, FeaturesPa
 from aif.features.engine import compute_features
 from aif.features.specs import MICROS_PER_DAY, feature_specs
 from aif.keys import category_keys
-from aif.serve.state import AlreadyScored, KnownIds, LabelChangeRefused, OnlineFeatures, out_of_time
+from aif.serve.state import (
+    KNOWN,
+    AlreadyScored,
+    KnownIds,
+    LabelChangeRefused,
+    OnlineFeatures,
+    out_of_time,
+)
 
 HOUR = MICROS_PER_DAY // 24
 SHORT = FeaturesParams(customer_windows_days=(1, 2), terminal_windows_days=(1, 2),
@@ -266,3 +273,30 @@ def test_a_snapshot_kept_for_other_features_is_refused_and_its_labels_are_carrie
         assert restarted.label_states(ids)[1].tolist() == [-1, -1]
         assert carry_labels(restarted, *snapshot_labels(path)) == 2
         assert restarted.label_states(ids)[1].tolist() == [1, 0]
+
+
+def test_a_state_built_from_the_data_takes_the_acknowledged_labels_not_a_stale_copy(tmp_path):
+    """The labels a state built from the data takes over (at a start after a re-ingest, or
+    for a new model): with a label audit, the last label acknowledged for each transaction, a
+    line cut short by a crash left out; without one, the copy's, only where the data has none
+    when the data changed since the copy's state began (its labels are the old data's too)."""
+    import json
+
+    from aif.config.params import ServeParams
+    from aif.config.paths import ProjectPaths
+    from aif.serve.app import labels_to_carry
+
+    paths = ProjectPaths(tmp_path)
+    copy = (np.zeros(2, KNOWN), 7)
+    for changed in (False, True):
+        no_audit = labels_to_carry(paths, ServeParams(label_audit=None), lambda: copy, changed)
+        assert no_audit == (*copy, changed)
+    audit = tmp_path / "audit.jsonl"
+    lines = [{"transaction_id": 5, "from": None, "to": 1}, {"transaction_id": 6, "from": None,
+             "to": 0}, {"transaction_id": 5, "from": 1, "to": 0}]
+    audit.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"transaction_id": 6')
+    known, after, fill_only = labels_to_carry(paths, ServeParams(label_audit=str(audit)),
+                                              lambda: copy, True)
+    assert (after, fill_only) == (0, False)
+    labels = ((known["stamp"] & 3) - 1).tolist()
+    assert dict(zip(known["id"].tolist(), labels, strict=True)) == {5: 0, 6: 0}

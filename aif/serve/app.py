@@ -47,7 +47,7 @@ from .telemetry import json_logger, make_tracer, service_metrics
 # %% auto #0
 __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
            'journal_refusal', 'explain_rows', 'warm_state', 'data_identity', 'data_changed_since', 'labels_overridden',
-           'labels_over_newer_data', 'acknowledged_labels', 'snapshot_labels', 'replay', 'recover_log',
+           'labels_to_carry', 'audit_path', 'acknowledged_labels', 'snapshot_labels', 'replay', 'recover_log',
            'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure', 'due',
            'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log',
            'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot',
@@ -165,12 +165,12 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
             fill_from_interim(state, paths, until)
             state.warm_start_done()
         return state
-    state, labelled, fill_only = OnlineFeatures.empty(specs, serve.lateness_us), None, False
+    state, carried = OnlineFeatures.empty(specs, serve.lateness_us), None
     usable = snapshot is not None and snapshot.exists() and until is None
     data_newer = usable and data_changed_since(snapshot, paths)
     if usable:
         if data_newer:   # a re-ingest since: built from the data, with the labels received
-            labelled, fill_only = labels_over_newer_data(paths, serve, snapshot)
+            carried = labels_to_carry(paths, serve, lambda: snapshot_labels(snapshot), True)
         else:
             try:
                 state.load(snapshot)
@@ -178,19 +178,20 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
                 state.data = state.data or data_identity(paths)
             except ValueError:   # an older version's or another model's: rebuilt from the
                 state = OnlineFeatures.empty(specs, serve.lateness_us)   # data, its labels
-                labelled = snapshot_labels(snapshot)                      # carried
+                carried = labels_to_carry(paths, serve, lambda: snapshot_labels(snapshot),
+                                          False)
     from_data = state.clock is None
     if from_data:
+        state.data = data_identity(paths)   # before it is read: a rewrite meanwhile shows
         data_end = fill_from_interim(state, paths, until)
-        state.data = data_identity(paths)
         # the data's labels, before the service's (a copy)
         data_known = state.known.everything() if data_newer else None
     if journal is not None:
         replay(state, journal)
         if from_data and (span := missing_online(state, journal, data_end)):
             say_missing_online(span)
-    if labelled is not None:   # after the replay, which adds what the service scored; then
-        carry_labels(state, *labelled, journal, fill_only)   # newer labels again
+    if carried is not None:   # after the replay, which adds what the service scored; then
+        carry_labels(state, *carried[:2], journal, carried[2])   # newer labels again
     if data_newer and (overridden := labels_overridden(state, data_known)):
         logging.getLogger("aif.serve").warning(
             f"{overridden} labels received online differ from those of the data, written "
@@ -233,24 +234,29 @@ def labels_overridden(state: OnlineFeatures, data_known: np.ndarray) -> int:
     return int((held & (now != (labelled["stamp"] & 3) - 1)).sum())
 
 
-def labels_over_newer_data(paths: ProjectPaths, serve: ServeParams, snapshot: Path
-                           ) -> tuple[tuple[np.ndarray, int] | None, bool]:
-    """The labels to carry over data written after `snapshot`, and whether only where the
-    data has none: those the service acknowledged (its label audit); without an audit, the
-    snapshot's, which are also the old data's and must not stand over the new data's."""
-    acknowledged = acknowledged_labels(paths, serve)
+def labels_to_carry(paths: ProjectPaths, serve: ServeParams, copy, data_changed: bool
+                    ) -> tuple[np.ndarray, int, bool] | None:
+    """The labels a state built from the data takes over: `KNOWN` records, the journal seq
+    they are as of, and whether only where the data has none. Those the service acknowledged,
+    from its label audit; without an audit, `copy()` (a snapshot's or the running state's,
+    with its seq), whose labels are also those of the data its state started from, so over
+    other data (`data_changed`) only where that has none."""
+    acknowledged = acknowledged_labels(audit_path(paths, serve))
     if acknowledged is not None:
-        return acknowledged, False
-    return snapshot_labels(snapshot), True
+        return acknowledged, 0, False
+    copied = copy()
+    return None if copied is None else (*copied, data_changed)
 
 
-def acknowledged_labels(paths: ProjectPaths, serve: ServeParams
-                        ) -> tuple[np.ndarray, int] | None:
+def audit_path(paths: ProjectPaths, serve: ServeParams) -> Path | None:
+    return paths.resolve(serve.label_audit) if serve.label_audit else None
+
+
+def acknowledged_labels(path: Path | None) -> np.ndarray | None:
     """The last label the service acknowledged for each transaction, as `KNOWN` records, from
-    its label audit (`serve.label_audit`), with journal seq 0 (every journal label is at least
-    as new); None without an audit. A line cut short by a crash is left out: its label's
-    journal entry was written just before it, and no snapshot came between (`label_response`)."""
-    path = paths.resolve(serve.label_audit) if serve.label_audit else None
+    its label audit at `path`; None without an audit. A line cut short by a crash is left out:
+    its label's journal entry was written just before it, and no snapshot came between
+    (`label_response`)."""
     if path is None or not path.exists():
         return None
     last: dict[int, int] = {}
@@ -265,7 +271,7 @@ def acknowledged_labels(paths: ProjectPaths, serve: ServeParams
     known["id"] = np.fromiter(last.keys(), np.int64, len(last))
     known["stamp"] = stamp_of(np.zeros(len(last), np.int64),
                               np.fromiter(last.values(), np.int64, len(last)))
-    return known, 0
+    return known
 
 
 def snapshot_labels(path: Path) -> tuple[np.ndarray, int] | None:
@@ -440,7 +446,7 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
     """A feature state for `specs` (a new model's features, which the running state does not
     keep), level with the running state when it is swapped in. Built from the data and the
     journal in a thread while requests go on into the running state; then given the labels the
-    running state holds that the data lacks (a snapshot may have pruned their journal entries)
+    service acknowledged (`labels_to_carry`: a snapshot may have pruned their journal entries)
     and the journal's entries written meanwhile, the last ones in the loop, with no request
     between them and the caller's swap. Call it holding `service.state_lock`."""
     serve, journal = service.params.serve, service.journal
@@ -449,15 +455,21 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
     if serve.shared_state:   # Redis holds every replica's transactions and labels itself
         return await asyncio.to_thread(build)
     known = service.features.known.everything()   # a copy, taken between two requests
+    copied_at, running_data = journal.last_seq if journal else 0, service.features.data
+
+    def carry() -> None:   # the data may have been ingested again since the running state began
+        carried = labels_to_carry(service.paths, serve, lambda: (known, copied_at),
+                                  running_data != state.data)
+        carry_labels(state, *carried[:2], journal, carried[2])
+
     if journal is None:   # nothing to catch up from: built in the loop, requests wait
         state = build()
-        carry_labels(state, known)
+        carry()
         return state
-    copied_at = journal.last_seq
     state = await asyncio.to_thread(build)
 
     def level() -> None:
-        carry_labels(state, known, copied_at, journal)
+        carry()
         replay(state, journal)   # most of what came while the state was built
 
     await asyncio.to_thread(level)
@@ -1159,7 +1171,7 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                    make_tracer(), json_logger(),
                    guard=Guard(tokens_path(paths, serve), serve.auth.open_probes),
                    fixed_model=model_dir is not None, journal=journal,
-                   audit=paths.resolve(serve.label_audit) if serve.label_audit else None,
+                   audit=audit_path(paths, serve),
                    requests=requests, state_until=until)
 
 
