@@ -616,6 +616,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.missing_online': ('app.html#missing_online', 'aif/serve/app.py'),
                                'aif.serve.app.on_disk': ('app.html#on_disk', 'aif/serve/app.py'),
                                'aif.serve.app.original_answers': ('app.html#original_answers', 'aif/serve/app.py'),
+                               'aif.serve.app.prune_journal': ('app.html#prune_journal', 'aif/serve/app.py'),
                                'aif.serve.app.rebuilt_state': ('app.html#rebuilt_state', 'aif/serve/app.py'),
                                'aif.serve.app.record_scores': ('app.html#record_scores', 'aif/serve/app.py'),
                                'aif.serve.app.recover_log': ('app.html#recover_log', 'aif/serve/app.py'),

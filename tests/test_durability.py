@@ -393,6 +393,54 @@ def test_a_snapshot_that_cannot_be_written_is_reported_and_the_journal_keeps_eve
     assert [kind for _, kind, _ in journal.since(0)] == ["score"] * len(sent)
 
 
+def test_a_prune_that_fails_after_a_written_snapshot_is_not_a_failed_snapshot(
+        trained_project: Path, tmp_path: Path, capsys):
+    """The journal refuses to prune (a disk error): each snapshot is still written and counted
+    once as written, never also as failed; the prune failure is counted and logged on its own;
+    and once the journal works again, the next snapshot prunes up to what it holds."""
+    import asyncio
+    import sqlite3
+
+    from aif.serve.app import snapshot
+
+    project = project_copy(trained_project, tmp_path)
+    write_params(project, serve={"snapshot_seconds": 3600})   # snapshots taken here, by hand
+    rows = interim(project)
+    sent = payload(rows[rows.tx_datetime >= TEST_START].iloc[:6])
+    service = in_process(project, TEST_START)
+    prune, broken, pruned = service.journal.prune, [True], []
+
+    def failing_prune(*upto):
+        if broken[0]:
+            raise sqlite3.OperationalError("disk I/O error")
+        pruned.append(upto)
+        return prune(*upto)
+
+    service.journal.prune = failing_prune
+
+    def counted(name: str, **labels) -> float:
+        return service.collector.get_sample_value(name, labels) or 0.0
+
+    async def snapshots_while_the_journal_fails() -> None:
+        async with serving(service) as client:
+            for tx in sent:
+                assert (await client.post("/score", json=tx)).status_code == 200
+            while service.predictions.confirmed_seq < len(sent):   # logged: prunable
+                await asyncio.sleep(0.01)
+            assert await snapshot(service) and await snapshot(service)
+            broken[0] = False
+            assert await snapshot(service)
+
+    asyncio.run(snapshots_while_the_journal_fails())
+    assert counted("aif_state_snapshots_total", outcome="written") == 4   # and the stop's
+    assert counted("aif_state_snapshots_total", outcome="failed") == 0
+    assert counted("aif_journal_prune_failures_total") == 2
+    log = capsys.readouterr().err
+    assert log.count("journal not pruned (OperationalError: disk I/O error)") == 2
+    assert "snapshot failed" not in log
+    assert [upto for upto, _ in pruned] == [len(sent)] * 2   # the next one, and the stop's
+
+
 def test_a_label_is_kept_by_the_state_before_its_journal_entry_is_synced(
         trained_project: Path, tmp_path: Path):
     """A label is in the state from the moment its journal entry is written, as a score is,

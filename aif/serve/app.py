@@ -51,10 +51,11 @@ __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_
            'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure', 'due',
            'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log',
            'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot',
-           'snapshot_unlocked', 'keeps_snapshots', 'snapshot_every', 'lifespan_of', 'document_score_body',
-           'ObserveRequests', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers',
-           'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores',
-           'create_app', 'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
+           'snapshot_unlocked', 'prune_journal', 'keeps_snapshots', 'snapshot_every', 'lifespan_of',
+           'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
+           'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
+           'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
+           'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -594,9 +595,20 @@ async def snapshot_unlocked(service: Service) -> bool:
     service.snapshotting = None
     count_snapshot(service, failure)
     if failure is None and service.journal is not None:
-        upto = min(frozen.journal_seq, service.predictions.confirmed_seq)
-        await asyncio.to_thread(service.journal.prune, upto, kept_since)
+        await prune_journal(service, min(frozen.journal_seq, service.predictions.confirmed_seq),
+                            kept_since)
     return failure is None
+
+
+async def prune_journal(service: Service, upto: int, kept_since: int | None) -> None:
+    """Drop the journal entries a written snapshot holds. A failure here is not the snapshot's
+    (it is written, and counted so): the entries stay, and the next snapshot prunes them."""
+    try:
+        await asyncio.to_thread(service.journal.prune, upto, kept_since)
+    except Exception as err:   # noqa: BLE001 - the journal only stays longer
+        service.metrics["prune_failures"].inc()
+        service.logger.error(f"journal not pruned ({type(err).__name__}: {err}); its entries "
+                             "stay until the next snapshot prunes them")
 
 
 def keeps_snapshots(serve: ServeParams) -> bool:

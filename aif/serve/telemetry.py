@@ -72,6 +72,9 @@ def service_metrics():
                           registry=collector),
         "snapshots": Counter("aif_state_snapshots_total", "feature-state snapshots, by outcome",
                              ["outcome"], registry=collector),
+        "prune_failures": Counter("aif_journal_prune_failures_total", "journal prunes that "
+                                  "failed after a written snapshot (the entries stay until the "
+                                  "next one)", registry=collector),
         "log_failures": Counter("aif_prediction_log_failures_total", "prediction-log writes "
                                 "that failed (tried again; the journal holds their rows)",
                                 registry=collector),
