@@ -651,19 +651,23 @@ def test_a_restart_on_reingested_data_keeps_the_labels_received_online(
     assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in online_only]
 
 
-def test_a_state_for_longer_windows_says_which_online_transactions_it_lacks(
+def test_a_state_for_longer_windows_takes_the_online_transactions_the_journal_dropped(
         trained_project: Path, tmp_path: Path, capsys):
     """The journal drops scored entries once they are older than the state's horizon. A state
     built later from the data for features reaching further back (a model with longer
-    windows) lacks those transactions when the data ends before them: the start says which
-    span, instead of serving features that count fewer in silence. For the same features
+    windows), where the data ends before them, takes those transactions from the prediction
+    log's parts of this journal: a later transaction's 90-day features count them. Where those
+    parts are gone, the start says which span it lacks instead of counting fewer in silence;
+    a journal started afresh does not take the parts of the one before. For the same features
     nothing is missing, and it says nothing."""
     import asyncio
+    import shutil
     from dataclasses import replace
 
     import aif.serve.app as app
     from aif.features.specs import feature_specs
     from aif.serve.journal import Journal
+    from aif.serve.log import PredictionLog
 
     project = project_copy(trained_project, tmp_path)
     write_params(project, serve={"snapshot_seconds": 3600, "log_flush_seconds": 0.05,
@@ -687,24 +691,61 @@ def test_a_state_for_longer_windows_says_which_online_transactions_it_lacks(
             assert [kind for _, kind in service.journal.kinds()] == ["score"]   # early's gone
 
     asyncio.run(score_then_prune())
-    journal = Journal(service.journal.path)
     last_early = int(later.tx_datetime.iloc[9].value // 1000)
-    assert journal.pruned_through() == last_early
     params = load_params(project / "params.yaml")
     longer = feature_specs(replace(params.features, customer_windows_days=(1, 7, 90)),
                            params.label_delay_days)
-    said = []
-    for specs in (service.features.specs, longer):
+    card = early[0]["customer_id"]
+    probe = ahead.assign(transaction_id=10**12 + 1, customer_id=card,
+                         tx_datetime=ahead.tx_datetime + pd.Timedelta(seconds=1))
+    log_folder = project / "reports/predictions"
+
+    def started(specs, journal_path: Path) -> tuple[object, list[dict]]:
+        "A state for `specs` built from the data, the log and the journal; what it said."
+        journal = Journal(journal_path)
+        log = PredictionLog(log_folder, journal=journal.name,
+                            unnamed_parts=journal.unnamed_parts)
         capsys.readouterr()
-        state = app.warm_state(service.paths, params.serve, specs, TEST_START, None, journal)
-        said.append([json.loads(line) for line in capsys.readouterr().err.splitlines()
-                     if "missing_from" in line])
-    journal.close()
-    assert said[0] == []   # its own features: what the journal dropped is beyond their reach
-    (missing,) = said[1]
+        state = app.warm_state(service.paths, params.serve, specs, TEST_START, None, journal,
+                               log)
+        journal.close()
+        return state, [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                       if line.startswith("{")]
+
+    def card_count_90d(state) -> int:
+        rows = {c: probe[c].to_numpy() for c in ("transaction_id", "customer_id",
+                                                   "terminal_id", "tx_amount")}
+        rows["tx_datetime"] = probe.tx_datetime.to_numpy().astype("datetime64[us]").view("i8")
+        return int(state.prepare(rows).values["customer_nb_tx_90d"][0])
+
+    journal_path = service.journal.path
+    assert Journal(journal_path).pruned_through() == last_early
+    same, said = started(service.features.specs, journal_path)
+    assert not [e for e in said if "missing_from" in e or "filled_from_log" in e]
+    filled, said = started(longer, journal_path)
+    assert [e["filled_from_log"] for e in said if "filled_from_log" in e] == [len(early)]
+    assert not [e for e in said if "missing_from" in e]
+    assert len(filled.already_scored([tx["transaction_id"] for tx in early])) == len(early)
+
+    moved = tmp_path / "moved"   # the parts gone: the span it lacks is said
+    shutil.move(log_folder, moved)
+    lacking, said = started(longer, journal_path)
+    (missing,) = [e for e in said if "missing_from" in e]
     assert missing["missing_to"] == str(later.tx_datetime.iloc[9].floor("s")).replace(" ", "T")
     assert missing["missing_from"] < str(later.tx_datetime.iloc[0]).replace(" ", "T")
-    assert not state.already_scored([tx["transaction_id"] for tx in early])   # lacks them
+    assert not lacking.already_scored([tx["transaction_id"] for tx in early])
+    of_card = sum(tx["customer_id"] == card for tx in early)
+    assert card_count_90d(filled) == card_count_90d(lacking) + of_card
+
+    shutil.move(moved, log_folder)   # another journal's parts are not its own
+    fresh = tmp_path / "fresh/journal.sqlite"
+    Journal(fresh).close()
+    shutil.copy(journal_path, fresh)   # the same entries, under a journal started afresh
+    with Journal(fresh).connect() as db:
+        db.execute("UPDATE identity SET name = '00000000000000ff'")
+    _, said = started(longer, fresh)
+    assert [e for e in said if "missing_from" in e] and not [e for e in said
+                                                              if "filled_from_log" in e]
 
 
 def test_a_prediction_log_write_that_fails_is_reported_and_written_later(
@@ -748,6 +789,6 @@ def test_a_prediction_log_write_that_fails_is_reported_and_written_later(
     logged = pd.read_parquet(project / "reports/predictions")
     assert sorted(logged.transaction_id) == sorted(tx["transaction_id"] for tx in sent)
     from aif.serve.log import PART
-    ranges = sorted(tuple(map(int, PART.match(p.name).groups()[:2])) for p in day.iterdir())
+    ranges = sorted(tuple(map(int, PART.match(p.name).groups()[1:3])) for p in day.iterdir())
     assert [first for first, _ in ranges] == [1] + [last + 1 for _, last in ranges[:-1]]
     assert ranges[-1][1] == len(sent)   # every journal entry, in parts named by them

@@ -47,11 +47,11 @@ from .telemetry import json_logger, make_tracer, service_metrics
 # %% auto #0
 __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
            'journal_refusal', 'explain_rows', 'warm_state', 'data_identity', 'data_changed_since', 'labels_overridden',
-           'labels_to_carry', 'audit_path', 'acknowledged_labels', 'snapshot_labels', 'replay', 'recover_log',
-           'fill_from_interim', 'missing_online', 'say_missing_online', 'Refused', 'after_failure', 'due',
-           'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log',
-           'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot',
-           'snapshot_unlocked', 'prune_journal', 'keeps_snapshots', 'snapshot_every', 'lifespan_of',
+           'labels_to_carry', 'audit_path', 'acknowledged_labels', 'snapshot_labels', 'replay', 'replayed_columns',
+           'recover_log', 'fill_from_interim', 'missing_online', 'fill_from_log', 'say_missing_online', 'Refused',
+           'after_failure', 'due', 'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry',
+           'flush_log', 'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot',
+           'snapshot', 'snapshot_unlocked', 'prune_journal', 'keeps_snapshots', 'snapshot_every', 'lifespan_of',
            'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
            'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
            'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
@@ -152,12 +152,14 @@ def explain_rows(model, X: np.ndarray, top: int = 5) -> list[list[dict]]:
 
 # %% ../../nbs/66_app.ipynb #fec1e1eb
 def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec, ...],
-               until: str | None, snapshot: Path | None, journal: Journal | None = None):
+               until: str | None, snapshot: Path | None, journal: Journal | None = None,
+               log: PredictionLog | None = None):
     """The feature state to start from, holding every transaction that was acknowledged.
 
     Redis's; or the last snapshot, if its data is the data file, and the journal's later entries;
-    or the data (up to `until`, a replay's start), and every entry the journal holds. The
-    journal only drops entries the clock has left behind."""
+    or the data (up to `until`, a replay's start), the transactions scored online that the
+    journal dropped and the data lacks (from the prediction `log`), and every entry the journal
+    holds. The journal only drops entries the clock has left behind."""
     if serve.shared_state:
         from aif.serve.state_redis import RedisFeatures
 
@@ -188,8 +190,9 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
         # the data's labels, before the service's (a copy)
         data_known = state.known.everything() if data_newer else None
     if journal is not None:
-        replay(state, journal)
-        if from_data and (span := missing_online(state, journal, data_end)):
+        replay(state, journal)   # first: the clock it ends at sets the horizon of the gap
+        reached = fill_from_log(state, log, journal, data_end) if from_data and log else None
+        if from_data and (span := missing_online(state, journal, data_end, reached)):
             say_missing_online(span)
     if carried is not None:   # after the replay, which adds what the service scored; then
         carry_labels(state, *carried[:2], journal, carried[2])   # newer labels again
@@ -291,10 +294,7 @@ def snapshot_labels(path: Path) -> tuple[np.ndarray, int] | None:
 def replay(state: OnlineFeatures, journal: Journal) -> int:
     """Apply the journal's entries after the state's own, in their order: the batches as they
     were kept (rows the state knows already are left out), then the labels. Returns entries."""
-    applied = 0
-    # the attributes too: a state with features over them keys and keeps them
-    kept = ("transaction_id", "customer_id", "terminal_id", "tx_amount",
-            *spec_inputs(state.specs))
+    applied, kept = 0, replayed_columns(state)
     for seq, kind, table in journal.since(state.journal_seq):
         if kind == "score":
             rows = {c: table[c] for c in kept}
@@ -307,6 +307,12 @@ def replay(state: OnlineFeatures, journal: Journal) -> int:
         state.journal_seq = seq
         applied += 1
     return applied
+
+
+def replayed_columns(state: OnlineFeatures) -> list[str]:
+    "What a state takes of a scored batch: the inputs, and the attributes its features read."
+    return ["transaction_id", "customer_id", "terminal_id", "tx_amount", "tx_datetime",
+            *spec_inputs(state.specs)]
 
 
 def recover_log(log: PredictionLog, journal: Journal) -> int:
@@ -339,26 +345,53 @@ def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> int | No
     return int(columns["tx_datetime"][end - 1]) if end else None
 
 
-def missing_online(state: OnlineFeatures, journal: Journal, data_end: int | None
-                   ) -> tuple[int, int] | None:
+def missing_online(state: OnlineFeatures, journal: Journal, data_end: int | None,
+                   logged_through: int | None = None) -> tuple[int, int] | None:
     """The event times (µs, from, to) of transactions scored online that a state built from
     data ending at `data_end` and the journal lacks, within its horizon: the journal dropped
-    them under an earlier state's shorter horizon (a model with longer windows since), and the
-    data does not reach them. None when it lacks none."""
+    them under an earlier state's shorter horizon (a model with longer windows since), and
+    neither the data nor the prediction log's rows read (up to `logged_through`) reach them.
+    None when it lacks none."""
     pruned = journal.pruned_through()
     if pruned is None:
         return None
-    since = max(t for t in (state.kept_since, data_end, -1) if t is not None)
+    since = max(t for t in (state.kept_since, data_end, logged_through, -1) if t is not None)
     return (since, pruned) if pruned > since else None
+
+
+def fill_from_log(state: OnlineFeatures, log: PredictionLog, journal: Journal,
+                  data_end: int | None) -> int | None:
+    """Feed a state built from the data the transactions scored online that it lacks: the
+    journal dropped them under an earlier state's shorter horizon (a model with longer windows
+    since), and the data ends before them. The prediction log holds them (the journal drops
+    only entries a complete flush holds), in the parts named for this journal. Returns the
+    latest event time read there (µs; None: none read)."""
+    span = missing_online(state, journal, data_end)
+    rows = log.rows_between(*span, replayed_columns(state)) if span else None
+    if rows is None or not len(rows["transaction_id"]):
+        return None
+    rows["tx_datetime"] = rows["tx_datetime"].view(np.int64)
+    # once each (a part written twice by hand), not the data's, in the order they happened
+    _, once = np.unique(rows["transaction_id"], return_index=True)
+    once = once[~np.isin(rows["transaction_id"][once],
+                         state.already_scored(rows["transaction_id"][once]))]
+    order = once[np.lexsort((rows["transaction_id"][once], rows["tx_datetime"][once]))]
+    if len(order):
+        state.commit(state.prepare({c: v[order] for c, v in rows.items()}, False, False))
+    logging.getLogger("aif.serve").info(
+        f"{len(order)} transactions scored online, which the journal had dropped and the data "
+        "lacks, taken from the prediction log", extra={"fields": {"filled_from_log": len(order)}})
+    return int(rows["tx_datetime"].max())
 
 
 def say_missing_online(span: tuple[int, int]) -> None:
     first, last = (str(np.datetime64(t, "us").astype("datetime64[s]")) for t in span)
     logging.getLogger("aif.serve").error(
         f"the feature state lacks the transactions scored online from {first} to {last}: "
-        "the journal dropped them under the previous features' shorter horizon and the data "
-        "ends before them (the prediction log holds them); windows reaching back there "
-        "count fewer transactions until data holding them is ingested",
+        "the journal dropped them under the previous features' shorter horizon, the data "
+        "ends before them and the prediction log's parts of this journal do not reach them "
+        "(deleted, or moved with `serve.prediction_log`); windows reaching back there count "
+        "fewer transactions until data holding them is ingested",
         extra={"fields": {"missing_from": first, "missing_to": last}})
 
 # %% ../../nbs/66_app.ipynb #cb77170b
@@ -452,7 +485,7 @@ async def rebuilt_state(service: Service, specs: tuple[FeatureSpec, ...]):
     between them and the caller's swap. Call it holding `service.state_lock`."""
     serve, journal = service.params.serve, service.journal
     build = functools.partial(warm_state, service.paths, serve, specs, service.state_until,
-                              None, journal)
+                              None, journal, service.predictions)
     if serve.shared_state:   # Redis holds every replica's transactions and labels itself
         return await asyncio.to_thread(build)
     known = service.features.known.everything()   # a copy, taken between two requests
@@ -1172,11 +1205,13 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
     journal = Journal(paths.resolve(serve.journal), serve.journal_sync) if serve.journal \
         else None
     predictions = PredictionLog(paths.resolve(serve.prediction_log),
-                                durable=serve.journal_sync == "always")
+                                durable=serve.journal_sync == "always",
+                                journal=journal.name if journal else "",
+                                unnamed_parts=journal.unnamed_parts if journal else True)
     if journal is not None:
         recover_log(predictions, journal)
     features = warm_state(paths, serve, loaded.model.feature_specs(params.features), until,
-                          snapshot, journal)
+                          snapshot, journal, predictions)
     collector, metrics = service_metrics()
     metrics["model"].labels(loaded.version).set(1)
     return Service(paths, params, loaded, features, predictions, metrics, collector,

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -36,6 +37,11 @@ CREATE INDEX IF NOT EXISTS entries_latest ON entries (latest);
 CREATE TABLE IF NOT EXISTS pruned (   -- one row: the latest event of a score entry pruned
     one INTEGER PRIMARY KEY CHECK (one = 1),
     latest INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS identity (   -- one row: the name the prediction log's parts carry
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    name TEXT NOT NULL,
+    unnamed_parts INTEGER NOT NULL   -- 1: parts named before journals were are its own
 );"""
 SYNC_MODES = ("always", "never")
 # for a journal that pruned (a gap at the start of its seqs) before prunes were recorded: the
@@ -91,6 +97,7 @@ class Journal:
         self.db.executescript(SCHEMA)
         if older and not recorded:   # a journal from before prunes were recorded
             self.db.execute(UNRECORDED_PRUNES)
+        self.name, self.unnamed_parts = self.identity(upgraded=bool(older))
         last = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'")
         self.last_seq = (last.fetchone() or (0,))[0]
         self.reader = self.connect()
@@ -223,6 +230,16 @@ class Journal:
                 dropped += n
                 if n < chunk:
                     return dropped
+
+    def identity(self, upgraded: bool) -> tuple[str, bool]:
+        """The journal's name, random and its own, and whether prediction-log parts named
+        without one are its own (`upgraded`: a journal from before names). Its entries' seqs
+        start at 1 again after `rm -r models/serving`; the name tells its parts from those of
+        the journal before, which the prediction log outlives."""
+        self.db.execute("INSERT INTO identity VALUES (1, ?, ?) ON CONFLICT (one) DO NOTHING",
+                        (uuid.uuid4().hex[:16], int(upgraded)))
+        name, unnamed = self.db.execute("SELECT name, unnamed_parts FROM identity").fetchone()
+        return name, bool(unnamed)
 
     def pruned_through(self) -> int | None:
         """The latest event time (µs) of any score entry pruned so far; None if none was.

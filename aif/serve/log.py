@@ -26,7 +26,7 @@ from ..io import atomic_output
 __all__ = ['PART', 'Flush', 'PredictionLog']
 
 # %% ../../nbs/64_prediction_log.ipynb #74780012
-PART = re.compile(r"part-(\d{12})-(\d{12})-(\d+)of(\d+)\.parquet$")
+PART = re.compile(r"part-(?:([0-9a-f]{16})-)?(\d{12})-(\d{12})-(\d+)of(\d+)\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class Flush:
     columns: dict
     first: int     # journal seqs of the rows it holds (0, 0: rows from no journal)
     last: int
+    journal: str = ""   # the journal's name ("": a log before names)
     texts: dict = field(default_factory=dict)   # a text column's values, by code
     taken: str = field(default_factory=lambda: f"{time.time():.6f}".replace(".", "") + "-"
                        + uuid.uuid4().hex[:8])
@@ -42,7 +43,10 @@ class Flush:
     def name(self) -> str:
         """Its parts' name: the journal entries it holds (or when it was taken), the same when
         a failed write is tried again, so that the new parts replace the old."""
-        return f"{self.first:012d}-{self.last:012d}" if self.last else self.taken
+        if not self.last:
+            return self.taken
+        seqs = f"{self.first:012d}-{self.last:012d}"
+        return f"{self.journal}-{seqs}" if self.journal else seqs
 
 
 class PredictionLog:
@@ -54,8 +58,12 @@ class PredictionLog:
     the buffers' bytes, and Arrow converted it holding the interpreter's lock: a flush of 40,000
     rows stopped the requests for 8 ms, and copying the buffers out for 10 ms more."""
 
-    def __init__(self, folder: Path, durable: bool = False):
+    def __init__(self, folder: Path, durable: bool = False, journal: str = "",
+                 unnamed_parts: bool = True):
         self.folder = folder
+        # the journal whose entries its parts hold, and whether parts named before journals
+        # were are its own (nbs/64a: `Journal.name`, `Journal.unnamed_parts`)
+        self.journal, self.unnamed_parts = journal, unnamed_parts
         # parts synced to the disk (the journal's `always`): a sync every flush stalls the
         # event loop's own writes on some filesystems, so only where a power cut must be survived
         self.durable = durable
@@ -104,7 +112,7 @@ class PredictionLog:
         (never written again), and the next rows go to new ones of the same size."""
         n = self.rows_pending
         taken = Flush({c: b[:n] for c, b in self.buffers.items()}, self.first, self.last,
-                      {c: list(codes) for c, codes in self.texts.items()})
+                      self.journal, {c: list(codes) for c, codes in self.texts.items()})
         self.buffers = {c: np.empty(len(b), b.dtype) for c, b in self.buffers.items()}
         self.texts = {}   # request ids never come back: codes start again with each flush
         self.rows_pending, self.first, self.last = 0, 0, 0
@@ -174,16 +182,16 @@ class PredictionLog:
         return table.num_rows
 
     def written_seqs(self) -> list[tuple[int, int]]:
-        """The journal ranges that complete flushes hold.
+        """The ranges of the journal's entries that complete flushes hold.
 
-        Parts of incomplete ones (a crash in the middle of a flush) and stale temporary files
-        are deleted, to be written again."""
+        Parts of its incomplete ones (a crash in the middle of a flush) and stale temporary
+        files are deleted, to be written again; another journal's parts are left alone."""
         groups: dict[tuple[int, int, int], list[Path]] = {}
         for path in self.folder.glob("date=*/*"):
             if path.name.startswith(".") and ".tmp-" in path.name:
                 path.unlink(missing_ok=True)
-            elif m := PART.match(path.name):
-                first, last, _, n = map(int, m.groups())
+            elif (m := PART.match(path.name)) and self.holds(m[1]):
+                first, last, _, n = map(int, m.groups()[1:])
                 groups.setdefault((first, last, n), []).append(path)
         done = []
         for (first, last, n), parts in groups.items():
@@ -193,3 +201,24 @@ class PredictionLog:
                 for path in parts:
                     path.unlink()
         return sorted(done)
+
+    def holds(self, journal: str | None) -> bool:
+        "Whether parts named for `journal` (None: named before journals were) are its own."
+        return journal == self.journal if journal else self.unnamed_parts
+
+    def rows_between(self, since: int, through: int, columns: list[str]
+                     ) -> dict[str, np.ndarray] | None:
+        """`columns` of the rows its journal's parts hold with event times (µs) in (`since`,
+        `through`], in no set order; None if no part of those days is its journal's."""
+        import pyarrow.dataset as ds
+
+        days = [np.datetime64(t, "us").astype("datetime64[D]") for t in (max(since, 0), through)]
+        files = [str(path) for path in sorted(self.folder.glob("date=*/part-*.parquet"))
+                 if (m := PART.match(path.name)) and self.holds(m[1])
+                 and days[0] <= np.datetime64(path.parent.name[5:]) <= days[1]]
+        if not files:
+            return None
+        time_us = ds.field("tx_datetime").cast("int64")
+        table = ds.dataset(files, format="parquet").to_table(
+            columns=columns, filter=(time_us > since) & (time_us <= through))
+        return {c: table.column(c).to_numpy() for c in columns}
