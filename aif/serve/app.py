@@ -367,7 +367,12 @@ def fill_from_log(state: OnlineFeatures, log: PredictionLog, journal: Journal,
     only entries a complete flush holds), in the parts named for this journal. Returns the
     latest event time read there (µs; None: none read)."""
     span = missing_online(state, journal, data_end)
-    rows = log.rows_between(*span, replayed_columns(state)) if span else None
+    try:
+        rows = log.rows_between(*span, replayed_columns(state)) if span else None
+    except Exception as err:  # noqa: BLE001 - unreadable parts: the span is said as missing
+        logging.getLogger("aif.serve").error(f"prediction log not read for the transactions "
+                                             f"the journal dropped ({type(err).__name__}: {err})")
+        return None
     if rows is None or not len(rows["transaction_id"]):
         return None
     rows["tx_datetime"] = rows["tx_datetime"].view(np.int64)

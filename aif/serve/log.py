@@ -209,7 +209,8 @@ class PredictionLog:
     def rows_between(self, since: int, through: int, columns: list[str]
                      ) -> dict[str, np.ndarray] | None:
         """`columns` of the rows its journal's parts hold with event times (µs) in (`since`,
-        `through`], in no set order; None if no part of those days is its journal's."""
+        `through`], in no set order; None if no part of those days is its journal's. Raises
+        ValueError where a part lacks one of `columns` (written before it was logged)."""
         import pyarrow.dataset as ds
 
         days = [np.datetime64(t, "us").astype("datetime64[D]") for t in (max(since, 0), through)]
@@ -221,4 +222,7 @@ class PredictionLog:
         time_us = ds.field("tx_datetime").cast("int64")
         table = ds.dataset(files, format="parquet").to_table(
             columns=columns, filter=(time_us > since) & (time_us <= through))
+        # a part without the column reads as nulls: never taken for values
+        if lacking := [c for c in columns if table.column(c).null_count]:
+            raise ValueError(f"{self.folder}: parts without {', '.join(lacking)}")
         return {c: table.column(c).to_numpy() for c in columns}
