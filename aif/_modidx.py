@@ -598,6 +598,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.create_app': ('app.html#create_app', 'aif/serve/app.py'),
                                'aif.serve.app.data_changed_since': ('app.html#data_changed_since', 'aif/serve/app.py'),
                                'aif.serve.app.data_identity': ('app.html#data_identity', 'aif/serve/app.py'),
+                               'aif.serve.app.days_without_parts': ('app.html#days_without_parts', 'aif/serve/app.py'),
                                'aif.serve.app.document_score_body': ('app.html#document_score_body', 'aif/serve/app.py'),
                                'aif.serve.app.due': ('app.html#due', 'aif/serve/app.py'),
                                'aif.serve.app.explain_rows': ('app.html#explain_rows', 'aif/serve/app.py'),

@@ -655,10 +655,11 @@ def test_a_state_for_longer_windows_takes_the_online_transactions_the_journal_dr
         trained_project: Path, tmp_path: Path, capsys):
     """The journal drops scored entries once they are older than the state's horizon. A state
     built later from the data for features reaching further back (a model with longer
-    windows), where the data ends before them, takes those transactions from the prediction
-    log's parts of this journal: a later transaction's 90-day features count them. Where those
-    parts are gone, the start says which span it lacks instead of counting fewer in silence;
-    a journal started afresh does not take the parts of the one before. For the same features
+    windows), where the data ends before them, takes those transactions, and the labels the
+    journal still holds for them, from the prediction log's parts of this journal: a later
+    transaction's 90-day features count them. Where some days' parts are gone (a retention
+    job), or all, the start says which span it lacks instead of counting fewer in silence; a
+    journal started afresh does not take the parts of the one before. For the same features
     nothing is missing, and it says nothing."""
     import asyncio
     import shutil
@@ -673,25 +674,33 @@ def test_a_state_for_longer_windows_takes_the_online_transactions_the_journal_dr
     write_params(project, serve={"snapshot_seconds": 3600, "log_flush_seconds": 0.05,
                                  "max_clock_skew_seconds": 90 * 86400})
     later = interim(project).query("tx_datetime >= @TEST_START")
-    early = payload(later.iloc[:10])
-    ahead = later.iloc[10:11].assign(tx_datetime=later.tx_datetime.iloc[9] + pd.Timedelta(
-        days=60), transaction_id=10**12)   # moves the clock past the early ones' horizon
-    service = in_process(project)
+    day = later.tx_datetime.dt.normalize()
+    first_days = [later[day == d].iloc[:5] for d in day.unique()[:2]]   # two days, five each
+    early = payload(pd.concat(first_days))
+    ahead = first_days[1].iloc[-1:].assign(
+        tx_datetime=first_days[1].tx_datetime.iloc[-1] + pd.Timedelta(days=60),
+        transaction_id=10**12)   # moves the clock past the early ones' horizon
+    fraud = early[-1]["transaction_id"]   # a label received online, for a transaction dropped
 
     async def score_then_prune() -> None:
         async with serving(service) as client:
             for batch in (early, payload(ahead)):
                 response = await client.post("/score", json={"transactions": batch})
                 assert response.status_code == 200
+            labelled = await client.post("/labels", json={"labels": [
+                {"transaction_id": fraud, "tx_fraud": 1}]})
+            assert labelled.status_code == 200
             deadline = time.monotonic() + 30
             while service.predictions.confirmed_seq < 2:   # logged: the snapshot may prune
                 assert time.monotonic() < deadline, "the prediction log was not written"
                 await asyncio.sleep(0.01)
             assert await app.snapshot(service)
-            assert [kind for _, kind in service.journal.kinds()] == ["score"]   # early's gone
+            assert [kind for _, kind in service.journal.kinds()] == ["score", "labels"]
 
+    write_params(project, serve={"label_audit": None})   # the journal's label is the one place
+    service = in_process(project)
     asyncio.run(score_then_prune())
-    last_early = int(later.tx_datetime.iloc[9].value // 1000)
+    last_early = int(first_days[1].tx_datetime.iloc[-1].value // 1000)
     params = load_params(project / "params.yaml")
     longer = feature_specs(replace(params.features, customer_windows_days=(1, 7, 90)),
                            params.label_delay_days)
@@ -700,17 +709,20 @@ def test_a_state_for_longer_windows_takes_the_online_transactions_the_journal_dr
                          tx_datetime=ahead.tx_datetime + pd.Timedelta(seconds=1))
     log_folder = project / "reports/predictions"
 
-    def started(specs, journal_path: Path) -> tuple[object, list[dict]]:
+    def started(specs, journal_path: Path) -> tuple[object, dict[str, list]]:
         "A state for `specs` built from the data, the log and the journal; what it said."
         journal = Journal(journal_path)
         log = PredictionLog(log_folder, journal=journal.name,
-                            unnamed_parts=journal.unnamed_parts)
+                            unnamed_through=journal.unnamed_through)
         capsys.readouterr()
         state = app.warm_state(service.paths, params.serve, specs, TEST_START, None, journal,
                                log)
         journal.close()
-        return state, [json.loads(line) for line in capsys.readouterr().err.splitlines()
-                       if line.startswith("{")]
+        said = [json.loads(line) for line in capsys.readouterr().err.splitlines()
+                if line.startswith("{")]
+        return state, {key: [e[key] for e in said if key in e] for key in
+                       ("filled_from_log", "missing_from", "missing_to")} | {
+            "not read": [e for e in said if "not read" in e["msg"]]}
 
     def card_count_90d(state) -> int:
         rows = {c: probe[c].to_numpy() for c in ("transaction_id", "customer_id",
@@ -718,21 +730,32 @@ def test_a_state_for_longer_windows_takes_the_online_transactions_the_journal_dr
         rows["tx_datetime"] = probe.tx_datetime.to_numpy().astype("datetime64[us]").view("i8")
         return int(state.prepare(rows).values["customer_nb_tx_90d"][0])
 
+    def stamp(t: pd.Timestamp) -> str:
+        return str(t.floor("s")).replace(" ", "T")
+
     journal_path = service.journal.path
     assert Journal(journal_path).pruned_through() == last_early
-    same, said = started(service.features.specs, journal_path)
-    assert not [e for e in said if "missing_from" in e or "filled_from_log" in e]
+    _, said = started(service.features.specs, journal_path)
+    assert said == {"filled_from_log": [], "missing_from": [], "missing_to": [], "not read": []}
     filled, said = started(longer, journal_path)
-    assert [e["filled_from_log"] for e in said if "filled_from_log" in e] == [len(early)]
-    assert not [e for e in said if "missing_from" in e]
+    assert said == {"filled_from_log": [len(early)], "missing_from": [], "missing_to": [],
+                    "not read": []}
     assert len(filled.already_scored([tx["transaction_id"] for tx in early])) == len(early)
+    held, label = filled.label_states([fraud])
+    assert held[0] and label[0] == 1   # the journal's label, given after the fill
 
-    moved = tmp_path / "moved"   # the parts gone: the span it lacks is said
+    second_day = first_days[1].tx_datetime.iloc[0].normalize()
+    shutil.rmtree(log_folder / f"date={first_days[0].tx_datetime.iloc[0].date()}")
+    trimmed, said = started(longer, journal_path)   # the first day's parts deleted
+    assert said["filled_from_log"] == [5] and said["missing_to"] == [stamp(second_day)]
+    assert said["missing_from"][0] <= stamp(first_days[0].tx_datetime.iloc[0])
+
+    moved = tmp_path / "moved"   # every part gone: the whole span is said
     shutil.move(log_folder, moved)
     lacking, said = started(longer, journal_path)
-    (missing,) = [e for e in said if "missing_from" in e]
-    assert missing["missing_to"] == str(later.tx_datetime.iloc[9].floor("s")).replace(" ", "T")
-    assert missing["missing_from"] < str(later.tx_datetime.iloc[0]).replace(" ", "T")
+    assert said["filled_from_log"] == [] and said["not read"] == []
+    assert said["missing_to"] == [stamp(first_days[1].tx_datetime.iloc[-1])]
+    assert said["missing_from"][0] < stamp(first_days[0].tx_datetime.iloc[0])
     assert not lacking.already_scored([tx["transaction_id"] for tx in early])
     of_card = sum(tx["customer_id"] == card for tx in early)
     assert card_count_90d(filled) == card_count_90d(lacking) + of_card
@@ -744,8 +767,7 @@ def test_a_state_for_longer_windows_takes_the_online_transactions_the_journal_dr
     with Journal(fresh).connect() as db:
         db.execute("UPDATE identity SET name = '00000000000000ff'")
     _, said = started(longer, fresh)
-    assert [e for e in said if "missing_from" in e] and not [e for e in said
-                                                              if "filled_from_log" in e]
+    assert said["missing_from"] and said["filled_from_log"] == [] and said["not read"] == []
 
 
 def test_a_prediction_log_write_that_fails_is_reported_and_written_later(

@@ -48,12 +48,12 @@ from .telemetry import json_logger, make_tracer, service_metrics
 __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
            'journal_refusal', 'explain_rows', 'warm_state', 'data_identity', 'data_changed_since', 'labels_overridden',
            'labels_to_carry', 'audit_path', 'acknowledged_labels', 'snapshot_labels', 'replay', 'replayed_columns',
-           'recover_log', 'fill_from_interim', 'missing_online', 'fill_from_log', 'say_missing_online', 'Refused',
-           'after_failure', 'due', 'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry',
-           'flush_log', 'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot',
-           'snapshot', 'snapshot_unlocked', 'prune_journal', 'keeps_snapshots', 'snapshot_every', 'lifespan_of',
-           'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body', 'service_now',
-           'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
+           'recover_log', 'fill_from_interim', 'missing_online', 'fill_from_log', 'days_without_parts',
+           'say_missing_online', 'Refused', 'after_failure', 'due', 'reload_if_changed', 'switch_to', 'rebuilt_state',
+           'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written', 'snapshot_writer',
+           'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'prune_journal', 'keeps_snapshots',
+           'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests', 'request_unfit', 'limited_body',
+           'service_now', 'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
            'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'check_key_secret',
            'build_service', 'main']
 
@@ -191,9 +191,11 @@ def warm_state(paths: ProjectPaths, serve: ServeParams, specs: tuple[FeatureSpec
         data_known = state.known.everything() if data_newer else None
     if journal is not None:
         replay(state, journal)   # first: the clock it ends at sets the horizon of the gap
-        reached = fill_from_log(state, log, journal, data_end) if from_data and log else None
-        if from_data and (span := missing_online(state, journal, data_end, reached)):
-            say_missing_online(span)
+        if from_data and (span := missing_online(state, journal, data_end)):
+            if log is not None:
+                span = fill_from_log(state, log, journal, span)
+            if span is not None:
+                say_missing_online(span)
     if carried is not None:   # after the replay, which adds what the service scored; then
         carry_labels(state, *carried[:2], journal, carried[2])   # newer labels again
     if data_newer and (overridden := labels_overridden(state, data_known)):
@@ -345,36 +347,36 @@ def fill_from_interim(state, paths: ProjectPaths, until: str | None) -> int | No
     return int(columns["tx_datetime"][end - 1]) if end else None
 
 
-def missing_online(state: OnlineFeatures, journal: Journal, data_end: int | None,
-                   logged_through: int | None = None) -> tuple[int, int] | None:
-    """The event times (µs, from, to) of transactions scored online that a state built from
+def missing_online(state: OnlineFeatures, journal: Journal, data_end: int | None
+                   ) -> tuple[int, int] | None:
+    """The event times (µs, from, to] of transactions scored online that a state built from
     data ending at `data_end` and the journal lacks, within its horizon: the journal dropped
-    them under an earlier state's shorter horizon (a model with longer windows since), and
-    neither the data nor the prediction log's rows read (up to `logged_through`) reach them.
-    None when it lacks none."""
+    them under an earlier state's shorter horizon (a model with longer windows since), and the
+    data does not reach them. None when it lacks none."""
     pruned = journal.pruned_through()
     if pruned is None:
         return None
-    since = max(t for t in (state.kept_since, data_end, logged_through, -1) if t is not None)
+    since = max(t for t in (state.kept_since, data_end, -1) if t is not None)
     return (since, pruned) if pruned > since else None
 
 
 def fill_from_log(state: OnlineFeatures, log: PredictionLog, journal: Journal,
-                  data_end: int | None) -> int | None:
-    """Feed a state built from the data the transactions scored online that it lacks: the
-    journal dropped them under an earlier state's shorter horizon (a model with longer windows
-    since), and the data ends before them. The prediction log holds them (the journal drops
-    only entries a complete flush holds), in the parts named for this journal. Returns the
-    latest event time read there (µs; None: none read)."""
-    span = missing_online(state, journal, data_end)
+                  span: tuple[int, int]) -> tuple[int, int] | None:
+    """Feed a state built from the data the transactions scored online in `span`
+    (`missing_online`), which it lacks. The prediction log holds them (the journal drops only
+    entries a complete flush holds), in the parts named for this journal. Returns the span it
+    still lacks: all of it if the log cannot be read; else from the first to the last day after
+    the data's with none of those parts (deleted by a retention job, say; a day the service
+    scored nothing on is one too, and said all the same); None if none."""
+    since, through = span
     try:
-        rows = log.rows_between(*span, replayed_columns(state)) if span else None
+        rows, days = log.rows_between(since, through, replayed_columns(state))
     except Exception as err:  # noqa: BLE001 - unreadable parts: the span is said as missing
         logging.getLogger("aif.serve").error(f"prediction log not read for the transactions "
                                              f"the journal dropped ({type(err).__name__}: {err})")
-        return None
+        return span
     if rows is None or not len(rows["transaction_id"]):
-        return None
+        return span
     rows["tx_datetime"] = rows["tx_datetime"].view(np.int64)
     # once each (a part written twice by hand), not the data's, in the order they happened
     _, once = np.unique(rows["transaction_id"], return_index=True)
@@ -383,10 +385,25 @@ def fill_from_log(state: OnlineFeatures, log: PredictionLog, journal: Journal,
     order = once[np.lexsort((rows["transaction_id"][once], rows["tx_datetime"][once]))]
     if len(order):
         state.commit(state.prepare({c: v[order] for c, v in rows.items()}, False, False))
+        # the labels the replay could not give them (it came first: they were unknown then)
+        for _, _, table in journal.since(0, kind="labels"):
+            state.record_labels(table["transaction_id"], table["tx_fraud"])
     logging.getLogger("aif.serve").info(
         f"{len(order)} transactions scored online, which the journal had dropped and the data "
         "lacks, taken from the prediction log", extra={"fields": {"filled_from_log": len(order)}})
-    return int(rows["tx_datetime"].max())
+    return days_without_parts(since, through, days)
+
+
+def days_without_parts(since: int, through: int, days: set) -> tuple[int, int] | None:
+    """The span (µs) from the first to the last day after `since`'s, up to `through`'s, that is
+    not among `days` (the days the prediction log has parts for); None if every one is."""
+    first, last = (np.datetime64(t, "us").astype("datetime64[D]") for t in (since, through))
+    absent = [d for d in np.arange(first + 1, last + 1) if d not in days]
+    if not absent:
+        return None
+    start, end = (int(d.astype("datetime64[us]").astype(np.int64)) for d in (absent[0],
+                                                                            absent[-1] + 1))
+    return max(start, since), min(end, through)
 
 
 def say_missing_online(span: tuple[int, int]) -> None:
@@ -1212,7 +1229,7 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
     predictions = PredictionLog(paths.resolve(serve.prediction_log),
                                 durable=serve.journal_sync == "always",
                                 journal=journal.name if journal else "",
-                                unnamed_parts=journal.unnamed_parts if journal else True)
+                                unnamed_through=journal.unnamed_through if journal else None)
     if journal is not None:
         recover_log(predictions, journal)
     features = warm_state(paths, serve, loaded.model.feature_specs(params.features), until,

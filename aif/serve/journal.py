@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS pruned (   -- one row: the latest event of a score en
 CREATE TABLE IF NOT EXISTS identity (   -- one row: the name the prediction log's parts carry
     one INTEGER PRIMARY KEY CHECK (one = 1),
     name TEXT NOT NULL,
-    unnamed_parts INTEGER NOT NULL   -- 1: parts named before journals were are its own
+    unnamed_through INTEGER NOT NULL   -- parts named before journals were, up to this seq,
+                                       -- are its own (0: none)
 );"""
 SYNC_MODES = ("always", "never")
 # for a journal that pruned (a gap at the start of its seqs) before prunes were recorded: the
@@ -92,14 +93,20 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.sync = path, sync
         self.db = self.connect()   # the event loop's: one INSERT per entry
-        older = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'entries'").fetchone()
-        recorded = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'pruned'").fetchone()
+        def exists(table: str) -> bool:
+            return bool(self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?",
+                                        (table,)).fetchone())
+
+        older, recorded, named = exists("entries"), exists("pruned"), exists("identity")
         self.db.executescript(SCHEMA)
         if older and not recorded:   # a journal from before prunes were recorded
             self.db.execute(UNRECORDED_PRUNES)
-        self.name, self.unnamed_parts = self.identity(upgraded=bool(older))
         last = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'")
         self.last_seq = (last.fetchone() or (0,))[0]
+        # a journal from before names owns the unnamed parts of the seqs it has issued; one
+        # whose identity table exists is named (a crash may have come before its row)
+        self.name, self.unnamed_through = self.identity(
+            self.last_seq if older and not named else 0)
         self.reader = self.connect()
         self.failed: BaseException | None = None
         self.waiting: list[tuple[int, Future]] = []   # entries written, not yet synced
@@ -231,15 +238,15 @@ class Journal:
                 if n < chunk:
                     return dropped
 
-    def identity(self, upgraded: bool) -> tuple[str, bool]:
-        """The journal's name, random and its own, and whether prediction-log parts named
-        without one are its own (`upgraded`: a journal from before names). Its entries' seqs
-        start at 1 again after `rm -r models/serving`; the name tells its parts from those of
-        the journal before, which the prediction log outlives."""
+    def identity(self, unnamed_through: int) -> tuple[str, int]:
+        """The journal's name, random and its own, and the last seq up to which prediction-log
+        parts named without one are its own (recorded once: `unnamed_through` for a journal
+        from before names, else 0). Its entries' seqs start at 1 again after `rm -r
+        models/serving`; the name tells its parts from those of the journal before, which the
+        prediction log outlives."""
         self.db.execute("INSERT INTO identity VALUES (1, ?, ?) ON CONFLICT (one) DO NOTHING",
-                        (uuid.uuid4().hex[:16], int(upgraded)))
-        name, unnamed = self.db.execute("SELECT name, unnamed_parts FROM identity").fetchone()
-        return name, bool(unnamed)
+                        (uuid.uuid4().hex[:16], unnamed_through))
+        return self.db.execute("SELECT name, unnamed_through FROM identity").fetchone()
 
     def pruned_through(self) -> int | None:
         """The latest event time (µs) of any score entry pruned so far; None if none was.

@@ -59,11 +59,12 @@ class PredictionLog:
     rows stopped the requests for 8 ms, and copying the buffers out for 10 ms more."""
 
     def __init__(self, folder: Path, durable: bool = False, journal: str = "",
-                 unnamed_parts: bool = True):
+                 unnamed_through: int | None = None):
         self.folder = folder
         # the journal whose entries its parts hold, and whether parts named before journals
-        # were are its own (nbs/64a: `Journal.name`, `Journal.unnamed_parts`)
-        self.journal, self.unnamed_parts = journal, unnamed_parts
+        # were are its own, up to which seq (None: all; nbs/64a: `Journal.name`,
+        # `Journal.unnamed_through`)
+        self.journal, self.unnamed_through = journal, unnamed_through
         # parts synced to the disk (the journal's `always`): a sync every flush stalls the
         # event loop's own writes on some filesystems, so only where a power cut must be survived
         self.durable = durable
@@ -190,7 +191,7 @@ class PredictionLog:
         for path in self.folder.glob("date=*/*"):
             if path.name.startswith(".") and ".tmp-" in path.name:
                 path.unlink(missing_ok=True)
-            elif (m := PART.match(path.name)) and self.holds(m[1]):
+            elif (m := PART.match(path.name)) and self.holds(m[1], int(m[3])):
                 first, last, _, n = map(int, m.groups()[1:])
                 groups.setdefault((first, last, n), []).append(path)
         done = []
@@ -202,27 +203,36 @@ class PredictionLog:
                     path.unlink()
         return sorted(done)
 
-    def holds(self, journal: str | None) -> bool:
-        "Whether parts named for `journal` (None: named before journals were) are its own."
-        return journal == self.journal if journal else self.unnamed_parts
+    def holds(self, journal: str | None, last: int) -> bool:
+        """Whether parts named for `journal` (None: named before journals were), of entries up
+        to seq `last`, are its own."""
+        if journal:
+            return journal == self.journal
+        return self.unnamed_through is None or last <= self.unnamed_through
 
     def rows_between(self, since: int, through: int, columns: list[str]
-                     ) -> dict[str, np.ndarray] | None:
+                     ) -> tuple[dict[str, np.ndarray] | None, set[np.datetime64]]:
         """`columns` of the rows its journal's parts hold with event times (µs) in (`since`,
-        `through`], in no set order; None if no part of those days is its journal's. Raises
-        ValueError where a part lacks one of `columns` (written before it was logged)."""
+        `through`], in no set order (None if no part of those days is its journal's), and the
+        days it has parts for. Raises ValueError where a part lacks one of `columns` (written
+        before it was logged)."""
         import pyarrow.dataset as ds
 
-        days = [np.datetime64(t, "us").astype("datetime64[D]") for t in (max(since, 0), through)]
-        files = [str(path) for path in sorted(self.folder.glob("date=*/part-*.parquet"))
-                 if (m := PART.match(path.name)) and self.holds(m[1])
-                 and days[0] <= np.datetime64(path.parent.name[5:]) <= days[1]]
+        first, last = (np.datetime64(t, "us").astype("datetime64[D]")
+                       for t in (max(since, 0), through))
+        files, days = [], set()
+        for path in sorted(self.folder.glob("date=*/part-*.parquet")):
+            day = np.datetime64(path.parent.name[5:], "D")
+            if (m := PART.match(path.name)) and self.holds(m[1], int(m[3])) \
+                    and first <= day <= last:
+                files.append(str(path))
+                days.add(day)
         if not files:
-            return None
+            return None, days
         time_us = ds.field("tx_datetime").cast("int64")
         table = ds.dataset(files, format="parquet").to_table(
             columns=columns, filter=(time_us > since) & (time_us <= through))
         # a part without the column reads as nulls: never taken for values
         if lacking := [c for c in columns if table.column(c).null_count]:
             raise ValueError(f"{self.folder}: parts without {', '.join(lacking)}")
-        return {c: table.column(c).to_numpy() for c in columns}
+        return {c: table.column(c).to_numpy() for c in columns}, days
