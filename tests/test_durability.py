@@ -577,7 +577,8 @@ def test_a_restart_on_reingested_data_keeps_the_labels_received_online(
     label audit) stands, whether a snapshot pruned its journal entry or not, for a transaction
     the data holds or one scored online only, and the start says how many differ from the
     data's; a label the new data changed and the service never received is the new data's,
-    not the old one the snapshot holds."""
+    not the old one the snapshot holds. A new model's state, rebuilt under the service that
+    began on the old data, takes the same labels."""
     import asyncio
 
     import pyarrow as pa
@@ -638,17 +639,26 @@ def test_a_restart_on_reingested_data_keeps_the_labels_received_online(
                 for line in capsys.readouterr().err.splitlines() if "labels_overridden" in line]
         return state, said
 
-    state, said = restarted()
+    def rebuilt():   # for a new model, by the service whose state began on the old data
+        service.journal = Journal(service.journal.path)
+        try:
+            return asyncio.run(app.rebuilt_state(service, service.features.specs))
+        finally:
+            service.journal.close()
+
     labels = [*before, *after, relabelled]
-    known, label = state.label_states([tx["transaction_id"] for tx in labels])
-    assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in labels]
-    assert said == [2]
-    # without the label audit, the snapshot's labels (the old data's too) only fill gaps
-    service.paths.resolve(serve.label_audit).unlink()
     state, said = restarted()
+    assert said == [2]
+    for state in (state, rebuilt()):
+        known, label = state.label_states([tx["transaction_id"] for tx in labels])
+        assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in labels]
+    # without the label audit, the snapshot's or the running state's labels (the old data's
+    # too) only fill gaps
+    service.paths.resolve(serve.label_audit).unlink()
     online_only = [before[0], before[1], after[0], relabelled]
-    known, label = state.label_states([tx["transaction_id"] for tx in online_only])
-    assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in online_only]
+    for state in (restarted()[0], rebuilt()):
+        known, label = state.label_states([tx["transaction_id"] for tx in online_only])
+        assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in online_only]
 
 
 def test_a_state_for_longer_windows_takes_the_online_transactions_the_journal_dropped(
