@@ -647,9 +647,9 @@ def test_a_restart_on_reingested_data_keeps_the_labels_received_online(
             service.journal.close()
 
     labels = [*before, *after, relabelled]
-    state, said = restarted()
+    started, said = restarted()
     assert said == [2]
-    for state in (state, rebuilt()):
+    for state in (started, rebuilt()):
         known, label = state.label_states([tx["transaction_id"] for tx in labels])
         assert known.all() and label.tolist() == [tx["tx_fraud"] for tx in labels]
     # without the label audit, the snapshot's or the running state's labels (the old data's
