@@ -629,6 +629,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.request_unfit': ('app.html#request_unfit', 'aif/serve/app.py'),
                                'aif.serve.app.say_missing_online': ('app.html#say_missing_online', 'aif/serve/app.py'),
                                'aif.serve.app.score_response': ('app.html#score_response', 'aif/serve/app.py'),
+                               'aif.serve.app.seal_audit': ('app.html#seal_audit', 'aif/serve/app.py'),
                                'aif.serve.app.service_now': ('app.html#service_now', 'aif/serve/app.py'),
                                'aif.serve.app.snapshot': ('app.html#snapshot', 'aif/serve/app.py'),
                                'aif.serve.app.snapshot_every': ('app.html#snapshot_every', 'aif/serve/app.py'),
