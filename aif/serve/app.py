@@ -413,8 +413,11 @@ def fill_from_log(state: OnlineFeatures, log: PredictionLog, journal: Journal,
 
 def days_without_parts(since: int, through: int, days: set) -> tuple[int, int] | None:
     """The span (µs) from the first to the last day after `since`'s, up to `through`'s, that is
-    not among `days` (the days the prediction log has parts for); None if every one is."""
+    not among `days` (the days the prediction log has parts for); None if every one is. With
+    no `since` (-1: no data, no horizon), from the first day with parts."""
     first, last = (np.datetime64(t, "us").astype("datetime64[D]") for t in (since, through))
+    if since < 0 and days:   # when the service began is not known: not from 1970
+        first = min(days) - 1
     absent = [d for d in np.arange(first + 1, last + 1) if d not in days]
     if not absent:
         return None
