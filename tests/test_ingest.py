@@ -213,6 +213,37 @@ def test_folder_of_files_and_row_origin(small_project, tmp_path):
     assert list(quarantine.source_row) == [6]
 
 
+
+def test_cards_read_as_floats_or_decimals_keep_the_key_of_their_digits(small_project, tmp_path):
+    """Files of one source that read a column as different types (merchants alphanumeric in
+    one, numeric in another) are read as text: a card column a file holds as floats (pandas
+    writes an integer column with a null so) or as decimals with a scale keeps the key of its
+    digits, the key the CSV's card gets, never the key of a float's text (4.9e+15), which is
+    another card, silently. A card that is not an exact integer stops in one line."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    frame = good_frame(90).assign(CARD=lambda f: f.CARD + 4_916_716_558_875_000)
+    frame.iloc[:30].assign(TERMINAL=lambda f: "t" + f.TERMINAL.astype(str)).to_csv(
+        folder / "a.csv", index=False)
+    frame.iloc[30:60].astype({"CARD": "float64"}).to_parquet(folder / "b.parquet")
+    decimals = pa.Table.from_pandas(frame.iloc[60:], preserve_index=False)
+    decimals = decimals.set_column(decimals.schema.get_field_index("CARD"), "CARD",
+                                   decimals["CARD"].cast(pa.decimal128(22, 2)))
+    pq.write_table(decimals, folder / "c.parquet")
+    code, err = ingest_cli(small_project, folder)
+    assert code == 0, err
+    written = pd.read_parquet(outputs(small_project)["transactions"]).set_index("transaction_id")
+    assert len(written) == len(frame)
+    cards = frame.set_index("TX_ID").CARD
+    assert (written.customer_id == cards.loc[written.index]).all()   # canonical: their value
+    fraction = frame.iloc[30:60].astype({"CARD": "float64"})
+    fraction.iloc[3, fraction.columns.get_loc("CARD")] = 1234.5
+    fraction.to_parquet(folder / "b.parquet")
+    code, err = ingest_cli(small_project, folder)
+    assert code != 0 and len(err.splitlines()) == 1
+    assert "b.parquet" in err and "'CARD'" in err and "not an exact integer" in err
+
+
 # The invariant, on random frames with random damage: every row is written or quarantined.
 damage = st.lists(st.tuples(st.integers(0, 59), st.sampled_from(
     ["TX_ID", "TX_TIME", "CARD", "AMOUNT_EUR", "IS_FRAUD"]),

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -70,6 +71,11 @@ class SourcePlan:
     @property
     def used_columns(self) -> set[str]:
         return {c for f in self.fields for c in f.columns}
+
+    def key_columns(self) -> set[str]:
+        "The source columns the key rule reads: the ids' (their parts too) and categories'."
+        categories = {a.column for a in self.attributes if a.type == "category"}
+        return {c for f in self.fields if f.name in ID_FIELDS for c in f.columns} | categories
 
     @property
     def exact_columns(self) -> set[str]:
@@ -274,18 +280,56 @@ def _pandas_type(kind: pa_arrow.DataType):
     return None
 
 
+def _not_exact(path: Path, name: str, value) -> StageError:
+    return StageError(f"ingest: {path}: column {name!r} holds {value}, not an exact integer, as "
+                      "an id or a category: write the column as text or integers")
+
+
+def _exact_keys(table: pa_arrow.Table, keyed: set[str], path: Path) -> pa_arrow.Table:
+    """Key columns (ids, categories) read as decimals with a scale (4916716558875162.00) as the
+    integers they hold: their text would be keyed as other text, silently another card."""
+    for i, f in enumerate(table.schema):
+        if f.name in keyed and pa_arrow.types.is_decimal(f.type) and f.type.scale > 0:
+            try:
+                whole = table[f.name].cast(pa_arrow.decimal128(f.type.precision, 0))
+            except pa_arrow.ArrowInvalid:
+                fraction = pc.not_equal(table[f.name], pc.floor(table[f.name]))
+                raise _not_exact(path, f.name, table[f.name].filter(fraction)[0]) from None
+            table = table.set_column(i, f.name, whole)
+    return table
+
+
+def _as_text(column: pa_arrow.ChunkedArray, name: str, keyed: bool, path: Path
+             ) -> pa_arrow.ChunkedArray:
+    """A column as text, for a source whose files read it as different types. A key column
+    read as floats becomes the integers they hold, as a file of its own gives them (Arrow's text
+    of a float, 4.916716558875162e+15, would be keyed as other text, silently another card);
+    one holding a float that is not an exact integer below 2^53 stops the ingest."""
+    if not keyed or not pa_arrow.types.is_floating(column.type):
+        return column.cast(pa_arrow.string())
+    values = column.cast(pa_arrow.float64()).to_numpy(zero_copy_only=False)   # nulls: NaN
+    missing = np.isnan(values)
+    with np.errstate(invalid="ignore"):
+        exact = missing | ((np.floor(values) == values) & (np.abs(values) < 2.0**53))
+    if not exact.all():
+        raise _not_exact(path, name, values[~exact][0])
+    whole = pa_arrow.array(np.where(missing, 0, values).astype(np.int64), mask=missing)
+    return pa_arrow.chunked_array([whole.cast(pa_arrow.string())])
+
+
 def read_source(source: Path, params: IngestParams) -> SourceRows:
     files = source_files(source)
     plan = source_plan(params)
     read = [read_file(f, params, plan) for f in files]
-    tables = [r.table for r in read]
+    keyed = plan.key_columns()
+    tables = [_exact_keys(r.table, keyed, f) for r, f in zip(read, files, strict=True)]
     sizes = [t.num_rows for t in tables]
     try:  # files of one source may differ in inferred types: widen, or keep text and parse later
         table = pa_arrow.concat_tables(tables, promote_options="permissive")
     except (pa_arrow.ArrowInvalid, pa_arrow.ArrowTypeError):
-        table = pa_arrow.concat_tables([t.cast(pa_arrow.schema(
-            [(f.name, pa_arrow.string()) for f in t.schema])) for t in tables],
-            promote_options="permissive")
+        table = pa_arrow.concat_tables([pa_arrow.table({
+            f.name: _as_text(t[f.name], f.name, f.name in keyed, path) for f in t.schema})
+            for t, path in zip(tables, files, strict=True)], promote_options="permissive")
     frame = table.to_pandas(types_mapper=_pandas_type)
     file_index = np.repeat(np.arange(len(files)), sizes)
     row_number = np.concatenate([r.row_number for r in read]) if read else np.array([])
