@@ -254,6 +254,25 @@ def test_a_time_is_taken_to_the_microsecond_online_as_offline_and_never_cut():
     assert error["loc"] == ("body", "tx_datetime") and "more than 6 digits" in error["msg"]
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_debug_log_shows_a_sensitive_id_as_its_key_never_raw(fast):
+    """`AIF_LOG_LEVEL=DEBUG` logs a sample of each request: a card number, and a composite id
+    holding it, are there as their keys, the other fields as sent."""
+    from aif.data.ingest import source_plan
+    from aif.serve.schema import Requests
+    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    row = plain_row(category=" travel" if not fast else "travel")   # pydantic decides it
+    body = requests.score_columns(json.dumps({"transactions": [row, row | {
+        "transaction_id": ["a2", row["customer_id"]]}]}).encode())
+    sample = body.sample()
+    logged = json.dumps(sample)
+    assert row["customer_id"] not in logged and "a1" not in logged
+    assert [r["customer_id"] for r in sample] == [f"key {k}" for k in body.columns["customer_id"]]
+    assert [r["transaction_id"] for r in sample] == [
+        f"key {k}" for k in body.columns["transaction_id"]]
+    assert sample[0]["terminal_id"] == "shop-1" and sample[1]["tx_amount"] == 12.5
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(valid_transactions(), min_size=1, max_size=30))
 def test_the_fast_path_takes_a_plain_batch(rows):

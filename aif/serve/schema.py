@@ -169,10 +169,16 @@ class ScoreBody:
     "A /score body as the engine takes it: its columns, and its rows as they were decoded."
     columns: dict[str, np.ndarray]
     rows: list   # pydantic's dicts, or msgspec's structs
+    sensitive: frozenset[str] = frozenset()   # fields holding a sensitive id, whole or part
 
     def sample(self, n: int = 10) -> list[dict]:
-        "The first `n` transactions as JSON values (the debug log's)."
-        return msgspec.to_builtins(list(self.rows[:n]))
+        """The first `n` transactions as JSON values (the debug log's), a sensitive id as its
+        key: a card number is never stored raw, not even in a log asked to say more."""
+        rows = msgspec.to_builtins(list(self.rows[:n]))
+        for i, row in enumerate(rows):
+            for name in self.sensitive & row.keys():
+                row[name] = f"key {int(self.columns[name][i])}"
+        return rows
 
 
 @dataclass
@@ -229,9 +235,9 @@ class Requests:
         rows = self.fast_rows(raw)
         values = self.fast_values(rows) if rows is not None else None
         if values is not None:
-            return ScoreBody(self.columns_of(values), rows)
+            return ScoreBody(self.columns_of(values), rows, self.plan.sensitive)
         items = self.score_body(raw)
-        return ScoreBody(self.columns(items), items)
+        return ScoreBody(self.columns(items), items, self.plan.sensitive)
 
     def fast_rows(self, raw: bytes) -> list | None:
         "The transactions of a /score body as msgspec reads them, or None if it refuses it."
