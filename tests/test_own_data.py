@@ -485,11 +485,15 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
     report = json.loads((project / "reports/ingest.json").read_text())
     assert report["rows_quarantined"] == 3 and report["rows_written"] > 20_000
     assert report["sensitive_ids"]["fields"] == ["customer_id", "transaction_id"]
-    # DVC cannot see the secret change; the service can: another secret is refused at start
-    wrong = run(["timeout", "60", "aif", "serve", "--port", "0"], project, check=False,
-                AIF_ID_HASH_KEY="another-secret-0123456789abcdef0123456789")
-    assert wrong.returncode not in (0, 124) and "not the secret the data was keyed with" \
-        in wrong.stderr and "Traceback" not in wrong.stderr
+    # DVC cannot see the secret change; the service and batch scoring can: another secret is
+    # refused at start, in one line
+    for command in (["timeout", "60", "aif", "serve", "--port", "0"],
+                    ["aif", "score", "--input", "data/landing/cards", "--output", "x.parquet"]):
+        wrong = run(command, project, check=False,
+                    AIF_ID_HASH_KEY="another-secret-0123456789abcdef0123456789")
+        assert wrong.returncode not in (0, 124) and "not the secret the data was keyed with" \
+            in wrong.stderr and "Traceback" not in wrong.stderr, (command, wrong.stderr)
+    assert not (project / "x.parquet").exists()
     features = pd.read_parquet(project / "data/processed/features.parquet")
     model = json.loads((project / "models/model.json").read_text())
     used = [f for f in model["features"] if f.startswith(("category", "customer_category",

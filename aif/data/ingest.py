@@ -33,11 +33,11 @@ from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_
 
 # %% auto #0
 __all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan', 'source_plan',
-           'require_secret', 'SourceRows', 'source_files', 'record_lines', 'FileRows', 'read_csv', 'read_file',
-           'read_source', 'map_columns', 'integer_text_values', 'parse_integers', 'parse_labels', 'parse_ids',
-           'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult',
-           'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs',
-           'main']
+           'require_secret', 'check_same_secret', 'SourceRows', 'source_files', 'record_lines', 'FileRows', 'read_csv',
+           'read_file', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers', 'parse_labels',
+           'parse_ids', 'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map',
+           'IngestResult', 'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share',
+           'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -130,16 +130,28 @@ def source_plan(params: IngestParams) -> SourcePlan:
     return plan
 
 
-def require_secret(plan: SourcePlan) -> bytes | None:
+def require_secret(plan: SourcePlan, stage: str = "ingest") -> bytes | None:
     "The secret for sensitive ids, refusing in one line when they are declared without one."
     if not plan.sensitive:
         return None
     secret = secret_from_environment()
     if secret is None:
-        raise StageError(f"ingest: ingest.sensitive_ids lists {', '.join(sorted(plan.sensitive))}"
+        raise StageError(f"{stage}: ingest.sensitive_ids lists {', '.join(sorted(plan.sensitive))}"
                          f" but {HASH_KEY_ENV} is not set: set it to a secret of at least 32 "
                          "random bytes (keep it with your other secrets; the same one online)")
     return secret
+
+
+def check_same_secret(report: Path, secret: bytes | None, stage: str) -> None:
+    """Refuse to key ids under another secret than the one ingest keyed the data with (the
+    service, batch scoring): every card would be a new card, silently. `report`, the ingest
+    report, names that secret by its fingerprint."""
+    if secret is None or not report.exists():
+        return
+    expected = json.loads(report.read_text()).get("sensitive_ids", {}).get("key_fingerprint")
+    if expected is not None and expected != secret_fingerprint(secret):
+        raise StageError(f"{stage}: {HASH_KEY_ENV} is not the secret the data was keyed with "
+                         f"({report.name}: key fingerprint {expected}); set the same one")
 
 
 @dataclass

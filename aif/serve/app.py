@@ -38,7 +38,7 @@ from .auth import Guard, is_loopback, token_main, tokens_path
 from .journal import Journal, JournalError
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
-from ..keys import HASH_KEY_ENV, secret_fingerprint
+from ..data.ingest import check_same_secret
 from .schema import Requests
 from .state import (KNOWN, UNLABELLED, AlreadyScored, FrozenState, OnlineFeatures,
                              known_in, out_of_time, stamp_of)
@@ -55,7 +55,7 @@ __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_
            'keeps_snapshots', 'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests',
            'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers', 'conflict',
            'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores', 'create_app',
-           'keep_freed_memory', 'check_key_secret', 'build_service', 'main']
+           'keep_freed_memory', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -1222,22 +1222,10 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def check_key_secret(paths: ProjectPaths, requests: Requests) -> None:
-    """Refuse to key requests under another secret than the one ingest keyed the data with:
-    every card would be a new card, silently (`reports/ingest.json` names it by fingerprint)."""
-    if requests.secret is None or not paths.ingest_report.exists():
-        return
-    recorded = json.loads(paths.ingest_report.read_text()).get("sensitive_ids", {})
-    expected = recorded.get("key_fingerprint")
-    if expected is not None and expected != secret_fingerprint(requests.secret):
-        raise StageError(f"serve: {HASH_KEY_ENV} is not the secret the data was keyed with "
-                         f"(reports/ingest.json: key fingerprint {expected}); set the same one")
-
-
 def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                   until: str | None) -> Service:
     requests = Requests.of(params.ingest)   # first: a missing or wrong secret stops here
-    check_key_secret(paths, requests)
+    check_same_secret(paths.ingest_report, requests.secret, "serve")
     loaded = load_model(paths, model_dir)
     serve = params.serve
     snapshot = paths.resolve(serve.snapshot) if serve.snapshot else None

@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..config.params import Params
+from ..data.ingest import check_same_secret, require_secret, source_plan
 from ..features.engine import feature_frame
 from ..features.store import attribute_array, frame_columns
 from ..io import StageError, atomic_output, start_stage
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
     stage = start_stage("score", "Score a batch of transactions.", argv, add_arguments)
     args, log, params = stage.args, stage.log, stage.params
+    # the data's secret, or the keys would match neither ingest's nor the service's
+    check_same_secret(stage.paths.ingest_report,
+                      require_secret(source_plan(params.ingest), "score"), "score")
     if args.output.suffix.lower() not in (".parquet", ".csv"):
         raise StageError(f"score: {args.output}: the output must end in .parquet or .csv")
     started = time.perf_counter()
