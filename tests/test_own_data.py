@@ -153,7 +153,8 @@ def valid_transactions() -> st.SearchStrategy:
         "tx_amount": amount, "category": cat, "lat": lat, "visits": visits, "online": online},
         st.one_of(clean_text, st.integers(0, 2**62)),
         st.builds(lambda t, sep: t.isoformat(sep=sep), st.datetimes(), st.sampled_from("Tt ")),
-        clean_text, st.one_of(clean_text, st.integers(-9, 2**64 - 1)), st.floats(0, 1e9),
+        clean_text, st.one_of(clean_text, st.integers(-9, 2**64 - 1)),
+        st.floats(0, REQUEST_MAPPING.max_amount),
         clean_text, st.floats(-90, 90), st.one_of(st.none(), st.integers(0, 2**62)),
         st.booleans())
 
@@ -252,6 +253,30 @@ def test_a_time_is_taken_to_the_microsecond_online_as_offline_and_never_cut():
         online(finer)
     (error,) = refused.value.errors()
     assert error["loc"] == ("body", "tx_datetime") and "more than 6 digits" in error["msg"]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_an_amount_ingest_finds_implausible_is_refused_online(fast):
+    """`ingest.max_amount` holds online too: above it, 422 naming `tx_amount` (one such amount
+    would stay in its card's windows for weeks); at it, taken."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.data.ingest import source_plan
+    from aif.serve.schema import Requests
+    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    limit = REQUEST_MAPPING.max_amount
+    category = "travel" if fast else " travel"   # pydantic decides it
+
+    def amounts(amount) -> list[float]:
+        raw = json.dumps(plain_row(tx_amount=amount, category=category)).encode()
+        return requests.score_columns(raw).columns["tx_amount"].tolist()
+
+    assert amounts(limit) == [limit]
+    for implausible in (limit * 1.0001, 1e308):
+        with pytest.raises(RequestValidationError) as refused:
+            amounts(implausible)
+        (error,) = refused.value.errors()
+        assert error["loc"] == ("body", "tx_amount"), error
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -64,6 +64,7 @@ class SourcePlan:
     attributes: tuple[Attribute, ...]
     sensitive: frozenset[str]    # id fields keyed under the secret and never stored raw
     pii: tuple[str, ...]
+    max_amount: float | None = None   # above it an amount is implausible (online too)
 
     def is_pii(self, column: str) -> bool:
         return any(fnmatch.fnmatchcase(str(column).lower(), p.lower()) for p in self.pii)
@@ -120,7 +121,7 @@ def source_plan(params: IngestParams) -> SourcePlan:
     secret_columns = {c for f in fields if f.name in params.sensitive_ids for c in f.columns}
     sensitive = frozenset(f.name for f in fields if f.name in ID_FIELDS
                           and (f.name in params.sensitive_ids or secret_columns & set(f.columns)))
-    plan = SourcePlan(fields, attributes, sensitive, tuple(params.pii))
+    plan = SourcePlan(fields, attributes, sensitive, tuple(params.pii), params.max_amount)
     for f in fields:
         for c in f.columns:
             if plan.is_pii(c):
