@@ -279,6 +279,34 @@ def test_an_amount_ingest_finds_implausible_is_refused_online(fast):
         assert error["loc"] == ("body", "tx_amount"), error
 
 
+def test_a_category_ingest_finds_unknown_is_refused_online():
+    """An attribute's declared values hold online too: another value gets 422 naming the
+    attribute (ingest quarantines it as unknown_category); a declared one, stripped or not,
+    takes the key ingest gives it."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.data.ingest import source_plan
+    from aif.keys import keys_of_text
+    from aif.serve.schema import Requests
+    declared = IngestParams(columns=MAPPING, sensitive_ids=["customer_id"], attributes={
+        **REQUEST_MAPPING.attributes,
+        "category": {"column": "category", "type": "category", "values": ["travel", "food"]}})
+    requests = Requests(source_plan(declared), SECRET)
+
+    def category(value) -> list[int]:
+        raw = json.dumps(plain_row(category=value)).encode()
+        return requests.score_columns(raw).columns["category"].tolist()
+
+    assert category("travel") == category(" travel ") == keys_of_text(
+        pd.Series(["travel"])).tolist()
+    for unknown in ("zzz", "TRAVEL", "travel2"):
+        with pytest.raises(RequestValidationError) as refused:
+            category(unknown)
+        (error,) = refused.value.errors()
+        assert error["loc"] == ("body", "category") and error["type"] == "unknown_category"
+        assert "food, travel" in error["msg"] and unknown not in error["msg"]
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_the_debug_log_shows_a_sensitive_id_as_its_key_never_raw(fast):
     """`AIF_LOG_LEVEL=DEBUG` logs a sample of each request: a card number, and a composite id

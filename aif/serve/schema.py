@@ -17,11 +17,12 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import attrgetter, itemgetter
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
-from pydantic import (BeforeValidator, ConfigDict, Field, GetPydanticSchema, NaiveDatetime,
+from pydantic import (AfterValidator, BeforeValidator, ConfigDict, Field, GetPydanticSchema, NaiveDatetime,
                       StringConstraints, TypeAdapter, ValidationError, create_model,
                       with_config)
 from pydantic_core import PydanticCustomError
@@ -34,8 +35,8 @@ from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_o
 
 # %% auto #0
 __all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'ENTITY_KEY_CACHE',
-           'local_time', 'identifier_type', 'transaction_type', 'label_type', 'fast_transaction_type', 'ScoreBody',
-           'Requests', 'attribute_values', 'located']
+           'local_time', 'identifier_type', 'one_of', 'transaction_type', 'label_type', 'fast_transaction_type',
+           'ScoreBody', 'Requests', 'attribute_values', 'located']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
 MAX_ROWS = 100_000   # transactions or labels in one request
@@ -91,6 +92,18 @@ def identifier_type(parts: int):
     return Annotated[list[Identifier], Field(min_length=parts, max_length=parts)]
 
 
+def one_of(values) -> Callable[[Any], Any]:
+    "A check that a (stripped) value is one of an attribute's declared `values`."
+    allowed = {str(v) for v in values}
+
+    def check(value):
+        if str(value) not in allowed:
+            raise PydanticCustomError("unknown_category", "not one of the declared values "
+                                      "({allowed})", {"allowed": ", ".join(sorted(allowed))})
+        return value
+    return check
+
+
 def transaction_type(plan: SourcePlan):
     "The TypedDict of one transaction for `plan`: the five fields and the declared attributes."
     parts = {f.name: (1 if f.join else len(f.columns)) for f in plan.fields}
@@ -107,8 +120,9 @@ def transaction_type(plan: SourcePlan):
         kind = ATTRIBUTE_TYPES[a.type]
         if a.type in ("float", "int") and (a.min is not None or a.max is not None):
             kind = Annotated[kind, Field(ge=a.min, le=a.max)]
-        if a.values is not None:
-            kind = Annotated[kind, Field(json_schema_extra={"enum": list(a.values)})]
+        if a.values is not None:   # what ingest quarantines as unknown_category, refused
+            kind = Annotated[kind, AfterValidator(one_of(a.values)),
+                             Field(json_schema_extra={"enum": list(a.values)})]
         fields[a.name] = kind | None if a.nullable else kind
     typed = TypedDict("Transaction", fields)   # noqa: UP013 (fields known only at run time)
     return with_config(ConfigDict(extra="forbid", strict=True))(typed)
@@ -154,6 +168,8 @@ def fast_transaction_type(plan: SourcePlan) -> type[msgspec.Struct]:
             low = INT64[0] if a.min is None else max(INT64[0], math.ceil(a.min))
             high = INT64[1] if a.max is None else min(INT64[1], math.floor(a.max))
             kind = Annotated[int, msgspec.Meta(ge=low, le=high)]
+        elif a.type == "category" and a.values is not None:   # as sent: one to strip, or
+            kind = Literal[tuple(str(v) for v in a.values)]     # unknown: pydantic decides
         else:
             kind = _FAST_TEXT if a.type == "category" else bool
         fields.append((a.name, kind | None if a.nullable else kind))
