@@ -120,6 +120,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.data.ingest._id_text': ('ingest.html#_id_text', 'aif/data/ingest.py'),
                                  'aif.data.ingest._joined_text': ('ingest.html#_joined_text', 'aif/data/ingest.py'),
                                  'aif.data.ingest._label_text': ('ingest.html#_label_text', 'aif/data/ingest.py'),
+                                 'aif.data.ingest._no_value': ('ingest.html#_no_value', 'aif/data/ingest.py'),
                                  'aif.data.ingest._not_exact': ('ingest.html#_not_exact', 'aif/data/ingest.py'),
                                  'aif.data.ingest._pandas_type': ('ingest.html#_pandas_type', 'aif/data/ingest.py'),
                                  'aif.data.ingest._parse_amount': ('ingest.html#_parse_amount', 'aif/data/ingest.py'),

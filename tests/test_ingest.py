@@ -244,6 +244,30 @@ def test_cards_read_as_floats_or_decimals_keep_the_key_of_their_digits(small_pro
     assert "b.parquet" in err and "'CARD'" in err and "not an exact integer" in err
 
 
+
+def test_an_empty_cell_is_no_value_whatever_the_other_rows_hold(small_project, tmp_path):
+    """A CSV reader takes '' (and 'NULL', 'NaN', ...) in a column of numbers for no value; in
+    the same column read as text, because another row holds 'abc', they are no value too: a
+    nullable attribute keeps them as null in both files, and only 'abc' is quarantined."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    frame = good_frame(40)
+    numbers = frame.iloc[:20].assign(LAT="50.1")
+    numbers.iloc[[3, 4], numbers.columns.get_loc("LAT")] = ["", "NULL"]
+    text = frame.iloc[20:].assign(LAT="50.1")
+    text.iloc[[3, 4, 5], text.columns.get_loc("LAT")] = ["", "NULL", "abc"]
+    numbers.to_csv(folder / "a.csv", index=False)
+    text.to_csv(folder / "b.csv", index=False)
+    code, err = ingest_cli(small_project, folder, max_invalid_fraction=0.1, attributes={
+        "lat": {"column": "LAT", "type": "float", "nullable": True}})
+    assert code == 0, err
+    written = pd.read_parquet(outputs(small_project)["transactions"])
+    quarantine = pd.read_parquet(outputs(small_project)["quarantine"])
+    assert len(written) == 39 and written.lat.isna().sum() == 4
+    assert list(quarantine.source_file) == [str(folder / "b.csv")]
+    assert list(quarantine.source_row) == [6] and "not_a_number" in quarantine.rule.iloc[0]
+
+
 # The invariant, on random frames with random damage: every row is written or quarantined.
 damage = st.lists(st.tuples(st.integers(0, 59), st.sampled_from(
     ["TX_ID", "TX_TIME", "CARD", "AMOUNT_EUR", "IS_FRAUD"]),

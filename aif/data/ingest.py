@@ -32,12 +32,12 @@ from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_
                         Attribute, arrow_schema, attributes_of, transaction_schema)
 
 # %% auto #0
-__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan', 'source_plan',
-           'require_secret', 'check_same_secret', 'SourceRows', 'source_files', 'record_lines', 'FileRows', 'read_csv',
-           'read_file', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers', 'parse_labels',
-           'parse_ids', 'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map',
-           'IngestResult', 'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share',
-           'write_outputs', 'main']
+__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'NO_VALUE_TEXTS', 'INTEGER_RANGES', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan',
+           'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files', 'record_lines',
+           'FileRows', 'read_csv', 'read_file', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers',
+           'parse_labels', 'parse_ids', 'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows',
+           'empty_id_map', 'IngestResult', 'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report',
+           'check_invalid_share', 'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -468,7 +468,7 @@ def parse_integers(s: pd.Series, low: int, high: int) -> tuple[pd.Series, pd.Ser
         text = s.astype("string").str.strip()
         values, shaped, ok = integer_text_values(text, low, high)
         numeric = pd.to_numeric(text, errors="coerce").notna().to_numpy()
-        present = ~missing & text.ne("").fillna(False).to_numpy(bool)
+        present = ~_no_value(text)
         checks = [("missing", ~present),
                   ("not_a_number", present & ~shaped & ~numeric),
                   ("not_an_integer", present & ~shaped & numeric),
@@ -555,11 +555,26 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | N
                                   ("sub_microsecond", finer)])
 
 
+# what a CSV reader takes for no value in a column of numbers ('', 'NULL', 'NaN', ...): the
+# same cell in a column read as text (another row holds 'abc') is no value either, not a
+# number that failed, or a file's other rows would decide a row's fate
+NO_VALUE_TEXTS = tuple(pa_csv.ConvertOptions().null_values)
+
+
+def _no_value(text: pd.Series) -> np.ndarray:
+    "Which texts (stripped) are no value: missing, or one of `NO_VALUE_TEXTS`."
+    return (text.isna() | text.isin(NO_VALUE_TEXTS)).to_numpy(bool)
+
+
 def _parse_amount(s: pd.Series) -> tuple[pd.Series, pd.Series]:
     "Amounts as float64 (the canonical type), and the rule each unparseable row broke."
     missing = s.isna().to_numpy()
     numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-    values = s if numeric else pd.to_numeric(s.astype("string").str.strip(), errors="coerce")
+    if not numeric:
+        text = s.astype("string").str.strip()
+        missing = _no_value(text)
+        s = text.mask(missing)
+    values = s if numeric else pd.to_numeric(s, errors="coerce")
     values = values.astype("float64")
     bad = np.isnan(values.to_numpy()) & ~missing
     return values, _rule_of_rows([("missing", missing), ("not_a_number", bad)])
