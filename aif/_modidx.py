@@ -734,6 +734,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                             'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests.score_columns': ( 'request_schema.html#requests.score_columns',
                                                                                'aif/serve/schema.py'),
+                                  'aif.serve.schema.Requests.stripped': ('request_schema.html#requests.stripped', 'aif/serve/schema.py'),
                                   'aif.serve.schema.ScoreBody': ('request_schema.html#scorebody', 'aif/serve/schema.py'),
                                   'aif.serve.schema.ScoreBody.sample': ('request_schema.html#scorebody.sample', 'aif/serve/schema.py'),
                                   'aif.serve.schema._to_the_microsecond': ( 'request_schema.html#_to_the_microsecond',

@@ -279,6 +279,20 @@ def test_an_amount_ingest_finds_implausible_is_refused_online(fast):
         assert error["loc"] == ("body", "tx_amount"), error
 
 
+@pytest.mark.parametrize("text", ["shop-1\x1f", "\x1cshop-1 ", "shop-1\u0085", "\u3000shop-1",
+                                  "\u2028shop-1\t"])
+def test_an_id_with_odd_spaces_gets_the_key_ingest_gives_it(text):
+    """Ingest strips ids as Python does, and so does the service, on either decoder: a space
+    pydantic alone would keep (\\x1c-\\x1f) would make another card, silently."""
+    from aif.data.ingest import parse_ids, source_plan
+    from aif.serve.schema import Requests
+    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    offline, rules, _ = parse_ids([pd.Series([text], dtype="string")])
+    raw = json.dumps(plain_row(terminal_id=text)).encode()
+    assert rules.empty and requests.score_columns(raw).columns["terminal_id"].tolist() == \
+        offline.tolist() == parse_ids([pd.Series(["shop-1"], dtype="string")])[0].tolist()
+
+
 def test_a_category_ingest_finds_unknown_is_refused_online():
     """An attribute's declared values hold online too: another value gets 422 naming the
     attribute (ingest quarantines it as unknown_category); a declared one, stripped or not,
