@@ -746,6 +746,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'aif.serve.schema.label_type': ('request_schema.html#label_type', 'aif/serve/schema.py'),
                                   'aif.serve.schema.local_time': ('request_schema.html#local_time', 'aif/serve/schema.py'),
                                   'aif.serve.schema.located': ('request_schema.html#located', 'aif/serve/schema.py'),
+                                  'aif.serve.schema.meant_errors': ('request_schema.html#meant_errors', 'aif/serve/schema.py'),
                                   'aif.serve.schema.one_of': ('request_schema.html#one_of', 'aif/serve/schema.py'),
                                   'aif.serve.schema.transaction_type': ('request_schema.html#transaction_type', 'aif/serve/schema.py')},
             'aif.serve.state': { 'aif.serve.state.AlreadyScored': ('online_state.html#alreadyscored', 'aif/serve/state.py'),

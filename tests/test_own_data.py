@@ -293,6 +293,23 @@ def test_an_id_with_odd_spaces_gets_the_key_ingest_gives_it(text):
         offline.tolist() == parse_ids([pd.Series(["shop-1"], dtype="string")])[0].tolist()
 
 
+def test_a_bad_label_gets_the_errors_of_the_shape_it_was_sent_in():
+    """/labels takes one label or `{"labels": [...]}`: a 422 names what is wrong in the shape
+    the client sent, not also the other shape's missing fields."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.data.ingest import source_plan
+    from aif.serve.schema import Requests
+    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    for body, where in (({"transaction_id": ["a1", "7"], "tx_fraud": True}, ("body", "tx_fraud")),
+                        ({"labels": [{"transaction_id": ["a1", "7"], "tx_fraud": 2}]},
+                         ("body", "labels", 0, "tx_fraud")),
+                        ({"transaction_id": ["a1"], "tx_fraud": 1}, ("body", "transaction_id"))):
+        with pytest.raises(RequestValidationError) as refused:
+            requests.labels_body(json.dumps(body).encode())
+        assert [e["loc"] for e in refused.value.errors()] == [where], refused.value.errors()
+
+
 def test_a_category_ingest_finds_unknown_is_refused_online():
     """An attribute's declared values hold online too: another value gets 422 naming the
     attribute (ingest quarantines it as unknown_category); a declared one, stripped or not,

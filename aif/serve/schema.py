@@ -36,7 +36,7 @@ from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_o
 # %% auto #0
 __all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'ENTITY_KEY_CACHE',
            'local_time', 'identifier_type', 'one_of', 'transaction_type', 'label_type', 'fast_transaction_type',
-           'ScoreBody', 'Requests', 'attribute_values', 'located']
+           'ScoreBody', 'meant_errors', 'Requests', 'attribute_values', 'located']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
 MAX_ROWS = 100_000   # transactions or labels in one request
@@ -199,6 +199,21 @@ class ScoreBody:
         return rows
 
 
+def meant_errors(raw: bytes, err: ValidationError, key: str, batch: TypeAdapter,
+                 single: TypeAdapter) -> list[dict]:
+    """The errors of the member of a body's union the client meant (a batch when it has `key`,
+    else one item), not both members' (a batch's "field required" beside the item's real
+    error); without the offending values: a 10,000-row body would come back whole."""
+    try:
+        body = json.loads(raw)
+        (batch if isinstance(body, dict) and key in body else single).validate_json(raw)
+    except ValidationError as again:
+        err = again
+    except (ValueError, RecursionError):
+        pass   # not JSON, or nested past Python's parser: the union's error says so
+    return located(err)
+
+
 @dataclass
 class Requests:
     "What /score and /labels accept for one ingest mapping, and how rows become columns."
@@ -215,6 +230,7 @@ class Requests:
         labels = create_model("Labels", __config__=ConfigDict(extra="forbid"),
                               labels=(list[label], Field(min_length=1, max_length=MAX_ROWS)))
         self.batch, self.transaction = TypeAdapter(batch), TypeAdapter(transaction)
+        self.labels_batch, self.label = TypeAdapter(labels), TypeAdapter(label)
         self.score_adapter = TypeAdapter(Annotated[batch | transaction,
                                                    Field(union_mode="left_to_right")])
         self.labels_adapter = TypeAdapter(Annotated[labels | label,
@@ -291,22 +307,13 @@ class Requests:
         try:
             payload = self.labels_adapter.validate_json(raw)
         except ValidationError as err:
-            raise RequestValidationError(located(err)) from None
+            raise RequestValidationError(meant_errors(
+                raw, err, "labels", self.labels_batch, self.label)) from None
         return payload.labels if isinstance(payload, self._labels_type) else [payload]
 
     def body_errors(self, raw: bytes, err: ValidationError) -> list[dict]:
-        """The errors of the member the body meant (a batch when it has `transactions`),
-        without the offending values: a 10,000-row body would come back whole."""
-        try:
-            body = json.loads(raw)
-            meant = self.batch if isinstance(body, dict) and "transactions" in body \
-                else self.transaction
-            meant.validate_json(raw)
-        except ValidationError as again:
-            err = again
-        except (ValueError, RecursionError):
-            pass   # not JSON, or nested past Python's parser: the union's error says so
-        return located(err)
+        "The errors of the /score body the client meant (`meant_errors`)."
+        return meant_errors(raw, err, "transactions", self.batch, self.transaction)
 
     def keys(self, name: str, values: list) -> np.ndarray:
         "The keys of one id field's values, by the rule of `aif.keys`."
