@@ -136,6 +136,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.data.ingest.check_invalid_share': ('ingest.html#check_invalid_share', 'aif/data/ingest.py'),
                                  'aif.data.ingest.check_same_secret': ('ingest.html#check_same_secret', 'aif/data/ingest.py'),
                                  'aif.data.ingest.empty_id_map': ('ingest.html#empty_id_map', 'aif/data/ingest.py'),
+                                 'aif.data.ingest.float_integers': ('ingest.html#float_integers', 'aif/data/ingest.py'),
                                  'aif.data.ingest.id_map_of': ('ingest.html#id_map_of', 'aif/data/ingest.py'),
                                  'aif.data.ingest.ingest_report': ('ingest.html#ingest_report', 'aif/data/ingest.py'),
                                  'aif.data.ingest.ingest_rows': ('ingest.html#ingest_rows', 'aif/data/ingest.py'),

@@ -34,10 +34,10 @@ from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_
 # %% auto #0
 __all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'NO_VALUE_TEXTS', 'INTEGER_RANGES', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan',
            'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files', 'record_lines',
-           'FileRows', 'read_csv', 'read_file', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers',
-           'parse_labels', 'parse_ids', 'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows',
-           'empty_id_map', 'IngestResult', 'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report',
-           'check_invalid_share', 'write_outputs', 'main']
+           'FileRows', 'read_csv', 'read_file', 'float_integers', 'read_source', 'map_columns', 'integer_text_values',
+           'parse_integers', 'parse_labels', 'parse_ids', 'parse_attribute', 'parse_columns', 'cast_canonical',
+           'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions', 'id_map_of', 'ingest_rows',
+           'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -293,6 +293,15 @@ def _pandas_type(kind: pa_arrow.DataType):
     return None
 
 
+def float_integers(v: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of floats `v` where `present`, those with a fraction, and those at or above 2^53: a
+    float there may not be the integer the source meant. The rest are exact integers."""
+    with np.errstate(invalid="ignore"):
+        fraction = present & np.isfinite(v) & (np.floor(v) != v)
+        inexact = present & ~fraction & ~(np.abs(v) < 2.0**53)
+    return fraction, inexact
+
+
 def _not_exact(path: Path, name: str, value) -> StageError:
     return StageError(f"ingest: {path}: column {name!r} holds {value}, not an exact integer, as "
                       "an id or a category: write the column as text or integers")
@@ -322,10 +331,9 @@ def _as_text(column: pa_arrow.ChunkedArray, name: str, keyed: bool, path: Path
         return column.cast(pa_arrow.string())
     values = column.cast(pa_arrow.float64()).to_numpy(zero_copy_only=False)   # nulls: NaN
     missing = np.isnan(values)
-    with np.errstate(invalid="ignore"):
-        exact = missing | ((np.floor(values) == values) & (np.abs(values) < 2.0**53))
-    if not exact.all():
-        raise _not_exact(path, name, values[~exact][0])
+    fraction, inexact = float_integers(values, ~missing)
+    if (fraction | inexact).any():
+        raise _not_exact(path, name, values[fraction | inexact][0])
     whole = pa_arrow.array(np.where(missing, 0, values).astype(np.int64), mask=missing)
     return pa_arrow.chunked_array([whole.cast(pa_arrow.string())])
 
@@ -455,10 +463,8 @@ def parse_integers(s: pd.Series, low: int, high: int) -> tuple[pd.Series, pd.Ser
     elif pd.api.types.is_float_dtype(s):
         v = s.to_numpy(dtype="float64", na_value=np.nan)
         present = ~missing
+        fraction, inexact = float_integers(v, present)
         with np.errstate(invalid="ignore"):
-            fraction = present & np.isfinite(v) & (np.floor(v) != v)
-            # a float at or above 2^53 may not be the integer the source meant
-            inexact = present & ~fraction & ~(np.abs(v) < 2.0**53)
             out = present & ~fraction & ~inexact & ((v < low) | (v > high))
         good = present & ~fraction & ~inexact & ~out
         values[good] = v[good].astype(np.int64)
@@ -593,10 +599,7 @@ def _id_text(s: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
         return s.astype("string"), [("missing", missing)]
     if pd.api.types.is_float_dtype(s):
         v = s.to_numpy(dtype="float64", na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            fraction = ~missing & np.isfinite(v) & (np.floor(v) != v)
-            # a float at or above 2^53 may not be the integer the source meant
-            inexact = ~missing & ~fraction & ~(np.abs(v) < 2.0**53)
+        fraction, inexact = float_integers(v, ~missing)
         good = ~missing & ~fraction & ~inexact
         text = pd.Series(pd.NA, index=s.index, dtype="string")
         text[good] = v[good].astype(np.int64).astype(str)

@@ -221,12 +221,14 @@ class PredictionLog:
         first, last = (np.datetime64(t, "us").astype("datetime64[D]")
                        for t in (max(since, 0), through))
         files, days = [], set()
-        for path in sorted(self.folder.glob("date=*/part-*.parquet")):
-            day = np.datetime64(path.parent.name[5:], "D")
-            if (m := PART.match(path.name)) and self.holds(m[1], int(m[3])) \
-                    and first <= day <= last:
-                files.append(str(path))
-                days.add(day)
+        for folder in sorted(self.folder.glob("date=*")):   # the span's days only: months of
+            day = np.datetime64(folder.name[5:], "D")       # parts are not listed for a week
+            if not first <= day <= last:
+                continue
+            for path in sorted(folder.glob("part-*.parquet")):
+                if (m := PART.match(path.name)) and self.holds(m[1], int(m[3])):
+                    files.append(str(path))
+                    days.add(day)
         if not files:
             return None, days
         time_us = ds.field("tx_datetime").cast("int64")
