@@ -3,6 +3,7 @@ traceback or silent loss; rows read = rows written + rows quarantined, always.""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aif.config.params import IngestParams
-from aif.data.ingest import SourceRows, ingest_rows
+from aif.data.ingest import SourceRows, ingest_rows, parse_ids
 from aif.keys import key_of
 
 MAPPING = {"transaction_id": "TX_ID", "tx_datetime": "TX_TIME", "customer_id": "CARD",
@@ -219,30 +220,67 @@ def test_cards_read_as_floats_or_decimals_keep_the_key_of_their_digits(small_pro
     one, numeric in another) are read as text: a card column a file holds as floats (pandas
     writes an integer column with a null so) or as decimals with a scale keeps the key of its
     digits, the key the CSV's card gets, never the key of a float's text (4.9e+15), which is
-    another card, silently. A card that is not an exact integer stops in one line."""
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    frame = good_frame(90).assign(CARD=lambda f: f.CARD + 4_916_716_558_875_000)
+    another card, silently; a category too (5411.0 is 5411). A card that is not an exact
+    integer is quarantined with its rule, the same row as in its file read alone."""
+    folder, alone = tmp_path / "drop", tmp_path / "alone"
+    folder.mkdir(), alone.mkdir()
+    frame = good_frame(90).assign(CARD=lambda f: f.CARD + 4_916_716_558_875_000,
+                                  MCC=lambda f: 5000 + f.CARD % 7)
     frame.iloc[:30].assign(TERMINAL=lambda f: "t" + f.TERMINAL.astype(str)).to_csv(
         folder / "a.csv", index=False)
-    frame.iloc[30:60].astype({"CARD": "float64"}).to_parquet(folder / "b.parquet")
+    floats = frame.iloc[30:60].astype({"CARD": "float64", "MCC": "float64"})
+    floats.iloc[[3, 4], floats.columns.get_loc("CARD")] = [1234.5, 2.0**60]
+    floats.iloc[5, floats.columns.get_loc("MCC")] = np.nan
+    floats.to_parquet(folder / "b.parquet")
+    floats.to_parquet(alone / "b.parquet")
     decimals = pa.Table.from_pandas(frame.iloc[60:], preserve_index=False)
     decimals = decimals.set_column(decimals.schema.get_field_index("CARD"), "CARD",
                                    decimals["CARD"].cast(pa.decimal128(22, 2)))
+    decimals = decimals.set_column(decimals.schema.get_field_index("CARD"), "CARD", pa.array(
+        [Decimal("7.25") if i == 2 else v.as_py() for i, v in enumerate(decimals["CARD"])],
+        pa.decimal128(22, 2)))
     pq.write_table(decimals, folder / "c.parquet")
-    code, err = ingest_cli(small_project, folder)
-    assert code == 0, err
-    written = pd.read_parquet(outputs(small_project)["transactions"]).set_index("transaction_id")
-    assert len(written) == len(frame)
-    cards = frame.set_index("TX_ID").CARD
-    assert (written.customer_id == cards.loc[written.index]).all()   # canonical: their value
-    fraction = frame.iloc[30:60].astype({"CARD": "float64"})
-    fraction.iloc[3, fraction.columns.get_loc("CARD")] = 1234.5
-    fraction.to_parquet(folder / "b.parquet")
-    code, err = ingest_cli(small_project, folder)
-    assert code != 0 and len(err.splitlines()) == 1
-    assert "b.parquet" in err and "'CARD'" in err and "not an exact integer" in err
+    attributes = {"mcc": {"column": "MCC", "type": "category", "nullable": True}}
+    quarantined = {}
+    for source in (folder, alone):
+        code, err = ingest_cli(small_project, source, max_invalid_fraction=0.1,
+                               attributes=attributes)
+        assert code == 0, err
+        written = pd.read_parquet(outputs(small_project)["transactions"]).set_index(
+            "transaction_id")
+        q = pd.read_parquet(outputs(small_project)["quarantine"])
+        quarantined[source] = list(zip(q.source_file.map(lambda f: Path(f).name), q.source_row,
+                                       q.column, q.rule, strict=True))
+        cards = frame.set_index("TX_ID").CARD
+        assert (written.customer_id == cards.loc[written.index]).all()   # canonical: their value
+        mcc = frame.set_index("TX_ID").MCC.astype(str).loc[written.index]
+        assert (written.mcc.fillna("none") == mcc.where(written.mcc.notna(), "none")).all()
+        assert written.mcc.isna().sum() == 1
+    assert quarantined[alone] == [("b.parquet", 4, "customer_id", "not_an_integer"),
+                                  ("b.parquet", 5, "customer_id", "inexact_float")]
+    assert quarantined[folder] == quarantined[alone] + [("c.parquet", 3, "customer_id",
+                                                         "not_an_integer")]
 
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(
+    st.floats(), st.integers(0, 2**70).map(float),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2),
+    st.from_regex(r" ?0?[0-9]{1,20} ?", fullmatch=True)), min_size=1, max_size=30))
+def test_a_number_among_texts_gets_the_key_or_rule_of_its_own_column(values):
+    """What a source whose files read an id column as different types gives: each float,
+    decimal and text has the key, or breaks the rule, it has in a column of its own type."""
+    mixed_keys, mixed_rules, _ = parse_ids([pd.Series(values, dtype=object)])
+    for kind in (float, Decimal, str):
+        at = [i for i, v in enumerate(values) if type(v) is kind]
+        if not at:
+            continue
+        alone = pd.Series([values[i] for i in at], dtype={float: "float64", Decimal: object,
+                                                          str: "string"}[kind])
+        keys, rules, _ = parse_ids([alone])
+        assert mixed_rules.reindex(at).tolist() == rules.reindex(range(len(at))).tolist()
+        fine = rules.reindex(range(len(at))).isna().to_numpy()
+        assert (mixed_keys[at].to_numpy()[fine] == keys.to_numpy()[fine]).all()
 
 
 def test_an_empty_cell_is_no_value_whatever_the_other_rows_hold(small_project, tmp_path):

@@ -14,13 +14,13 @@ import re
 import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pa_arrow
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -302,40 +302,33 @@ def float_integers(v: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.n
     return fraction, inexact
 
 
-def _not_exact(path: Path, name: str, value) -> StageError:
-    return StageError(f"ingest: {path}: column {name!r} holds {value}, not an exact integer, as "
-                      "an id or a category: write the column as text or integers")
-
-
-def _exact_keys(table: pa_arrow.Table, keyed: set[str], path: Path) -> pa_arrow.Table:
+def _exact_keys(table: pa_arrow.Table, keyed: set[str]) -> pa_arrow.Table:
     """Key columns (ids, categories) read as decimals with a scale (4916716558875162.00) as the
-    integers they hold: their text would be keyed as other text, silently another card."""
+    integers they hold: their text would be keyed as other text, silently another card. A
+    column with a fraction somewhere stays as it is: the key rule refuses those rows alone."""
     for i, f in enumerate(table.schema):
         if f.name in keyed and pa_arrow.types.is_decimal(f.type) and f.type.scale > 0:
             try:
                 whole = table[f.name].cast(pa_arrow.decimal128(f.type.precision, 0))
             except pa_arrow.ArrowInvalid:
-                fraction = pc.not_equal(table[f.name], pc.floor(table[f.name]))
-                raise _not_exact(path, f.name, table[f.name].filter(fraction)[0]) from None
+                continue
             table = table.set_column(i, f.name, whole)
     return table
 
 
-def _as_text(column: pa_arrow.ChunkedArray, name: str, keyed: bool, path: Path
-             ) -> pa_arrow.ChunkedArray:
-    """A column as text, for a source whose files read it as different types. A key column
-    read as floats becomes the integers they hold, as a file of its own gives them (Arrow's text
-    of a float, 4.916716558875162e+15, would be keyed as other text, silently another card);
-    one holding a float that is not an exact integer below 2^53 stops the ingest."""
-    if not keyed or not pa_arrow.types.is_floating(column.type):
-        return column.cast(pa_arrow.string())
-    values = column.cast(pa_arrow.float64()).to_numpy(zero_copy_only=False)   # nulls: NaN
-    missing = np.isnan(values)
-    fraction, inexact = float_integers(values, ~missing)
-    if (fraction | inexact).any():
-        raise _not_exact(path, name, values[fraction | inexact][0])
-    whole = pa_arrow.array(np.where(missing, 0, values).astype(np.int64), mask=missing)
-    return pa_arrow.chunked_array([whole.cast(pa_arrow.string())])
+def _keeps_numbers(f: pa_arrow.Field, keyed: set[str]) -> bool:
+    """A key column of floats or decimals, in a source whose files read it as different types,
+    keeps its numbers: the key rule reads each as a file of them alone has it read (Arrow's text
+    of a float, 4.916716558875162e+15, would be keyed as other text, silently another card)."""
+    return f.name in keyed and (pa_arrow.types.is_floating(f.type)
+                                or pa_arrow.types.is_decimal(f.type))
+
+
+def _text_frame(table: pa_arrow.Table, keyed: set[str]) -> pd.DataFrame:
+    "One file's columns as text, but for the numbers of key columns (`_keeps_numbers`)."
+    return pd.DataFrame({f.name: table[f.name].to_pandas() if _keeps_numbers(f, keyed) else
+                         table[f.name].cast(pa_arrow.string()).to_pandas(types_mapper=_pandas_type)
+                         for f in table.schema})
 
 
 def read_source(source: Path, params: IngestParams) -> SourceRows:
@@ -343,15 +336,16 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
     plan = source_plan(params)
     read = [read_file(f, params, plan) for f in files]
     keyed = plan.key_columns()
-    tables = [_exact_keys(r.table, keyed, f) for r, f in zip(read, files, strict=True)]
+    tables = [_exact_keys(r.table, keyed) for r in read]
     sizes = [t.num_rows for t in tables]
     try:  # files of one source may differ in inferred types: widen, or keep text and parse later
-        table = pa_arrow.concat_tables(tables, promote_options="permissive")
+        frame = pa_arrow.concat_tables(tables, promote_options="permissive").to_pandas(
+            types_mapper=_pandas_type)
     except (pa_arrow.ArrowInvalid, pa_arrow.ArrowTypeError):
-        table = pa_arrow.concat_tables([pa_arrow.table({
-            f.name: _as_text(t[f.name], f.name, f.name in keyed, path) for f in t.schema})
-            for t, path in zip(tables, files, strict=True)], promote_options="permissive")
-    frame = table.to_pandas(types_mapper=_pandas_type)
+        frame = pd.concat([_text_frame(t, keyed) for t in tables], ignore_index=True)
+        numbers = {f.name for t in tables for f in t.schema if _keeps_numbers(f, keyed)}
+        frame = frame.astype({c: "string" for c in frame.columns   # a file without it: text too
+                              if c not in numbers})
     file_index = np.repeat(np.arange(len(files)), sizes)
     row_number = np.concatenate([r.row_number for r in read]) if read else np.array([])
     unreadable = pd.DataFrame([{"source_file": str(f), **u} for f, r in zip(files, read, strict=True)
@@ -590,7 +584,8 @@ INTEGER_RANGES = {"int64": (-2**63, 2**63 - 1), "int8": (-2**7, 2**7 - 1)}
 
 
 def _id_text(s: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
-    "One id column (or composite part) as the key rule reads it: text, and the checks it broke."
+    """One id column (or composite part), or a category, as the key rule reads it: text, and
+    the checks it broke. Floats and decimals give the integers they hold, or a rule."""
     missing = s.isna().to_numpy()
     if pd.api.types.is_bool_dtype(s):
         return pd.Series(pd.NA, index=s.index, dtype="string"), [("missing", missing),
@@ -605,8 +600,37 @@ def _id_text(s: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
         text[good] = v[good].astype(np.int64).astype(str)
         return text, [("missing", missing), ("not_an_integer", fraction),
                       ("inexact_float", inexact)]
+    if s.dtype == object:   # numbers among texts: files read as different types, or decimals
+        return _mixed_id_text(s, missing)
     text = s.astype("string").str.strip()
     return text, [("missing", missing | text.eq("").fillna(True).to_numpy(bool))]
+
+
+def _mixed_id_text(s: pd.Series, missing: np.ndarray
+                   ) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
+    "`_id_text` of Python objects: each number read as in a column of them, the rest as text."
+    values = s.to_numpy(dtype=object)
+    numbers = ~missing & np.fromiter((isinstance(v, (float, np.floating, Decimal)) for v in values),
+                                     bool, len(values))
+    text = s.where(~numbers).astype("string").str.strip()
+    rules = np.full(len(s), "", object)
+    if numbers.any():
+        keyed = [_number_key(v) for v in values[numbers]]
+        text[numbers] = pd.array([t for t, _ in keyed], dtype="string")
+        rules[numbers] = [r or "" for _, r in keyed]
+    empty = (missing | text.eq("").fillna(True).to_numpy(bool)) & (rules == "")
+    return text, [("missing", empty), ("not_an_integer", rules == "not_an_integer"),
+                  ("inexact_float", rules == "inexact_float")]
+
+
+def _number_key(v: float | Decimal) -> tuple[str | None, str | None]:
+    "The integer text of a number in a key column of texts, or the rule it breaks (none, the other)."
+    if isinstance(v, Decimal):
+        rule = None if v == v.to_integral_value() else "not_an_integer"
+    else:   # as for a column of floats
+        fraction, inexact = float_integers(np.array([v], np.float64), np.ones(1, bool))
+        rule = "not_an_integer" if fraction[0] else "inexact_float" if inexact[0] else None
+    return (None, rule) if rule else (str(int(v)), None)
 
 
 def _raw_texts(index: pd.Index, where: np.ndarray, texts) -> pd.Series | None:
@@ -683,10 +707,12 @@ def parse_attribute(s: pd.Series, attribute: Attribute) -> tuple[pd.Series, pd.S
         values, rule = _parse_amount(s)
     elif attribute.type == "int":
         values, rule = parse_integers(s, *INTEGER_RANGES["int64"])
-    elif attribute.type == "category":
-        values = s.astype("string").str.strip()
-        missing = missing | values.eq("").fillna(True).to_numpy(bool)
-        rule = _rule_of_rows([("missing", missing)])
+    elif attribute.type == "category" and pd.api.types.is_bool_dtype(s):
+        values, rule = s.astype("string"), _rule_of_rows([("missing", missing)])
+    elif attribute.type == "category":   # as ids are read: 5411.0 from a float column is 5411
+        values, checks = _id_text(s)
+        missing = checks[0][1]
+        rule = _rule_of_rows(checks)
     else:
         values = s.map(lambda v: v if isinstance(v, (bool, np.bool_))
                        else _BOOLEAN_TEXT.get(str(v).strip().lower()), na_action="ignore")
