@@ -403,8 +403,11 @@ def fill_from_log(state: OnlineFeatures, log: PredictionLog, journal: Journal,
     if len(order):
         state.commit(state.prepare({c: v[order] for c, v in rows.items()}, False, False))
         # the labels the replay could not give them (it came first: they were unknown then)
+        filled = rows["transaction_id"][order]
         for _, _, table in journal.since(0, kind="labels"):
-            state.record_labels(table["transaction_id"], table["tx_fraud"])
+            theirs = np.isin(table["transaction_id"], filled)
+            if theirs.any():
+                state.record_labels(table["transaction_id"][theirs], table["tx_fraud"][theirs])
     logging.getLogger("aif.serve").info(
         f"{len(order)} transactions scored online, which the journal had dropped and the data "
         "lacks, taken from the prediction log", extra={"fields": {"filled_from_log": len(order)}})
