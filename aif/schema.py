@@ -98,6 +98,13 @@ def attributes_of(declared: dict) -> tuple[Attribute, ...]:
             raise ParamsError(f"{where}.type {spec['type']!r} must be one of "
                               f"{', '.join(ATTRIBUTE_DTYPES)}")
         values = spec.get("values")
+        if values is not None and spec["type"] != "category":   # the others are checked by range
+            raise ParamsError(f"{where}.values lists the allowed categories: it is for type "
+                              "category (min and max bound an int or a float)")
+        if (spec.get("min") is not None or spec.get("max") is not None) and \
+                spec["type"] not in ("int", "float"):
+            raise ParamsError(f"{where}: min and max bound an int or a float attribute, not a "
+                              f"{spec['type']} (values lists a category's)")
         out.append(Attribute(str(name), str(spec["column"]), spec["type"],
                              bool(spec.get("nullable", False)), spec.get("min"), spec.get("max"),
                              tuple(str(v) for v in values) if values is not None else None))

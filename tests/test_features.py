@@ -82,9 +82,12 @@ def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
             n = len(window)
             column = tx[s.column].to_numpy() if s.column else amount   # raw values
             values = [column[j] for j in window]
-            if s.kind in ("min", "max", "distinct_count"):
-                out[s.name][i] = len(set(values)) if s.kind == "distinct_count" else (
-                    (min if s.kind == "min" else max)(values) if n else np.nan)
+            if s.kind == "distinct_count":
+                out[s.name][i] = len(set(values))
+                continue
+            values = [v for v in values if not math.isnan(v)]   # a missing value: left out
+            if s.kind in ("min", "max"):
+                out[s.name][i] = (min if s.kind == "min" else max)(values) if values else np.nan
                 continue
             frauds = sum(label[j] for j in window)
             fraud_times = [t[j] for j in window if label[j] == 1]
@@ -98,21 +101,24 @@ def _fill_reference(out, tx, specs, t, ids, amount, label, entity_of) -> None:
                 pick = min if s.aggregation == "days_since_first_fraud" else max
                 out[s.name][i] = (t[i] - pick(fraud_times)) / DAY if fraud_times else np.nan
                 continue
-            mean = math.fsum(values) / n if n else np.nan
+            present = len(values)
+            mean = math.fsum(values) / present if present else np.nan
             out[s.name][i] = {
                 "count": n,
                 "sum": math.fsum(values),
-                "std": math.sqrt(math.fsum((a - mean) ** 2 for a in values) / n)
-                if n else np.nan,
+                "std": math.sqrt(math.fsum((a - mean) ** 2 for a in values) / present)
+                if present else np.nan,
                 "mean": mean,
-                "to_mean": column[i] / mean if n else np.nan,
+                "to_mean": column[i] / mean if present else np.nan,
                 "fraud_count": frauds,
                 "fraud_rate": frauds / n if n else 0.0,
             }[s.kind]
 
 
 def haversine(lat1, lon1, lat2, lon2) -> float:
-    "Great-circle kilometres, as any textbook writes it."
+    "Great-circle kilometres, as any textbook writes it (NaN without one of the four)."
+    if any(math.isnan(v) for v in (lat1, lon1, lat2, lon2)):
+        return np.nan
     p1, p2, dp, dl = map(math.radians, (lat1, lat2, lat2 - lat1, lon2 - lon1))
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * 6371.0088 * math.asin(math.sqrt(min(1.0, a)))
@@ -150,7 +156,9 @@ def transactions(draw, max_rows: int = 120) -> pd.DataFrame:
         # windows aggregate "lat": values of one sign, as latitudes in one region are, so a
         # mean is never the cancellation of large terms (whose relative error is unbounded in
         # any float sum, the reference's exact fsum aside)
-        "lat": draw(st.lists(st.floats(1, 80), min_size=n, max_size=n)),
+        # and some are missing (a nullable attribute's nulls), which windows leave out
+        "lat": draw(st.lists(st.one_of(st.floats(1, 80), st.just(np.nan)), min_size=n,
+                             max_size=n)),
         **{c: draw(st.lists(st.floats(-80, 80), min_size=n, max_size=n))
            for c in ("lon", "mlat", "mlon")}})
     return frame.sort_values(["tx_datetime", "transaction_id"], ignore_index=True)

@@ -5,6 +5,7 @@ real CLI where the file itself is the point."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,80 @@ def test_sub_microsecond_times_are_not_truncated():
     result = ingest_rows(rows_of(text_frame(tx_datetime=times)), IngestParams(), now=NOW)
     assert quarantined(result) == {2: "sub_microsecond"}
     assert str(result.transactions.tx_datetime.iloc[0]) == "2018-04-01 10:00:00.123456"
+
+
+def test_a_fraction_past_nine_digits_is_not_cut_and_times_outside_years_1_to_9999_are_refused():
+    """pandas reads nine digits of a second's fraction and drops the rest without a word; an
+    instant near or past Python's datetime range has no local time pandas can give (it raised)."""
+    times = ["2018-04-01 10:00:00.1234560009", "2018-04-01T10:00:00.1234560001+02:00",
+             "2018-04-01 10:00:00.1234560000", "2018-04-01 10:00:00"]
+    params = IngestParams(timezone="Europe/Brussels")
+    result = ingest_rows(rows_of(text_frame(tx_datetime=times)), params, now=NOW)
+    assert quarantined(result) == {1: "sub_microsecond", 2: "sub_microsecond"}
+    assert sorted(result.transactions.tx_datetime) == [
+        pd.Timestamp("2018-04-01 10:00:00"), pd.Timestamp("2018-04-01 10:00:00.123456")]
+    epochs = ["253402300800", "4611686018427", "-62135596800", "1522576800"]
+    result = ingest_rows(rows_of(text_frame(tx_datetime=epochs)), IngestParams(
+        timezone="Europe/Brussels", datetime_unit="s"), now=NOW)
+    assert quarantined(result) == {1: "out_of_range", 2: "out_of_range", 3: "out_of_range"}
+    assert result.transactions.tx_datetime.astype(str).tolist() == ["2018-04-01 12:00:00"]
+    far = pd.Series(np.array(["10000-01-01", "2018-04-01"], "datetime64[us]"))   # as Parquet can
+    result = ingest_rows(rows_of(text_frame(tx_datetime=["x", "y"]).assign(tx_datetime=far)),
+                         params, now=NOW)
+    assert quarantined(result) == {1: "out_of_range"}
+
+
+def test_a_missing_attribute_value_stays_missing_in_its_type():
+    """An empty cell ('', 'NULL', ...) of a nullable attribute is null, never the 0 an int
+    parses to nor a bad boolean; an int attribute stays an integer (no float64 detour)."""
+    attributes = {"n": {"column": "n", "type": "int", "nullable": True},
+                  "b": {"column": "b", "type": "bool", "nullable": True},
+                  "c": {"column": "c", "type": "category", "nullable": True}}
+    frame = text_frame(transaction_id=["1", "2", "3"], n=["9007199254740993", "", "NULL"],
+                       b=["yes", "", "NaN"], c=["a", "", "NULL"])
+    result = ingest_rows(rows_of(frame), IngestParams(attributes=attributes), now=NOW)
+    assert quarantined(result) == {}
+    written = result.transactions.sort_values("transaction_id")
+    assert written.n.tolist()[0] == 9007199254740993 and written.n.isna().tolist() == [
+        False, True, True]
+    assert written.b.isna().tolist() == [False, True, True] and written.b.iloc[0]
+    assert written.c.tolist()[:2] == ["a", pd.NA]
+    # a boolean column as a category is 'true' / 'false', as a file among text files gives it
+    booleans = text_frame(transaction_id=["1", "2"]).assign(c=[True, False])
+    result = ingest_rows(rows_of(booleans), IngestParams(attributes={
+        "c": {"column": "c", "type": "category"}}), now=NOW)
+    assert sorted(result.transactions.c) == ["false", "true"]
+
+
+def test_a_file_holding_timestamps_or_booleans_reads_as_alone_beside_text_files(tmp_path):
+    """A source whose files read a column as different types is read as text, but for the
+    values whose text would be read otherwise: a Parquet file's timestamps are not parsed by
+    the CSV's `datetime_format`; a boolean category is 'true' as in its file alone, and a
+    boolean id is not_an_id, not the text 'true' keyed as a card."""
+    frame = pd.DataFrame({"transaction_id": [1, 2, 3, 4], "customer_id": ["1", "2", "3", "4"],
+                          "terminal_id": ["2"] * 4, "tx_amount": [10.0] * 4,
+                          "tx_fraud": [0] * 4, "flag": ["yes", "no", "yes", "no"]})
+    frame.iloc[:2].assign(tx_datetime=["01/04/2018 10:00", "01/04/2018 11:00"]).to_csv(
+        tmp_path / "a.csv", index=False)
+    stamps = pd.to_datetime(["2018-04-01 08:00", "2018-04-01 09:00"]).tz_localize("UTC")
+    frame.iloc[2:].assign(tx_datetime=stamps, flag=[True, False],
+                          customer_id=[True, False]).to_parquet(tmp_path / "b.parquet")
+    params = IngestParams(datetime_format="%d/%m/%Y %H:%M", timezone="Europe/Brussels",
+                          attributes={"flag": {"column": "flag", "type": "category"}})
+    result = ingest_rows(read_source(tmp_path, params), params, now=NOW)
+    assert quarantined(result) == {1: "not_an_id", 2: "not_an_id"}   # b.parquet's two rows
+    alone = replace(params, datetime_format=None)
+    result = ingest_rows(read_source(tmp_path / "b.parquet", alone), alone, now=NOW)
+    assert quarantined(result) == {1: "not_an_id", 2: "not_an_id"}
+    frame.iloc[2:].assign(tx_datetime=stamps, flag=[True, False]).to_parquet(
+        tmp_path / "b.parquet")
+    result = ingest_rows(read_source(tmp_path, params), params, now=NOW)
+    assert quarantined(result) == {}
+    written = result.transactions.sort_values("transaction_id")
+    assert written.tx_datetime.astype(str).tolist() == [
+        "2018-04-01 10:00:00", "2018-04-01 11:00:00", "2018-04-01 10:00:00",
+        "2018-04-01 11:00:00"]
+    assert written.flag.tolist() == ["yes", "no", "true", "false"]
 
 
 def test_implausible_amounts_are_quarantined():

@@ -442,6 +442,12 @@ def test_broken_attributes_are_quarantined_with_their_rule():
     kept = result.transactions.sort_values("tx_datetime")
     assert kept.channel.tolist()[:1] == [1] and kept.channel.isna().tolist() == [False, True]
     assert kept.online.tolist() == [True, True]
+    # allowed values bound a category, min and max a number: the other way round is refused
+    for wrong, said in (({"type": "int", "values": [1, 2]}, "values lists"),
+                        ({"type": "category", "min": 1}, "min and max")):
+        with pytest.raises(ParamsError, match=said):
+            ingest_rows(rows_of(frame), IngestParams(columns=MAPPING, attributes={
+                "channel": {"column": "channel", **wrong}}), now=NOW)
 
 
 def test_epoch_timestamps_are_instants_in_the_zone():

@@ -14,6 +14,7 @@ import re
 import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -72,6 +73,12 @@ class SourcePlan:
     @property
     def used_columns(self) -> set[str]:
         return {c for f in self.fields for c in f.columns}
+
+    @property
+    def timestamp_column(self) -> str | None:
+        "The source column of `tx_datetime` when it is one (not a date and a time joined)."
+        [f] = [f for f in self.fields if f.name == "tx_datetime"]
+        return None if f.join or len(f.columns) != 1 else f.columns[0]
 
     def key_columns(self) -> set[str]:
         "The source columns the key rule reads: the ids' (their parts too) and categories'."
@@ -316,17 +323,21 @@ def _exact_keys(table: pa_arrow.Table, keyed: set[str]) -> pa_arrow.Table:
     return table
 
 
-def _keeps_numbers(f: pa_arrow.Field, keyed: set[str]) -> bool:
-    """A key column of floats or decimals, in a source whose files read it as different types,
-    keeps its numbers: the key rule reads each as a file of them alone has it read (Arrow's text
-    of a float, 4.916716558875162e+15, would be keyed as other text, silently another card)."""
-    return f.name in keyed and (pa_arrow.types.is_floating(f.type)
-                                or pa_arrow.types.is_decimal(f.type))
+def _keeps_values(f: pa_arrow.Field, plan: SourcePlan) -> bool:
+    """Whether a file's column keeps its values, not their text, in a source whose files read
+    it as different types: a key column's floats, decimals and booleans, which the key rule
+    reads each as a file of them alone has it read (Arrow's text of a float,
+    4.916716558875162e+15, would be keyed as other text, silently another card), and the
+    timestamp column's timestamps (their text would be read by the CSV's format)."""
+    if f.name in plan.key_columns():
+        return pa_arrow.types.is_floating(f.type) or pa_arrow.types.is_decimal(f.type) or \
+            pa_arrow.types.is_boolean(f.type)
+    return f.name == plan.timestamp_column and pa_arrow.types.is_timestamp(f.type)
 
 
-def _text_frame(table: pa_arrow.Table, keyed: set[str]) -> pd.DataFrame:
-    "One file's columns as text, but for the numbers of key columns (`_keeps_numbers`)."
-    return pd.DataFrame({f.name: table[f.name].to_pandas() if _keeps_numbers(f, keyed) else
+def _text_frame(table: pa_arrow.Table, plan: SourcePlan) -> pd.DataFrame:
+    "One file's columns as text, but for those that keep their values (`_keeps_values`)."
+    return pd.DataFrame({f.name: table[f.name].to_pandas() if _keeps_values(f, plan) else
                          table[f.name].cast(pa_arrow.string()).to_pandas(types_mapper=_pandas_type)
                          for f in table.schema})
 
@@ -342,10 +353,10 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
         frame = pa_arrow.concat_tables(tables, promote_options="permissive").to_pandas(
             types_mapper=_pandas_type)
     except (pa_arrow.ArrowInvalid, pa_arrow.ArrowTypeError):
-        frame = pd.concat([_text_frame(t, keyed) for t in tables], ignore_index=True)
-        numbers = {f.name for t in tables for f in t.schema if _keeps_numbers(f, keyed)}
+        frame = pd.concat([_text_frame(t, plan) for t in tables], ignore_index=True)
+        kept = {f.name for t in tables for f in t.schema if _keeps_values(f, plan)}
         frame = frame.astype({c: "string" for c in frame.columns   # a file without it: text too
-                              if c not in numbers})
+                              if c not in kept})
     file_index = np.repeat(np.arange(len(files)), sizes)
     row_number = np.concatenate([r.row_number for r in read]) if read else np.array([])
     unreadable = pd.DataFrame([{"source_file": str(f), **u} for f, r in zip(files, read, strict=True)
@@ -508,21 +519,73 @@ _OFFSET = (r"[T ][0-9]{2}(?::?[0-9]{2}(?::?[0-9]{2}(?:[.,][0-9]+)?)?)?\s*"
            r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)$")
 
 
-def _to_local(values: pd.Series, params: IngestParams, where: str) -> pd.Series:
+# Python's datetime holds years 1-9999, and the service, reports and notebooks use it: a local
+# time outside is out_of_range; so is an instant within a day of those ends, which some zone
+# would take outside (and pandas cannot localise)
+_EARLIEST, _LATEST = (int(np.datetime64(t, "us").view(np.int64)) for t in (
+    "0001-01-01", "9999-12-31T23:59:59.999999"))
+_DAY_US = 86_400 * 10**6
+# a fraction of a second written with a nonzero digit past the microsecond's (pandas reads
+# nine digits and drops the rest: ...00.1234560009 would be ...00.123456 without a word)
+_FRACTION = r"[0-9]{2}:?[0-9]{2}:?[0-9]{2}[.,]([0-9]+)"
+
+
+def _ticks_us(values: pd.Series) -> np.ndarray:
+    "Microseconds since the epoch of naive timestamps (NaT: the smallest int64)."
+    return values.to_numpy().astype("datetime64[us]").view(np.int64)
+
+
+def _to_local(values: pd.Series, params: IngestParams, where: str
+              ) -> tuple[pd.Series, np.ndarray]:
+    "Aware timestamps as naive local times in `ingest.timezone`, and those out of range."
     if params.timezone is None:
         raise StageError(f"ingest: {where}: column tx_datetime is timezone-aware (values carry "
                          "an offset); set ingest.timezone to the terminals' local zone "
                          "(e.g. Europe/Brussels)")
-    return values.dt.tz_convert(params.timezone).dt.tz_localize(None)
+    ticks = _ticks_us(values.dt.tz_convert("UTC").dt.tz_localize(None))
+    out = values.notna().to_numpy() & ((ticks < _EARLIEST + _DAY_US) |
+                                       (ticks > _LATEST - _DAY_US))
+    return values.where(~out).dt.tz_convert(params.timezone).dt.tz_localize(None), out
 
 
-def _exact_us(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    "Naive timestamps at the schema's microseconds, and where that would cut a finer part."
+def _local_us(values: pd.Series, params: IngestParams, where: str
+              ) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Timestamps as the schema's naive local microseconds (those with a zone converted), the
+    rows where that would cut a finer part, and those out of range."""
+    out = np.zeros(len(values), bool)
+    if getattr(values.dt, "tz", None) is not None:
+        values, out = _to_local(values, params, where)
+    ticks = _ticks_us(values)
+    out |= values.notna().to_numpy() & ((ticks < _EARLIEST) | (ticks > _LATEST))
     finer = np.zeros(len(values), bool)
     if np.datetime_data(values.dtype)[0] == "ns":
-        ticks = values.to_numpy().view(np.int64)
-        finer = values.notna().to_numpy() & (ticks % 1000 != 0)
-    return values.where(~finer).astype("datetime64[us]"), finer
+        finer = values.notna().to_numpy() & (values.to_numpy().view(np.int64) % 1000 != 0)
+    return values.where(~finer & ~out).astype("datetime64[us]"), finer & ~out, out
+
+
+def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | None):
+    """(rows, timestamps) of `s` by how they are read: timestamps a file held as such (a source
+    whose files read the column as timestamps and as text), then text with and without an
+    offset, by `fmt`, `ingest.datetime_format` or ISO 8601."""
+    stamps = np.fromiter((isinstance(v, datetime) for v in s), bool, len(s)) \
+        if s.dtype == object else np.zeros(len(s), bool)
+    aware = stamps & np.fromiter((isinstance(v, datetime) and v.tzinfo is not None for v in s),
+                                 bool, len(s))
+    for rows, utc in ((stamps & ~aware, False), (aware, True)):
+        if rows.any():
+            yield rows, pd.Series(pd.to_datetime(s[rows].tolist(), utc=utc, errors="coerce"),
+                                  index=s.index[rows])
+    text = s.where(~stamps).astype("string").str.strip()
+    offset = text.str.contains(_OFFSET, regex=True).fillna(False).to_numpy(bool)
+    for rows, with_offset in ((~offset & ~stamps, False), (offset, True)):
+        if not rows.any():
+            continue
+        try:
+            yield rows, pd.to_datetime(text[rows], errors="coerce", utc=with_offset,
+                                       format=fmt or params.datetime_format or "ISO8601")
+        except (ValueError, TypeError) as err:
+            raise StageError(f"ingest: {where}: column tx_datetime cannot be read "
+                             f"({str(err).splitlines()[0]})") from None
 
 
 def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | None = None
@@ -530,29 +593,19 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | N
     "Local timestamps from `s`: naive ones as written, those with an offset in `ingest.timezone`."
     missing = s.isna().to_numpy()
     if pd.api.types.is_datetime64_any_dtype(s):
-        aware = getattr(s.dt, "tz", None) is not None
-        values, finer = _exact_us(_to_local(s, params, where) if aware else s)
+        values, finer, out = _local_us(s, params, where)
     else:
-        text = s.astype("string").str.strip()
-        fmt = fmt or params.datetime_format or "ISO8601"
-        offset = text.str.contains(_OFFSET, regex=True).fillna(False).to_numpy(bool)
         values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
-        finer = np.zeros(len(s), bool)
-        for rows, with_offset in ((~offset, False), (offset, True)):
-            if not rows.any():
-                continue
-            try:
-                part = pd.to_datetime(text[rows], errors="coerce", format=fmt, utc=with_offset)
-            except (ValueError, TypeError) as err:
-                raise StageError(f"ingest: {where}: column tx_datetime cannot be read "
-                                 f"({str(err).splitlines()[0]})") from None
-            aware = with_offset or getattr(part.dt, "tz", None) is not None
-            part, part_finer = _exact_us(_to_local(part, params, where) if aware else part)
-            values.loc[rows] = part
-            finer[rows] = part_finer
-    unparsed = values.isna().to_numpy() & ~missing & ~finer
+        finer, out = np.zeros(len(s), bool), np.zeros(len(s), bool)
+        for rows, part in _datetime_parts(s, params, where, fmt):
+            values.loc[rows], finer[rows], out[rows] = _local_us(part, params, where)
+        fraction = s.astype("string").str.extract(_FRACTION, expand=False)
+        cut = fraction.str[6:].str.contains("[1-9]").fillna(False).to_numpy(bool) & ~out
+        finer |= cut
+        values = values.mask(cut)
+    unparsed = values.isna().to_numpy() & ~missing & ~finer & ~out
     return values, _rule_of_rows([("missing", missing), ("not_a_timestamp", unparsed),
-                                  ("sub_microsecond", finer)])
+                                  ("sub_microsecond", finer), ("out_of_range", out)])
 
 
 # what a CSV reader takes for no value in a column of numbers ('', 'NULL', 'NaN', ...): the
@@ -610,8 +663,8 @@ def _mixed_id_text(s: pd.Series, missing: np.ndarray
                    ) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
     "`_id_text` of Python objects: each number read as in a column of them, the rest as text."
     values = s.to_numpy(dtype=object)
-    numbers = ~missing & np.fromiter((isinstance(v, (float, np.floating, Decimal)) for v in values),
-                                     bool, len(values))
+    numbers = ~missing & np.fromiter((isinstance(v, (float, np.floating, Decimal, bool, np.bool_))
+                                      for v in values), bool, len(values))
     text = s.where(~numbers).astype("string").str.strip()
     rules = np.full(len(s), "", object)
     if numbers.any():
@@ -619,12 +672,15 @@ def _mixed_id_text(s: pd.Series, missing: np.ndarray
         text[numbers] = pd.array([t for t, _ in keyed], dtype="string")
         rules[numbers] = [r or "" for _, r in keyed]
     empty = (missing | text.eq("").fillna(True).to_numpy(bool)) & (rules == "")
-    return text, [("missing", empty), ("not_an_integer", rules == "not_an_integer"),
+    return text, [("missing", empty), ("not_an_id", rules == "not_an_id"),
+                  ("not_an_integer", rules == "not_an_integer"),
                   ("inexact_float", rules == "inexact_float")]
 
 
-def _number_key(v: float | Decimal) -> tuple[str | None, str | None]:
-    "The integer text of a number in a key column of texts, or the rule it breaks (none, the other)."
+def _number_key(v: float | Decimal | bool) -> tuple[str | None, str | None]:
+    "The integer text a number among a key column's texts gives, or the rule it breaks."
+    if isinstance(v, (bool, np.bool_)):
+        return None, "not_an_id"
     if isinstance(v, Decimal):
         rule = None if v == v.to_integral_value() else "not_an_integer"
     else:   # as for a column of floats
@@ -692,34 +748,47 @@ def _parse_epoch(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Ser
     ok = np.ones(len(s), bool)
     ok[rule.index.to_numpy(dtype=np.int64)] = False
     instants = pd.Series((values.to_numpy() * scale).astype("datetime64[us]"), index=s.index)
-    local = _to_local(instants.dt.tz_localize("UTC"), params, where)
-    return local.where(ok), rule
+    local, out = _to_local(instants.where(ok).dt.tz_localize("UTC"), params, where)
+    if out.any():   # a local time outside Python's datetime (years 1-9999)
+        rule = pd.concat([rule, pd.Series("out_of_range", np.flatnonzero(out), object)])
+    return local, rule.sort_index()
 
 
 _BOOLEAN_TEXT = {"true": True, "t": True, "yes": True, "1": True,
                  "false": False, "f": False, "no": False, "0": False}
 
 
+def _booleans_as_text(s: pd.Series) -> pd.Series:
+    """A category's booleans as Arrow writes them as text ('true', 'false'), whether the
+    column holds only booleans or, its files read as different types, booleans among texts."""
+    if pd.api.types.is_bool_dtype(s):
+        return s.map({True: "true", False: "false"}).astype("string")
+    if s.dtype == object:
+        return s.map(lambda v: ("true" if v else "false") if isinstance(v, (bool, np.bool_))
+                     else v)
+    return s
+
+
 def parse_attribute(s: pd.Series, attribute: Attribute) -> tuple[pd.Series, pd.Series]:
     "A declared attribute in its type, exactly, and the rule of each bad row."
-    missing = s.isna().to_numpy()
     if attribute.type == "float":
         values, rule = _parse_amount(s)
     elif attribute.type == "int":
         values, rule = parse_integers(s, *INTEGER_RANGES["int64"])
-    elif attribute.type == "category" and pd.api.types.is_bool_dtype(s):
-        values, rule = s.astype("string"), _rule_of_rows([("missing", missing)])
     elif attribute.type == "category":   # as ids are read: 5411.0 from a float column is 5411
-        values, checks = _id_text(s)
-        missing = checks[0][1]
+        values, checks = _id_text(_booleans_as_text(s))
         rule = _rule_of_rows(checks)
     else:
+        booleans = pd.api.types.is_bool_dtype(s)
+        missing = s.isna().to_numpy() if booleans else _no_value(s.astype("string").str.strip())
         values = s.map(lambda v: v if isinstance(v, (bool, np.bool_))
                        else _BOOLEAN_TEXT.get(str(v).strip().lower()), na_action="ignore")
         rule = _rule_of_rows([("missing", missing),
                               ("not_a_boolean", ~missing & values.isna().to_numpy())])
-    if attribute.nullable:   # a missing value is a value: kept as null
-        values = values.where(~missing)
+    if attribute.nullable:   # a missing value is a value: kept as null, in the attribute's
+        none = np.zeros(len(s), bool)   # dtype (an int never through float64)
+        none[rule.index[rule == "missing"].to_numpy(dtype=np.int64)] = True
+        values = values.astype(attribute.dtype).mask(none)
         rule = rule[rule != "missing"]
     return values, rule
 

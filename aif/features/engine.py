@@ -116,17 +116,26 @@ def _numeric(values: np.ndarray, spec: FeatureSpec) -> np.ndarray:
 
 def of_column(kind: str, x: np.ndarray, start: np.ndarray, end: np.ndarray,
               count: np.ndarray, at) -> np.ndarray:
-    "A windowed aggregation `kind` of one numeric column `x` (sorted order), at rows `at`."
+    """A windowed aggregation `kind` of one numeric column `x` (sorted order), at rows `at`.
+
+    A missing value (NaN: a nullable attribute's null) is left out, as pandas' rolling windows
+    leave it: the sum, mean and spread are of the values present, NaN where none is (the sum
+    0), and one missing latitude does not blank a card's week."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        if kind == "sum":
-            return window_float_sums(x, start, end)
         if kind in ("min", "max"):
             return window_extremes(x, start, end, largest=kind == "max")
+        present = ~np.isnan(x) if x.dtype.kind == "f" else None
+        values = x   # the row's own value, for to_mean
+        if present is not None and not present.all():
+            count = window_int_sums(present, start, end)
+            x = np.where(present, x, 0.0)
+        if kind == "sum":
+            return window_float_sums(x, start, end)
         mean = window_float_sums(x, start, end) / count
         if kind == "mean":
             return mean
         if kind == "to_mean":
-            return np.where(count > 0, x[at] / mean, np.nan)
+            return np.where(count > 0, values[at] / mean, np.nan)
         # std: the population sd; NaN for an empty window
         x = np.asarray(x, np.float64)
         square = window_float_sums(x * x, start, end) / count

@@ -146,8 +146,9 @@ def window_label_times(label: np.ndarray, time: np.ndarray, start: np.ndarray,
 # %% ../../nbs/21_window_kernels.ipynb #7a1b2c3e
 def window_extremes(values: np.ndarray, start: np.ndarray, end: np.ndarray,
                     largest: bool) -> np.ndarray:
-    "Min (or max, `largest`) of `values` over windows [start, end); NaN for an empty window."
-    pick = np.maximum if largest else np.minimum
+    """Min (or max, `largest`) of `values` over windows [start, end), leaving out missing
+    values (NaN); NaN for a window without one."""
+    pick = np.fmax if largest else np.fmin   # as maximum and minimum, but past a NaN
     out = np.full(len(start), np.nan)
     length = end - start
     has = np.flatnonzero(length > 0)

@@ -31,13 +31,22 @@ __all__ = ['PREQUENTIAL_METRICS', 'baseline_scores', 'card_history', 'first_appe
 # %% ../../nbs/35_evaluate.ipynb #beae183f
 def baseline_scores(train: pd.DataFrame, test: pd.DataFrame, columns: list[str],
                     seed: int) -> np.ndarray:
+    """The logistic-regression baseline's scores on `test`, fit on `train`. A feature that can
+    be missing (a declared one over a nullable attribute, a distance without coordinates) is
+    given its training median and a was-missing column: the regression takes no NaN, which
+    LightGBM handles as missing. Without a missing value this is the plain regression."""
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    model.fit(train[columns].to_numpy(np.float64), train.tx_fraud.to_numpy())
-    return model.predict_proba(test[columns].to_numpy(np.float64))[:, 1]
+    X, X_test = train[columns].to_numpy(np.float64), test[columns].to_numpy(np.float64)
+    steps = [StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)]
+    if np.isnan(X).any() or np.isnan(X_test).any():   # only then: the imputer's copy of the
+        steps.insert(0, SimpleImputer(strategy="median", add_indicator=True,   # matrix moves
+                                      keep_empty_features=True))   # every score's last digits
+    model = make_pipeline(*steps).fit(X, train.tx_fraud.to_numpy())
+    return model.predict_proba(X_test)[:, 1]
 
 # %% ../../nbs/35_evaluate.ipynb #ed70f474
 def card_history(path: Path) -> pd.DataFrame:
