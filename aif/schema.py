@@ -19,8 +19,8 @@ if TYPE_CHECKING:  # pandera and pandas are imported when a schema is built, not
 
 # %% auto #0
 __all__ = ['TRANSACTION_FIELDS', 'FIELDS_BY_NAME', 'CANONICAL_COLUMNS', 'REQUIRED_COLUMNS', 'SORT_KEYS', 'INPUT_COLUMNS',
-           'KEY_COLUMNS', 'LABEL_COLUMNS', 'ATTRIBUTE_DTYPES', 'CanonicalField', 'Attribute', 'attributes_of',
-           'arrow_schema', 'column_to_numpy', 'numpy_to_arrow', 'transaction_schema']
+           'KEY_COLUMNS', 'LABEL_COLUMNS', 'ATTRIBUTE_DTYPES', 'CanonicalField', 'Attribute', 'category_text',
+           'attributes_of', 'arrow_schema', 'column_to_numpy', 'numpy_to_arrow', 'transaction_schema']
 
 # %% ../nbs/03_schema.ipynb #bd906e52
 @dataclass(frozen=True)
@@ -78,6 +78,16 @@ class Attribute:
         return ATTRIBUTE_DTYPES[self.type]
 
 
+def category_text(value) -> str:
+    """A category value as ingest reads one from the data: a boolean as `true` or `false`, a
+    float holding an integer as its digits (5411.0 is 5411), anything else as its text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
 def attributes_of(declared: dict) -> tuple[Attribute, ...]:
     "The declared attributes of `ingest.attributes`, checked, in the order declared."
     from aif.config.params import ParamsError
@@ -107,7 +117,7 @@ def attributes_of(declared: dict) -> tuple[Attribute, ...]:
                               f"{spec['type']} (values lists a category's)")
         out.append(Attribute(str(name), str(spec["column"]), spec["type"],
                              bool(spec.get("nullable", False)), spec.get("min"), spec.get("max"),
-                             tuple(str(v) for v in values) if values is not None else None))
+                             tuple(map(category_text, values)) if values is not None else None))
     return tuple(out)
 
 # %% ../nbs/03_schema.ipynb #48d0dfa7

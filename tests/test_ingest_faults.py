@@ -139,10 +139,13 @@ def test_a_fraction_past_nine_digits_is_not_cut_and_times_outside_years_1_to_999
         timezone="Europe/Brussels", datetime_unit="s"), now=NOW)
     assert quarantined(result) == {1: "out_of_range", 2: "out_of_range", 3: "out_of_range"}
     assert result.transactions.tx_datetime.astype(str).tolist() == ["2018-04-01 12:00:00"]
-    far = pd.Series(np.array(["10000-01-01", "2018-04-01"], "datetime64[us]"))   # as Parquet can
-    result = ingest_rows(rows_of(text_frame(tx_datetime=["x", "y"]).assign(tx_datetime=far)),
-                         params, now=NOW)
-    assert quarantined(result) == {1: "out_of_range"}
+    # as Parquet can hold them: year 10000, and an "end of time" of 2^63 - 1 milliseconds
+    for far in (np.array(["10000-01-01", "2018-04-01"], "datetime64[us]"),
+                np.array([2**63 - 1, 1522576800000], "datetime64[ms]")):
+        for stamps in (pd.Series(far), pd.Series(far).dt.tz_localize("UTC")):
+            result = ingest_rows(rows_of(text_frame(tx_datetime=["x", "y"]).assign(
+                tx_datetime=stamps)), params, now=NOW)
+            assert quarantined(result) == {1: "out_of_range"}
 
 
 def test_a_missing_attribute_value_stays_missing_in_its_type():
@@ -165,6 +168,12 @@ def test_a_missing_attribute_value_stays_missing_in_its_type():
     result = ingest_rows(rows_of(booleans), IngestParams(attributes={
         "c": {"column": "c", "type": "category"}}), now=NOW)
     assert sorted(result.transactions.c) == ["false", "true"]
+    # and the values a category may take are read so too: true, and 5411.0 as 5411
+    declared = {"c": {"column": "c", "type": "category", "values": [True, False]},
+                "m": {"column": "m", "type": "category", "values": [5411.0]}}
+    result = ingest_rows(rows_of(booleans.assign(m=[5411.0, 5411.0])),
+                         IngestParams(attributes=declared), now=NOW)
+    assert quarantined(result) == {} and result.transactions.m.tolist() == ["5411"] * 2
 
 
 def test_a_file_holding_timestamps_or_booleans_reads_as_alone_beside_text_files(tmp_path):
@@ -196,6 +205,23 @@ def test_a_file_holding_timestamps_or_booleans_reads_as_alone_beside_text_files(
         "2018-04-01 10:00:00", "2018-04-01 11:00:00", "2018-04-01 10:00:00",
         "2018-04-01 11:00:00"]
     assert written.flag.tolist() == ["yes", "no", "true", "false"]
+
+
+def test_a_decimal_card_beside_float_cards_keeps_its_digits(tmp_path):
+    """Arrow widens decimals and floats of two files to floats without a word: a decimal card
+    no float holds (above 2^53) would become another number, or inexact_float."""
+    from decimal import Decimal
+
+    frame = pd.DataFrame({"transaction_id": [1, 2], "tx_datetime": ["2018-04-01 10:00"] * 2,
+                          "terminal_id": [2, 2], "tx_amount": [10.0, 10.0], "tx_fraud": [0, 0]})
+    frame.assign(customer_id=[12.0, 13.0]).to_parquet(tmp_path / "a.parquet")
+    decimals = pa.Table.from_pandas(frame.assign(transaction_id=[3, 4]), preserve_index=False)
+    pq.write_table(decimals.append_column("customer_id", pa.array(
+        [Decimal(9_123_456_789_012_345), Decimal(14)], pa.decimal128(22, 0))),
+        tmp_path / "b.parquet")
+    result = ingest_rows(read_source(tmp_path, IngestParams()), IngestParams(), now=NOW)
+    assert quarantined(result) == {}
+    assert sorted(result.transactions.customer_id) == [12, 13, 14, 9_123_456_789_012_345]
 
 
 def test_implausible_amounts_are_quarantined():

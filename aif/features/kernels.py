@@ -148,7 +148,13 @@ def window_extremes(values: np.ndarray, start: np.ndarray, end: np.ndarray,
                     largest: bool) -> np.ndarray:
     """Min (or max, `largest`) of `values` over windows [start, end), leaving out missing
     values (NaN); NaN for a window without one."""
-    pick = np.fmax if largest else np.fmin   # as maximum and minimum, but past a NaN
+    pick = np.maximum if largest else np.minimum
+    # a missing value never wins (the values are finite: ingest quarantines infinities); not
+    # np.fmax, whose -0.0 or 0.0 for a tie depends on where the two sit in the array
+    values = np.asarray(values, np.float64)
+    missing = np.isnan(values)
+    if missing.any():
+        values = np.where(missing, -np.inf if largest else np.inf, values)
     out = np.full(len(start), np.nan)
     length = end - start
     has = np.flatnonzero(length > 0)
@@ -164,6 +170,8 @@ def window_extremes(values: np.ndarray, start: np.ndarray, end: np.ndarray,
             span = pick(span[:-half], span[half:])
         mine = np.flatnonzero(level == k)
         found[mine] = pick(span[first[mine]], span[last[mine] - (1 << k)])
+    if missing.any():   # a window of missing values only
+        found[found == (-np.inf if largest else np.inf)] = np.nan
     out[has] = found
     return out
 
