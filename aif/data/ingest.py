@@ -783,7 +783,7 @@ def _booleans_as_text(s: pd.Series) -> pd.Series:
     column holds only booleans or, its files read as different types, booleans among texts."""
     if pd.api.types.is_bool_dtype(s):
         return s.map({True: "true", False: "false"}).astype("string")
-    if s.dtype == object:
+    if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("boolean", "mixed"):
         return s.map(lambda v: ("true" if v else "false") if isinstance(v, (bool, np.bool_))
                      else v)
     return s
