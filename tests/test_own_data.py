@@ -336,6 +336,12 @@ def test_a_category_ingest_finds_unknown_is_refused_online():
         (error,) = refused.value.errors()
         assert error["loc"] == ("body", "category") and error["type"] == "unknown_category"
         assert "food, travel" in error["msg"] and unknown not in error["msg"]
+    # a nullable category's empty text is no value, as ingest reads an empty cell (a 422)
+    nullable = IngestParams(columns=MAPPING, sensitive_ids=["customer_id"], attributes={
+        **REQUEST_MAPPING.attributes, "category": {"column": "category", "type": "category",
+                                                   "nullable": True}})
+    requests = Requests(source_plan(nullable), SECRET)
+    assert category("") == category("   ") == category(None)
 
 
 @pytest.mark.parametrize("fast", [True, False])

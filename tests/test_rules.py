@@ -180,3 +180,74 @@ def test_a_category_feature_drifts_by_its_categories_not_by_its_keys():
     t = DriftThresholds()
     levels = drift_levels(d["psi"], d["jensen_shannon"], t, statistic="jensen_shannon")
     assert list(levels) == [0, 2] and abs(d["unseen_share"][1] - 0.3) < 0.02
+
+
+def test_a_feature_gone_missing_alerts_and_an_empty_chunk_judges_nothing():
+    """A chunk of missing values only has no distance; its PSI, whose last bin is the missing
+    values', judges it (it was "ok"). An empty chunk is no drift, numeric or categorical (an
+    all-zero histogram gave Jensen-Shannon 0.71: an alert). A reference without values is a
+    profile too (it stopped the report), against which values that appear are a drift."""
+    from aif.monitor.drift import (
+        categorical_drift,
+        categorical_profile,
+        numeric_drift,
+        numeric_profile,
+    )
+
+    rng = np.random.default_rng(0)
+    t = DriftThresholds()
+    values = np.concatenate([rng.normal(size=1000), np.full(1000, np.nan)])
+    d = numeric_drift(numeric_profile(rng.normal(size=5000)), values,
+                      np.repeat([0, 1], 1000), 3)   # chunk 2 is empty
+    assert np.isnan(d["wasserstein"][1]) and np.isnan(d["psi"][2])
+    assert list(drift_levels(d["psi"], d["wasserstein"], t)) == [0, 2, 0]
+    c = categorical_drift(categorical_profile(rng.choice([3, 5], 5000)),
+                          rng.choice([3, 5], 1000), np.zeros(1000, np.int64), 2)
+    assert list(drift_levels(c["psi"], c["jensen_shannon"], t, statistic="jensen_shannon")) \
+        == [0, 0]
+    empty_reference = numeric_profile(np.full(100, np.nan))
+    d = numeric_drift(empty_reference, np.concatenate([np.full(500, np.nan),
+                                                       rng.normal(size=500)]),
+                      np.repeat([0, 1], 500), 2)
+    assert list(drift_levels(d["psi"], d["wasserstein"], t)) == [0, 2]
+
+
+def test_score_since_with_an_offset_is_the_data_s_local_time():
+    "`aif score --since` with an offset raised a TypeError against the naive local times."
+    import pandas as pd
+
+    from aif.serve.batch import since_time
+
+    assert since_time("2018-07-06T00:00:00+02:00", "Europe/Brussels") == pd.Timestamp(
+        "2018-07-06 00:00")
+    assert since_time("2018-07-06T00:00:00Z", "Europe/Brussels") == pd.Timestamp(
+        "2018-07-06 02:00")
+    assert since_time("2018-07-06", None) == pd.Timestamp("2018-07-06")
+    for bad, timezone in (("2018-07-06T00:00+02:00", None), ("25:00", "UTC")):
+        with pytest.raises(StageError, match="--since"):
+            since_time(bad, timezone)
+
+
+def test_a_model_reading_an_attribute_ingest_no_longer_declares_is_refused():
+    "The service answered 500 (and `aif score` raised) for such a model; now one line at start."
+    from aif.features.specs import check_declared, declared_specs
+
+    specs = declared_specs(({"name": "categories_7d", "entity": "customer", "window_days": 7,
+                             "aggregation": "distinct_count", "inputs": ["merchant_category"]},), 7)
+    check_declared(specs, ["merchant_category"], "v0.0.1", "serve")
+    with pytest.raises(StageError, match="model v0.0.1 reads attribute merchant_category"):
+        check_declared(specs, ["customer_lat"], "v0.0.1", "serve")
+
+
+def test_the_gate_line_says_when_the_models_read_other_features():
+    "Each model is scored with its own features; the decision now says when those differ."
+    from aif.lifecycle.gate import summary_line
+
+    decision = {"challenger": {"metrics": {"average_precision": 0.52}, "features": ["a", "c"]},
+                "champion": {"version": "v0.0.1", "metrics": {"average_precision": 0.53},
+                             "features": ["a", "km"]},
+                "checks": [{"check": "average_precision", "passed": False}], "promote": False,
+                "window": {"start": "2018-07-31", "days": 7}}
+    assert "(other features: 1 new: c; 1 dropped: km)" in summary_line(decision)
+    decision["challenger"]["features"] = ["km", "a"]
+    assert "other features" not in summary_line(decision)

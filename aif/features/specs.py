@@ -23,9 +23,9 @@ from ..schema import CANONICAL_COLUMNS
 # %% auto #0
 __all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'LABELLED_ENTITIES', 'ROW_AGGREGATIONS', 'DERIVED', 'OF_COLUMN',
            'OF_AMOUNT', 'WINDOWED', 'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'builtin_declarations',
-           'feature_specs', 'entity_parts', 'check_specs', 'declared_specs', 'spec_inputs', 'window_columns',
-           'feature_names', 'catalog', 'pair_key', 'check_pair_keys', 'attribute_keys', 'entity_key', 'keys_of',
-           'lookback_days', 'horizon_us', 'spec_records', 'specs_from_records', 'specs_named']
+           'feature_specs', 'entity_parts', 'check_specs', 'declared_specs', 'spec_inputs', 'check_declared',
+           'window_columns', 'feature_names', 'catalog', 'pair_key', 'check_pair_keys', 'attribute_keys', 'entity_key',
+           'keys_of', 'lookback_days', 'horizon_us', 'spec_records', 'specs_from_records', 'specs_named']
 
 # %% ../../nbs/20_feature_specs.ipynb #71384e11
 LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
@@ -333,6 +333,17 @@ def spec_inputs(specs: tuple[FeatureSpec, ...]) -> list[str]:
     wanted = [c for s in specs for c in (*s.inputs, *entity_parts(s.entity))
               if c not in CANONICAL_COLUMNS and c not in names and c not in ENTITIES]
     return list(dict.fromkeys(wanted))
+
+
+def check_declared(specs: tuple[FeatureSpec, ...], declared, version: str, stage: str) -> None:
+    """Refuse, in one line, a model whose features read an attribute `declared` (the names in
+    `ingest.attributes`) lacks: the service's request schema follows ingest, and the model
+    would meet a column it does not have (a 500 online, a traceback in batch)."""
+    missing = [c for c in spec_inputs(specs) if c not in set(declared)]
+    if missing:
+        raise StageError(f"{stage}: model {version} reads attribute {missing[0]}, which "
+                         "ingest.attributes does not declare: declare it again, or use a model "
+                         "trained without it")
 
 
 def window_columns(specs: tuple[FeatureSpec, ...]) -> list[str]:

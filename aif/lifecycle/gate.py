@@ -27,7 +27,8 @@ from ..modelling.model import Model
 from ..modelling.split import Protocol, split_frame, test_protocol
 
 # %% auto #0
-__all__ = ['params_at', 'window_rows', 'latency_ms_per_10k', 'assess_model', 'gate_checks', 'evaluate_gate', 'summary_line']
+__all__ = ['params_at', 'window_rows', 'latency_ms_per_10k', 'assess_model', 'gate_checks', 'evaluate_gate', 'summary_line',
+           'feature_change']
 
 # %% ../../nbs/51_gate.ipynb #d76b391f
 def params_at(paths: ProjectPaths, commit: str) -> Params:
@@ -130,6 +131,8 @@ def evaluate_gate(paths: ProjectPaths, commit: str, name: str | None, champion: 
         figures = {who: assess_model(m, tests[who], first_seen, at_commit, paths.compiled_models)
                    for who, m in models.items()}
     checks = gate_checks(figures["challenger"], figures.get("champion"), rules)
+    for who, m in models.items():   # each is scored with its own; the record says if they differ
+        figures[who]["features"] = list(m.features)
     test = tests["challenger"]
     return {"promote": all(c["passed"] for c in checks), "checks": checks,
             "window": {"start": str(protocol.assess.start), "days": protocol.assess.days,
@@ -149,4 +152,17 @@ def summary_line(decision: dict) -> str:
     failed = [c["check"] for c in decision["checks"] if not c["passed"]]
     verdict = "promote" if decision["promote"] else f"keep the champion ({', '.join(failed)})"
     return (f"window {decision['window']['start']}+{decision['window']['days']}d: challenger AP "
-            f"{ch:.3f}{against}: {verdict}")
+            f"{ch:.3f}{against}{feature_change(decision)}: {verdict}")
+
+
+def feature_change(decision: dict) -> str:
+    "What the challenger's features add to and drop from the champion's, in words ('' if none)."
+    champion, challenger = decision["champion"], decision["challenger"]
+    if not champion or "features" not in champion or "features" not in challenger:
+        return ""   # no champion, or a record from before features were kept
+    added = [f for f in challenger["features"] if f not in champion["features"]]
+    dropped = [f for f in champion["features"] if f not in challenger["features"]]
+    if not added and not dropped:
+        return ""
+    return (f" (other features: {len(added)} new{': ' + ', '.join(added[:3]) if added else ''}"
+            f"; {len(dropped)} dropped{': ' + ', '.join(dropped[:3]) if dropped else ''})")

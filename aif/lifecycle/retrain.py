@@ -74,7 +74,10 @@ def failure_cause(stderr: str) -> str:
         return lines[-1] if lines else "no output"
     stage = re.search(r"reproduce '([^']+)'", lines[first_error])
     where = f"stage {stage.group(1)}: " if stage else ""
-    return where + (lines[first_error - 1] if first_error else lines[first_error])
+    cause = first_error - 1   # before it, the stage's error, then `aif`'s notice that it put the
+    while cause > 0 and lines[cause].startswith("aif: "):   # outputs back (cli.put_back)
+        cause -= 1
+    return where + (lines[cause] if cause >= 0 else lines[first_error])
 
 
 def run_experiment(root: Path, name: str, train_start: str, log) -> str:

@@ -60,8 +60,9 @@ class NumericProfile:
 def numeric_profile(values: np.ndarray) -> NumericProfile:
     values = np.asarray(values, float)
     present = np.sort(values[~np.isnan(values)])
-    if len(present) == 0:
-        raise ValueError("reference has no values for this feature")
+    if len(present) == 0:   # a nullable attribute's empty week: judged by the missing bin alone
+        return NumericProfile(np.array([]), np.array([0.0, 1.0]), np.full(len(GRID), np.nan),
+                              float("nan"))
     n = len(present)
     rank = lambda q: np.minimum(np.floor(q * n).astype(np.int64), n - 1)  # noqa: E731
     edges = np.unique(present[rank(np.linspace(0.1, 0.9, 9))])
@@ -78,6 +79,11 @@ def chunk_histograms(bins: np.ndarray, chunk: np.ndarray, n_chunks: int, n_bins:
     counts = counts.reshape(n_chunks, n_bins).astype(float)
     totals = counts.sum(axis=1, keepdims=True)
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def _empty(chunk: np.ndarray, n_chunks: int) -> np.ndarray:
+    "Which chunks have no rows."
+    return np.bincount(chunk, minlength=n_chunks) == 0
 
 
 def chunk_quantiles(values: np.ndarray, chunk: np.ndarray, n_chunks: int) -> np.ndarray:
@@ -101,12 +107,13 @@ def chunk_quantiles(values: np.ndarray, chunk: np.ndarray, n_chunks: int) -> np.
 
 def numeric_drift(profile: NumericProfile, values: np.ndarray, chunk: np.ndarray,
                   n_chunks: int) -> dict[str, np.ndarray]:
-    "Per chunk: PSI on the reference bins, Wasserstein distance in reference stds, missing share."
+    """Per chunk: PSI on the reference bins, Wasserstein distance in reference stds, missing
+    share. An empty chunk has no PSI (NaN): too few rows is the volume check's to say."""
     values = np.asarray(values, float)
     shares = chunk_histograms(profile.bins(values), chunk, n_chunks, profile.n_bins)
     q = chunk_quantiles(values, chunk, n_chunks)
     scale = profile.std if profile.std > 0 else 1.0
-    return {"psi": psi(profile.shares, shares),
+    return {"psi": np.where(_empty(chunk, n_chunks), np.nan, psi(profile.shares, shares)),
             "wasserstein": np.mean(np.abs(q - profile.quantiles[None, :]), axis=1) / scale,
             "missing_share": shares[:, -1]}
 
@@ -143,8 +150,10 @@ def categorical_drift(profile: CategoricalProfile, values: np.ndarray, chunk: np
             return np.sum(np.where(p > 0, p * np.log2(p / mean), 0.0), axis=1)
 
     js = np.sqrt(np.maximum((kl(shares) + kl(profile.shares[None, :])) / 2, 0.0))
-    return {"psi": psi(profile.shares, shares), "jensen_shannon": js,
-            "unseen_share": shares[:, -1]}
+    empty = _empty(chunk, n_chunks)   # no drift to judge (an all-zero histogram gave JS 0.71)
+    return {"psi": np.where(empty, np.nan, psi(profile.shares, shares)),
+            "jensen_shannon": np.where(empty, np.nan, js),
+            "unseen_share": np.where(empty, np.nan, shares[:, -1])}
 
 # %% ../../nbs/40_drift.ipynb #b2f696a6
 def chunk_means(values: np.ndarray, chunk: np.ndarray, n_chunks: int) -> np.ndarray:

@@ -39,8 +39,13 @@ def drift_levels(psi: np.ndarray, distance: np.ndarray, thresholds: DriftThresho
                  mean_moved: np.ndarray | None = None, statistic: str = "wasserstein"
                  ) -> np.ndarray:
     """A feature's (or the score's) level per chunk: the lower of PSI's and the distance's
-    (Wasserstein / sd, or Jensen-Shannon for a category feature)."""
-    levels = np.minimum(level(psi, thresholds.psi), level(distance, thresholds.of(statistic)))
+    (Wasserstein / sd, or Jensen-Shannon for a category feature). A chunk of missing values
+    only has no distance: its PSI, whose last bin is the missing values', judges it alone (a
+    feature gone missing in production was "ok"); an empty chunk has neither (NaN): ok."""
+    by_psi = level(psi, thresholds.psi)
+    by_distance = np.where(np.isnan(np.asarray(distance, float)), by_psi,
+                           level(distance, thresholds.of(statistic)))
+    levels = np.minimum(by_psi, by_distance)
     return levels if mean_moved is None else np.where(mean_moved, 2, levels)
 
 
@@ -71,7 +76,7 @@ def reasons(feature_rows: list[dict], prediction_level: np.ndarray, max_score_ps
     for row in feature_rows:
         if row["level"] == "alert":
             distance = (f"Jensen-Shannon {row['max_jensen_shannon']:.2f}, unseen share "
-                        f"{row['max_missing_share']:.2f}" if row.get("max_jensen_shannon")
+                        f"{row['max_unseen_share']:.2f}" if row.get("max_jensen_shannon")
                         is not None else f"Wasserstein/sd {row['max_wasserstein']:.2f}")
             found.append(f"data drift: {row['feature']} (PSI {row['max_psi']:.2f}, "
                          f"{distance}, mean outside the band "

@@ -18,6 +18,7 @@ import pyarrow as pa
 from ..config.params import Params
 from ..data.ingest import check_same_secret, require_secret, source_plan
 from ..features.engine import feature_frame
+from ..features.specs import check_declared
 from ..features.store import attribute_array, frame_columns
 from ..io import StageError, atomic_output, start_stage
 from ..lifecycle.registry import model_version
@@ -25,7 +26,7 @@ from ..modelling.model import Model
 from ..schema import INPUT_COLUMNS, LABEL_COLUMNS
 
 # %% auto #0
-__all__ = ['OUTPUT_COLUMNS', 'read_transactions', 'transaction_columns', 'score_frame', 'write_table', 'main']
+__all__ = ['OUTPUT_COLUMNS', 'read_transactions', 'transaction_columns', 'score_frame', 'write_table', 'since_time', 'main']
 
 # %% ../../nbs/67_batch.ipynb #13a927ed
 def read_transactions(path: Path, params: Params, log) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -73,6 +74,21 @@ def write_table(frame: pd.DataFrame, path: Path) -> None:
             frame.to_parquet(tmp, index=False)
 
 # %% ../../nbs/67_batch.ipynb #24250023
+def since_time(text: str, timezone: str | None) -> pd.Timestamp:
+    """`--since` as the data's naive local time: one with an offset is converted to
+    `ingest.timezone`, as ingest converts the data's; a clear error for anything else."""
+    try:
+        since = pd.Timestamp(text)
+    except ValueError:
+        raise StageError(f"score: --since {text!r} is not a date or time") from None
+    if since.tzinfo is None:
+        return since
+    if timezone is None:
+        raise StageError(f"score: --since {text!r} carries an offset, and ingest.timezone is not "
+                         "set: give the terminals' local time without one")
+    return since.tz_convert(timezone).tz_localize(None)
+
+
 def main(argv: list[str] | None = None) -> int:
     def add_arguments(parser):
         parser.add_argument("--model", type=Path, help="model folder (default: models/)")
@@ -89,17 +105,17 @@ def main(argv: list[str] | None = None) -> int:
                       require_secret(source_plan(params.ingest), "score"), "score")
     if args.output.suffix.lower() not in (".parquet", ".csv"):
         raise StageError(f"score: {args.output}: the output must end in .parquet or .csv")
+    since = since_time(args.since, params.ingest.timezone) if args.since else None
     started = time.perf_counter()
     folder = args.model or stage.paths.models
     model = Model.load(folder)
+    check_declared(model.feature_specs(params.features),
+                   [a.name for a in source_plan(params.ingest).attributes], model_version(folder),
+                   "score")
     transactions, quarantine = read_transactions(args.input, params, log)
     columns, labels = transaction_columns(transactions)
     frame = feature_frame(columns, labels, model.feature_specs(params.features), params.features)
-    if args.since:
-        try:
-            since = pd.Timestamp(args.since)
-        except ValueError:
-            raise StageError(f"score: --since {args.since!r} is not a date or time") from None
+    if since is not None:
         frame = frame[frame.tx_datetime >= since]
     scored = score_frame(model, frame, model_version(folder))
     write_table(scored, args.output)

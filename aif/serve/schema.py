@@ -104,6 +104,11 @@ def one_of(values) -> Callable[[Any], Any]:
     return check
 
 
+def _blank_as_none(value):
+    "A text of spaces only (or none) as no value: a nullable category's empty cell offline."
+    return None if isinstance(value, str) and not value.strip() else value
+
+
 def transaction_type(plan: SourcePlan):
     "The TypedDict of one transaction for `plan`: the five fields and the declared attributes."
     parts = {f.name: (1 if f.join else len(f.columns)) for f in plan.fields}
@@ -123,7 +128,10 @@ def transaction_type(plan: SourcePlan):
         if a.values is not None:   # what ingest quarantines as unknown_category, refused
             kind = Annotated[kind, AfterValidator(one_of(a.values)),
                              Field(json_schema_extra={"enum": list(a.values)})]
-        fields[a.name] = kind | None if a.nullable else kind
+        kind = kind | None if a.nullable else kind
+        if a.type == "category" and a.nullable:   # '' or spaces: no value, as ingest reads
+            kind = Annotated[kind, BeforeValidator(_blank_as_none)]   # it (it was a 422)
+        fields[a.name] = kind
     typed = TypedDict("Transaction", fields)   # noqa: UP013 (fields known only at run time)
     return with_config(ConfigDict(extra="forbid", strict=True))(typed)
 
