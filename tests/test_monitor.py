@@ -94,6 +94,16 @@ def test_thresholds_are_parameters_and_alert_exits_3(trained_project: Path):
         relaxed = monitor(trained_project, "--run-id", "strict2", "--no-history",
                           "--no-alert-exit")
         assert relaxed.returncode == 0
+        # a chunk of fewer than min_chunk_rows rows is not judged for drift (its shares are
+        # noise): here none is, and the same strict thresholds find no drift
+        write_params(trained_project, monitor={"thresholds": {"psi": [0.0001, 0.0002],
+                                                              "wasserstein": [0.0001, 0.0002]},
+                                               "min_chunk_rows": 10**9})
+        monitor(trained_project, "--run-id", "few", "--no-history", "--no-alert-exit")
+        summary = json.loads((trained_project / "reports/monitoring/few/summary.json").read_text())
+        assert len(summary["chunks_not_judged"]) == len(summary["chunks"]) > 0
+        assert not any(r.startswith(("data drift:", "prediction drift:"))
+                       for r in summary["reasons"])
     finally:
         params.write_text(original)
 

@@ -305,6 +305,7 @@ class MonitorParams:
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
     volume_ratio_bounds: tuple[float, float] = (0.5, 2.0)
     max_unseen_terminal_share: float = 0.05
+    min_chunk_rows: int = 100        # fewer rows in a chunk: its drift is noise, not judged
 
 # %% ../../nbs/01_params.ipynb #5e9f0d21
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def report_parameters(paths: ProjectPaths, monitor: MonitorParams, params: Param
             "thresholds": {k: list(v) for k, v in dataclasses.asdict(monitor.thresholds).items()},
             "volume_ratio_bounds": list(monitor.volume_ratio_bounds),
             "max_unseen_terminal_share": monitor.max_unseen_terminal_share,
+            "min_chunk_rows": monitor.min_chunk_rows,
             "output_dir": shown(run_dir)}
 
 
