@@ -31,7 +31,8 @@ from ..io import StageError, atomic_output, start_stage
 from ..keys import (HASH_KEY_ENV, collisions, composite_texts, keys_of_integers, keys_of_text,
                       secret_fingerprint, secret_from_environment)
 from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_KEYS,
-                        Attribute, arrow_schema, attributes_of, transaction_schema)
+                        Attribute, arrow_schema, attributes_of, category_text,
+                        transaction_schema)
 
 # %% auto #0
 __all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'NO_VALUE_TEXTS', 'INTEGER_RANGES', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan',
@@ -779,12 +780,13 @@ _BOOLEAN_TEXT = {"true": True, "t": True, "yes": True, "1": True,
 
 
 def _booleans_as_text(s: pd.Series) -> pd.Series:
-    """A category's booleans as Arrow writes them as text ('true', 'false'), whether the
-    column holds only booleans or, its files read as different types, booleans among texts."""
+    """A category's booleans as their text (`category_text`: 'true', 'false', as Arrow writes
+    them), whether the column holds only booleans or, its files read as different types,
+    booleans among texts."""
     if pd.api.types.is_bool_dtype(s):
-        return s.map({True: "true", False: "false"}).astype("string")
+        return s.map(lambda v: category_text(bool(v)), na_action="ignore").astype("string")
     if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) in ("boolean", "mixed"):
-        return s.map(lambda v: ("true" if v else "false") if isinstance(v, (bool, np.bool_))
+        return s.map(lambda v: category_text(bool(v)) if isinstance(v, (bool, np.bool_))
                      else v)
     return s
 
