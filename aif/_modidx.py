@@ -127,7 +127,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.data.ingest._matches': ('ingest.html#_matches', 'aif/data/ingest.py'),
                                  'aif.data.ingest._mixed_id_text': ('ingest.html#_mixed_id_text', 'aif/data/ingest.py'),
                                  'aif.data.ingest._no_value': ('ingest.html#_no_value', 'aif/data/ingest.py'),
-                                 'aif.data.ingest._number_key': ('ingest.html#_number_key', 'aif/data/ingest.py'),
                                  'aif.data.ingest._outside': ('ingest.html#_outside', 'aif/data/ingest.py'),
                                  'aif.data.ingest._pandas_type': ('ingest.html#_pandas_type', 'aif/data/ingest.py'),
                                  'aif.data.ingest._parse_amount': ('ingest.html#_parse_amount', 'aif/data/ingest.py'),

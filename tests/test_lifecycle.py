@@ -252,6 +252,20 @@ def test_score_rejects_bad_arguments(trained_project: Path, tmp_path: Path):
                 "--output", str(tmp_path / "out.txt"))
     assert wrong.returncode == 2 and ".parquet or .csv" in wrong.stderr
     assert not (tmp_path / "out.txt").exists()
+    # a file ingest would refuse (a quarter of its rows broken): scored before, with a warning
+    pd.DataFrame({"transaction_id": [1, 2, 3, 4], "customer_id": [5, 5, 6, 5],
+                  "tx_datetime": ["2018-09-01 10:00:00", "2018-09-01 10:05:00",
+                                  "2018-09-01 11:00:00", "2018-09-02 09:00:00"],
+                  "terminal_id": [9, 8, 9, 9], "tx_amount": [12.5, 180.0, -3.0, 40.0],
+                  "tx_fraud": [0, 1, 0, 0]}).to_csv(tmp_path / "broken.csv", index=False)
+    broken = aif(trained_project, "score", "--input", str(tmp_path / "broken.csv"),
+                 "--output", str(tmp_path / "out.parquet"))
+    assert broken.returncode == 2, broken.stderr
+    assert broken.stderr.strip().splitlines() == [
+        "score: 1 of 4 rows (25.00%) broke rules, above ingest.max_invalid_fraction=0.001; "
+        f"column tx_amount rule non_negative: 1 row, first at line 4 of {tmp_path}/broken.csv "
+        "(value '-3.0')"]
+    assert list(tmp_path.glob("out*")) == []   # neither scores nor a quarantine
 
 
 @pytest.mark.parametrize("name, must_run", [

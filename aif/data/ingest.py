@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import json
 import re
 import time
@@ -82,6 +83,7 @@ class SourcePlan:
         [f] = [f for f in self.fields if f.name == "tx_datetime"]
         return None if f.join or len(f.columns) != 1 else f.columns[0]
 
+    @functools.cached_property   # asked for each column of each file
     def key_columns(self) -> set[str]:
         "The source columns the key rule reads: the ids' (their parts too) and categories'."
         categories = {a.column for a in self.attributes if a.type == "category"}
@@ -334,7 +336,7 @@ def _keeps_values(f: pa_arrow.Field, plan: SourcePlan) -> bool:
     reads each as a file of them alone has it read (Arrow's text of a float,
     4.916716558875162e+15, would be keyed as other text, silently another card), and the
     timestamp column's timestamps (their text would be read by the CSV's format)."""
-    if f.name in plan.key_columns():
+    if f.name in plan.key_columns:
         return pa_arrow.types.is_floating(f.type) or pa_arrow.types.is_decimal(f.type) or \
             pa_arrow.types.is_boolean(f.type)
     return f.name == plan.timestamp_column and (pa_arrow.types.is_timestamp(f.type) or
@@ -356,8 +358,7 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
     files = source_files(source)
     plan = source_plan(params)
     read = [read_file(f, params, plan) for f in files]
-    keyed = plan.key_columns()
-    tables = [_exact_keys(r.table, keyed) for r in read]
+    tables = [_exact_keys(r.table, plan.key_columns) for r in read]
     sizes = [t.num_rows for t in tables]
     try:  # files of one source may differ in inferred types: widen, or keep text and parse later
         frame = pa_arrow.concat_tables(tables, promote_options="permissive").to_pandas(
@@ -557,7 +558,7 @@ def _to_local(values: pd.Series, params: IngestParams, where: str
         raise StageError(f"ingest: {where}: column tx_datetime is timezone-aware (values carry "
                          "an offset); set ingest.timezone to the terminals' local zone "
                          "(e.g. Europe/Brussels)")
-    out = _outside(values.dt.tz_convert("UTC").dt.tz_localize(None), _DAY)
+    out = _outside(values.dt.tz_convert(None), _DAY)   # None: UTC, naive
     return values.where(~out).dt.tz_convert(params.timezone).dt.tz_localize(None), out
 
 
@@ -580,12 +581,11 @@ def _matches(text: pa_arrow.Array, pattern: str) -> np.ndarray:
     return pc.match_substring_regex(text, pattern).fill_null(False).to_numpy(zero_copy_only=False)
 
 
-def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | None,
-                    finer: np.ndarray):
-    """(rows, timestamps) of `s` by how they are read: timestamps a file held as such (a source
-    whose files read the column as timestamps and as text), then text with and without an
-    offset, by `fmt`, `ingest.datetime_format` or ISO 8601. Marks in `finer` the texts with a
-    nonzero digit past the microsecond (`_FINER`)."""
+def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | None):
+    """(rows, timestamps, cut) of `s` by how they are read: timestamps a file held as such (a
+    source whose files read the column as timestamps and as text), then text with and without
+    an offset, by `fmt`, `ingest.datetime_format` or ISO 8601. `cut`: which of the rows are
+    texts with a nonzero digit past the microsecond (`_FINER`)."""
     stamps, aware = np.zeros(len(s), bool), np.zeros(len(s), bool)
     if s.dtype == object:   # the only column that can hold them: no loop over text
         stamps = np.fromiter((isinstance(v, datetime) for v in s), bool, len(s))
@@ -594,17 +594,18 @@ def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | N
     for rows, utc in ((stamps & ~aware, False), (aware, True)):
         if rows.any():
             yield rows, pd.Series(pd.to_datetime(s[rows].tolist(), utc=utc, errors="coerce"),
-                                  index=s.index[rows])
+                                  index=s.index[rows]), np.zeros(rows.sum(), bool)
     text = s.where(~stamps).astype("string").str.strip()
     arrow = pa_arrow.array(text, pa_arrow.string())
     offset = _matches(arrow, _OFFSET)
-    finer |= _matches(arrow, _FINER)
+    past_microsecond = _matches(arrow, _FINER)
     for rows, with_offset in ((~offset & ~stamps, False), (offset, True)):
         if not rows.any():
             continue
         try:
             yield rows, pd.to_datetime(text[rows], errors="coerce", utc=with_offset,
-                                       format=fmt or params.datetime_format or "ISO8601")
+                                       format=fmt or params.datetime_format or "ISO8601"), \
+                past_microsecond[rows]
         except (ValueError, TypeError) as err:
             raise StageError(f"ingest: {where}: column tx_datetime cannot be read "
                              f"({str(err).splitlines()[0]})") from None
@@ -619,8 +620,9 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | N
     else:
         values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
         finer, out, cut = np.zeros(len(s), bool), np.zeros(len(s), bool), np.zeros(len(s), bool)
-        for rows, part in _datetime_parts(s, params, where, fmt, cut):
+        for rows, part, past_microsecond in _datetime_parts(s, params, where, fmt):
             values.loc[rows], finer[rows], out[rows] = _local_us(part, params, where)
+            cut[rows] = past_microsecond
         cut &= ~out
         finer |= cut
         values = values.mask(cut)
@@ -684,30 +686,27 @@ def _mixed_id_text(s: pd.Series, missing: np.ndarray
                    ) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
     "`_id_text` of Python objects: each number read as in a column of them, the rest as text."
     values = s.to_numpy(dtype=object)
-    numbers = ~missing & np.fromiter((isinstance(v, (float, np.floating, Decimal, bool, np.bool_))
-                                      for v in values), bool, len(values))
-    text = s.where(~numbers).astype("string").str.strip()
-    rules = np.full(len(s), "", object)
-    if numbers.any():
-        keyed = [_number_key(v) for v in values[numbers]]
-        text[numbers] = pd.array([t for t, _ in keyed], dtype="string")
-        rules[numbers] = [r or "" for _, r in keyed]
-    empty = (missing | text.eq("").fillna(True).to_numpy(bool)) & (rules == "")
-    return text, [("missing", empty), ("not_an_id", rules == "not_an_id"),
-                  ("not_an_integer", rules == "not_an_integer"),
-                  ("inexact_float", rules == "inexact_float")]
 
+    def rows_of(*types) -> np.ndarray:
+        return ~missing & np.fromiter((isinstance(v, types) for v in values), bool, len(values))
 
-def _number_key(v: float | Decimal | bool) -> tuple[str | None, str | None]:
-    "The integer text a number among a key column's texts gives, or the rule it breaks."
-    if isinstance(v, (bool, np.bool_)):
-        return None, "not_an_id"
-    if isinstance(v, Decimal):
-        rule = None if v == v.to_integral_value() else "not_an_integer"
-    else:   # as for a column of floats
-        fraction, inexact = float_integers(np.array([v], np.float64), np.ones(1, bool))
-        rule = "not_an_integer" if fraction[0] else "inexact_float" if inexact[0] else None
-    return (None, rule) if rule else (str(int(v)), None)
+    booleans, floats, decimals = rows_of(bool, np.bool_), rows_of(float, np.floating), \
+        rows_of(Decimal)
+    text = s.where(~(booleans | floats | decimals)).astype("string").str.strip()
+    # as in a column of floats: the integers below 2^53 keep their text, the rest a rule
+    fraction, inexact = float_integers(np.where(floats, values, np.nan).astype(np.float64),
+                                       floats)
+    exact = floats & ~fraction & ~inexact
+    text[exact] = values[exact].astype(np.float64).astype(np.int64).astype(str)
+    # decimals are rare here (`_exact_keys` turns a column of integer decimals to text)
+    for row in np.flatnonzero(decimals):
+        d = values[row]
+        fraction[row] = not d.is_finite() or d != d.to_integral_value()
+        text.iloc[row] = pd.NA if fraction[row] else str(int(d))
+    empty = (missing | text.eq("").fillna(True).to_numpy(bool)) & ~booleans & ~fraction & \
+        ~inexact
+    return text, [("missing", empty), ("not_an_id", booleans), ("not_an_integer", fraction),
+                  ("inexact_float", inexact)]
 
 
 def _raw_texts(index: pd.Index, where: np.ndarray, texts) -> pd.Series | None:
@@ -801,10 +800,9 @@ def parse_attribute(s: pd.Series, attribute: Attribute) -> tuple[pd.Series, pd.S
         values, checks = _id_text(_booleans_as_text(s))
         rule = _rule_of_rows(checks)
     else:
-        booleans = pd.api.types.is_bool_dtype(s)
-        missing = s.isna().to_numpy() if booleans else _no_value(s.astype("string").str.strip())
-        values = s.map(lambda v: v if isinstance(v, (bool, np.bool_))
-                       else _BOOLEAN_TEXT.get(str(v).strip().lower()), na_action="ignore")
+        text = s.astype("string").str.strip()   # a boolean's text is 'True' or 'False'
+        missing = s.isna().to_numpy() if pd.api.types.is_bool_dtype(s) else _no_value(text)
+        values = text.str.lower().map(_BOOLEAN_TEXT)
         rule = _rule_of_rows([("missing", missing),
                               ("not_a_boolean", ~missing & values.isna().to_numpy())])
     if attribute.nullable:   # a missing value is a value: kept as null, in the attribute's
@@ -1026,8 +1024,10 @@ def ingest_report(rows: SourceRows, transactions: pd.DataFrame, quarantine: pd.D
     }
 
 
-def check_invalid_share(result: IngestResult, rows: SourceRows, params: IngestParams) -> None:
-    "Fail with one line naming the commonest broken rule when too many rows were quarantined."
+def check_invalid_share(result: IngestResult, params: IngestParams, stage: str = "ingest"
+                        ) -> None:
+    """Fail with one line naming the commonest broken rule when too many rows were quarantined
+    (`stage`: the command that read them, ingest or `aif score`)."""
     q, report = result.quarantine, result.report
     if report["quarantined_share"] <= params.max_invalid_fraction:
         return
@@ -1038,7 +1038,7 @@ def check_invalid_share(result: IngestResult, rows: SourceRows, params: IngestPa
     value = first.get(f"value_{top[0]}")
     shown = f" (value {value!r})" if isinstance(value, str) else ""
     raise StageError(
-        f"ingest: {report['rows_quarantined']:,} of {report['rows_read']:,} rows "
+        f"{stage}: {report['rows_quarantined']:,} of {report['rows_read']:,} rows "
         f"({report['quarantined_share']:.2%}) broke rules, above ingest.max_invalid_fraction="
         f"{params.max_invalid_fraction}; column {top[0]} rule {top[1]}: {n_top:,} "
         f"row{'s' * (n_top != 1)}, first at {at} of {first['source_file']}{shown}")
@@ -1076,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
     secret = require_secret(plan)   # before reading: a missing secret is a one-line refusal
     rows = read_source(paths.resolve(params.source), params)
     result = ingest_rows(rows, params, secret=secret)
-    check_invalid_share(result, rows, params)
+    check_invalid_share(result, params)
     write_outputs(result, paths.interim_transactions, paths.quarantine, paths.ingest_report,
                   paths.id_map, plan.attributes)
     r = result.report

@@ -336,8 +336,8 @@ def spec_inputs(specs: tuple[FeatureSpec, ...]) -> list[str]:
 
 
 def check_declared(specs: tuple[FeatureSpec, ...], declared, version: str, stage: str) -> None:
-    """Refuse, in one line, a model whose features read an attribute `declared` (the names in
-    `ingest.attributes`) lacks: the service's request schema follows ingest, and the model
+    """Refuse, in one line, a model whose features read an attribute `declared` (the names of
+    `ingest.attributes`, or that mapping itself) lacks: the service's request schema follows ingest, and the model
     would meet a column it does not have (a 500 online, a traceback in batch)."""
     missing = [c for c in spec_inputs(specs) if c not in set(declared)]
     if missing:

@@ -501,8 +501,8 @@ async def switch_to(service: Service) -> None:
     "Load the registry's prod version, rebuild the feature state if it needs one, swap both."
     loaded = await asyncio.to_thread(load_model, service.paths)
     specs = loaded.model.feature_specs(service.params.features)
-    check_declared(specs, [a.name for a in service.requests.plan.attributes], loaded.version,
-                   "serve")   # refused: the running model stays, tried again after a backoff
+    # refused: the running model stays, tried again after a backoff
+    check_declared(specs, service.params.ingest.attributes, loaded.version, "serve")
     async with service.state_lock:   # no snapshot prunes the journal while a state is rebuilt
         rebuild = not {s.computation for s in specs} <= {s.computation
                                                           for s in service.features.specs}
@@ -1232,8 +1232,8 @@ def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
     requests = Requests.of(params.ingest)   # first: a missing or wrong secret stops here
     check_same_secret(paths.ingest_report, requests.secret, "serve")
     loaded = load_model(paths, model_dir)
-    check_declared(loaded.model.feature_specs(params.features),
-                   [a.name for a in requests.plan.attributes], loaded.version, "serve")
+    check_declared(loaded.model.feature_specs(params.features), params.ingest.attributes,
+                   loaded.version, "serve")
     serve = params.serve
     snapshot = paths.resolve(serve.snapshot) if serve.snapshot else None
     if snapshot is not None:   # what a crash left half-written

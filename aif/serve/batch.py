@@ -30,7 +30,7 @@ __all__ = ['OUTPUT_COLUMNS', 'read_transactions', 'transaction_columns', 'score_
 
 # %% ../../nbs/67_batch.ipynb #13a927ed
 def read_transactions(path: Path, params: Params, log) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from aif.data.ingest import ingest_rows, read_source
+    from aif.data.ingest import check_invalid_share, ingest_rows, read_source
 
     if not path.exists():
         raise StageError(f"score: {path}: no such file")
@@ -40,6 +40,7 @@ def read_transactions(path: Path, params: Params, log) -> tuple[pd.DataFrame, pd
         log.warning(f"{path}: no {label} column: every label counts as unknown")
         rows.frame[label] = 0
     result = ingest_rows(rows, params.ingest)
+    check_invalid_share(result, params.ingest, "score")
     return result.transactions, result.quarantine
 
 
@@ -109,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     folder = args.model or stage.paths.models
     model = Model.load(folder)
-    check_declared(model.feature_specs(params.features),
-                   [a.name for a in source_plan(params.ingest).attributes], model_version(folder),
-                   "score")
+    check_declared(model.feature_specs(params.features), params.ingest.attributes,
+                   model_version(folder), "score")
     transactions, quarantine = read_transactions(args.input, params, log)
     columns, labels = transaction_columns(transactions)
     frame = feature_frame(columns, labels, model.feature_specs(params.features), params.features)
