@@ -293,6 +293,44 @@ def test_an_id_with_odd_spaces_gets_the_key_ingest_gives_it(text):
         offline.tolist() == parse_ids([pd.Series(["shop-1"], dtype="string")])[0].tolist()
 
 
+@pytest.mark.parametrize("text", ["NULL", " n/a ", "NaN", "NA"])
+def test_an_id_that_reads_as_no_value_is_missing_offline_and_refused_online(text):
+    """'NULL', 'N/A', 'NaN' in an id column are how a database or a spreadsheet writes no id:
+    ingest quarantines the row (`missing`, as an empty cell or a Parquet null), and /score
+    and /labels refuse it (422 naming the field), on either decoder. Read as a card, it
+    pooled every row without one into a single history. A category keeps such a text."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.data.ingest import parse_attribute, parse_ids, source_plan
+    from aif.schema import Attribute
+    from aif.serve.schema import Requests
+    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    for parts in ([pd.Series([text, "7"], dtype="string")],
+                  [pd.Series(["a1", "a2"], dtype="string"), pd.Series(["7", text], dtype="string")],
+                  [pd.Series([text, None, ""], dtype=object)]):
+        _, rules, _ = parse_ids(parts)
+        assert set(rules) == {"missing"}, (parts, rules)
+    for field, value in (("customer_id", text), ("terminal_id", text),
+                         ("transaction_id", ["a1", text])):
+        for category in ("travel", " travel"):   # msgspec's path, then pydantic's alone
+            raw = json.dumps(plain_row(**{field: value}, category=category)).encode()
+            with pytest.raises(RequestValidationError) as refused:
+                requests.score_columns(raw)
+            (error,) = refused.value.errors()
+            assert error["loc"] == ("body", field) and error["type"] == "missing", error
+    with pytest.raises(RequestValidationError) as refused:
+        requests.label_columns(requests.labels_body(json.dumps(
+            {"transaction_id": [text, "7"], "tx_fraud": 1}).encode()))
+    assert [e["loc"] for e in refused.value.errors()] == [("body", "transaction_id")]
+    # a category is kept as written, offline and online alike
+    offline, rules = parse_attribute(pd.Series([text], dtype="string"),
+                                     Attribute("category", "category", "category"))
+    raw = json.dumps(plain_row(category=text)).encode()
+    assert rules.empty and requests.score_columns(raw).columns["category"].tolist() == \
+        requests.score_columns(json.dumps(plain_row(category=offline[0])).encode()
+                               ).columns["category"].tolist()
+
+
 def test_a_bad_label_gets_the_errors_of_the_shape_it_was_sent_in():
     """/labels takes one label or `{"labels": [...]}`: a 422 names what is wrong in the shape
     the client sent, not also the other shape's missing fields."""

@@ -633,7 +633,8 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | N
 
 # what a CSV reader takes for no value in a column of numbers ('', 'NULL', 'NaN', ...): the
 # same cell in a column read as text (another row holds 'abc') is no value either, not a
-# number that failed, or a file's other rows would decide a row's fate
+# number that failed, or a file's other rows would decide a row's fate. In an id too (the
+# service refuses it): a category's text is kept as written ('NA' may be a country)
 NO_VALUE_TEXTS = tuple(pa_csv.ConvertOptions().null_values)
 
 
@@ -736,7 +737,9 @@ def parse_ids(parts: list[pd.Series], secret: bytes | None = None
     for part in parts:
         text, part_checks = _id_text(part)
         texts.append(text)
-        checks += part_checks
+        # 'NULL', 'NaN', 'N/A'...: a missing id as a database or a spreadsheet writes it, not
+        # a card of that name, whose history would pool every row without one
+        checks += [*part_checks, ("missing", text.isin(NO_VALUE_TEXTS).fillna(False).to_numpy())]
     rules = _rule_of_rows(checks)
     ok = np.ones(len(index), bool)
     ok[rules.index.to_numpy(dtype=np.int64)] = False

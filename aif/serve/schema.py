@@ -29,7 +29,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from ..config.params import IngestParams
-from ..data.ingest import SourcePlan, require_secret, source_plan
+from ..data.ingest import NO_VALUE_TEXTS, SourcePlan, require_secret, source_plan
 from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_of_integers,
                       keys_of_text)
 
@@ -187,6 +187,7 @@ def fast_transaction_type(plan: SourcePlan) -> type[msgspec.Struct]:
 
 # %% ../../nbs/63_request_schema.ipynb #6b0e5d21
 ID_FIELDS = ("transaction_id", "customer_id", "terminal_id")
+_NO_VALUE = frozenset(NO_VALUE_TEXTS)   # an id that reads as none, refused as ingest does
 ENTITY_KEY_CACHE = 1 << 18   # texts of terminal (and unkeyed card) ids whose keys are kept
 
 
@@ -298,6 +299,8 @@ class Requests:
         texts = [v for name in ID_FIELDS for v in values[name] if type(v) is str]
         texts += [p for name in self.composites for v in values[name] for p in v
                   if type(p) is str]
+        if not _NO_VALUE.isdisjoint(texts):   # an id 'NULL': pydantic's path refuses it
+            return None
         texts += [v for a in self.plan.attributes if a.type == "category"
                   for v in values[a.name] if v is not None]
         if list(map(str.strip, texts)) != texts:
@@ -388,6 +391,13 @@ class Requests:
                 raise RequestValidationError([{
                     "loc": ("body", name), "type": "string_too_short",
                     "msg": "String should have at least 1 character (after its spaces)"}])
+            no_value = next((p for v in column for p in (v if type(v) is list else [v])
+                             if p in _NO_VALUE), None) if name in ID_FIELDS else None
+            if no_value is not None:   # as ingest quarantines it (`missing`)
+                raise RequestValidationError([{
+                    "loc": ("body", name), "type": "missing",
+                    "msg": f"{no_value!r} reads as no value (as a CSV reader's NULL, NaN, "
+                           "N/A): send the id"}])
             values[name] = column
         return values
 
