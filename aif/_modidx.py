@@ -106,6 +106,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.data.ingest.IngestResult': ('ingest.html#ingestresult', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourcePlan': ('ingest.html#sourceplan', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourcePlan.exact_columns': ('ingest.html#sourceplan.exact_columns', 'aif/data/ingest.py'),
+                                 'aif.data.ingest.SourcePlan.float_fields': ('ingest.html#sourceplan.float_fields', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourcePlan.is_pii': ('ingest.html#sourceplan.is_pii', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourcePlan.key_columns': ('ingest.html#sourceplan.key_columns', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourcePlan.timestamp_column': ( 'ingest.html#sourceplan.timestamp_column',

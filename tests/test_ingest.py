@@ -322,6 +322,64 @@ damage = st.lists(st.tuples(st.integers(0, 59), st.sampled_from(
     st.sampled_from([None, "x", "-1", "2", "1.5", "2999-01-01", "7"])), max_size=40)
 
 
+def test_a_european_export_with_decimal_commas_gives_the_same_values(tmp_path):
+    """`ingest.decimal: ","` (with `csv_delimiter: ";"`) reads 12,50 as 12.5: the same values
+    as the export written with points, for the amount and a float attribute. A text with a
+    point there (12.50, 1.234,50) is not_a_number, never another value; a Parquet file's
+    numbers beside the CSV keep their values (their text would have a point)."""
+    from aif.data.ingest import read_source
+
+    frame = good_frame(300).assign(LAT=np.round(np.random.default_rng(1).uniform(-90, 90, 300), 6))
+    attributes = {"lat": {"column": "LAT", "type": "float"}}
+    points, commas = tmp_path / "points", tmp_path / "commas"
+    points.mkdir(), commas.mkdir()
+    frame.to_csv(points / "bank.csv", index=False)
+    frame.to_csv(commas / "bank.csv", index=False, sep=";", decimal=",")
+
+    def ingested(folder: Path, **params):
+        params = IngestParams(columns=MAPPING, attributes=attributes, reject_future=False,
+                              **params)
+        return ingest_rows(read_source(folder, params), params)
+
+    expected = ingested(points).transactions
+    got = ingested(commas, csv_delimiter=";", decimal=",").transactions
+    assert len(got) == 300
+    pd.testing.assert_frame_equal(got[["tx_amount", "lat"]], expected[["tx_amount", "lat"]])
+    # a point in a text, and numbers from a Parquet file of the same source
+    broken = frame.head(3).assign(TX_ID=[1, 2, 3], AMOUNT_EUR=["12.50", "1.234,50", "7,25"])
+    broken.to_csv(commas / "more.csv", index=False, sep=";", decimal=",")
+    pq.write_table(pa.table({**{c: frame[c].head(2).to_numpy() for c in MAPPING.values()
+                                if c != "AMOUNT_EUR"},
+                             "TX_ID": [4, 5], "LAT": [1.5, 2.25],
+                             "AMOUNT_EUR": pa.array([Decimal("12.50"), Decimal("0.10")],
+                                                    pa.decimal128(10, 2))}),
+                   commas / "more.parquet")
+    result = ingested(commas, csv_delimiter=";", decimal=",")
+    quarantined = result.quarantine
+    assert quarantined.rule.tolist() == ["not_a_number"] * 2 and set(quarantined.column) == {
+        "tx_amount"} and sorted(quarantined.source_line) == [2, 3], quarantined
+    amounts = result.transactions.set_index("transaction_id").tx_amount
+    assert amounts[3] == 7.25 and amounts[4] == 12.5 and amounts[5] == 0.1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=20))
+def test_a_number_written_with_a_decimal_comma_reads_as_with_a_point(values):
+    "Whether Arrow reads the column as numbers or ingest reads its text, the value is exact."
+    import pyarrow.csv as pa_csv
+
+    from aif.data.ingest import _parse_amount
+    texts = [repr(v).replace(".", ",") for v in values]
+    parsed, rules = _parse_amount(pd.Series(texts, dtype="string"), ",")
+    assert rules.empty and parsed.tolist() == values
+    read = pa_csv.read_csv(pa.py_buffer("\n".join(["a", *texts]).encode()),
+                           parse_options=pa_csv.ParseOptions(delimiter=";"),
+                           convert_options=pa_csv.ConvertOptions(decimal_point=","))
+    assert read["a"].to_pylist() == values
+    points, _ = _parse_amount(pd.Series([repr(v) for v in values], dtype="string"), ",")
+    assert points.isna().tolist() == ["." in repr(v) for v in values]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(damage=damage, n=st.integers(1, 60))
 def test_every_row_is_written_or_quarantined(damage, n):

@@ -150,6 +150,7 @@ class IngestParams:
     timezone: str | None = None
     datetime_format: str | None = None
     csv_delimiter: str = ","
+    decimal: str = "."                       # of CSV numbers: "," reads 12,50 (a European export)
     extra_columns: str = "drop"
     max_invalid_fraction: float = 0.001
     reject_future: bool = True
@@ -170,6 +171,12 @@ class IngestParams:
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 raise ParamsError(f"params.yaml: ingest.timezone {self.timezone!r} is not a "
                                   "time zone (e.g. Europe/Brussels)") from None
+        if self.decimal not in (".", ","):
+            raise ParamsError(f"params.yaml: ingest.decimal {self.decimal!r} must be '.' or ','")
+        if self.decimal == self.csv_delimiter:
+            raise ParamsError(f"params.yaml: ingest.decimal {self.decimal!r} is also "
+                              "ingest.csv_delimiter; a CSV with decimal commas is delimited by "
+                              "';' (ingest.csv_delimiter: ';')")
         if self.datetime_unit not in (None, "s", "ms", "us"):
             raise ParamsError(f"params.yaml: ingest.datetime_unit {self.datetime_unit!r} must "
                               "be s, ms or us (epoch seconds, milliseconds, microseconds)")

@@ -90,10 +90,14 @@ class SourcePlan:
         return {c for f in self.fields if f.name in ID_FIELDS for c in f.columns} | categories
 
     @property
+    def float_fields(self) -> set[str]:
+        "The amount and the float attributes: read as numbers, by `ingest.decimal` from text."
+        return {"tx_amount"} | {a.name for a in self.attributes if a.type == "float"}
+
+    @property
     def exact_columns(self) -> set[str]:
         "Source columns read from CSV as text and parsed exactly (all but float ones)."
-        floats = {"tx_amount"} | {a.name for a in self.attributes if a.type == "float"}
-        return {c for f in self.fields if f.name not in floats for c in f.columns}
+        return {c for f in self.fields if f.name not in self.float_fields for c in f.columns}
 
 
 def _field_source(name: str, mapped, where: str) -> FieldSource:
@@ -248,6 +252,7 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
         parse_options=pa_csv.ParseOptions(delimiter=params.csv_delimiter,
                                           invalid_row_handler=wrong_field_count),
         convert_options=pa_csv.ConvertOptions(
+            decimal_point=params.decimal,
             column_types={c: pa_arrow.string() for c in header if c in exact},
             include_columns=[c for c in header if not plan.is_pii(c)]))   # PII: never read
     # pyarrow numbers records (header = 1); the kept ones are those it did not skip
@@ -335,10 +340,15 @@ def _keeps_values(f: pa_arrow.Field, plan: SourcePlan) -> bool:
     it as different types: a key column's floats, decimals and booleans, which the key rule
     reads each as a file of them alone has it read (Arrow's text of a float,
     4.916716558875162e+15, would be keyed as other text, silently another card), and the
-    timestamp column's timestamps (their text would be read by the CSV's format)."""
+    timestamp column's timestamps (their text would be read by the CSV's format), and the
+    numbers of a float field (their text would be read by `ingest.decimal`, 12.5 refused
+    where it is ',')."""
     if f.name in plan.key_columns:
         return pa_arrow.types.is_floating(f.type) or pa_arrow.types.is_decimal(f.type) or \
             pa_arrow.types.is_boolean(f.type)
+    if f.name not in plan.exact_columns and f.name in plan.used_columns:   # a float field's
+        return pa_arrow.types.is_floating(f.type) or pa_arrow.types.is_decimal(f.type) or \
+            pa_arrow.types.is_integer(f.type)
     return f.name == plan.timestamp_column and (pa_arrow.types.is_timestamp(f.type) or
                                                 pa_arrow.types.is_date(f.type))
 
@@ -643,16 +653,24 @@ def _no_value(text: pd.Series) -> np.ndarray:
     return (text.isna() | text.isin(NO_VALUE_TEXTS)).to_numpy(bool)
 
 
-def _parse_amount(s: pd.Series) -> tuple[pd.Series, pd.Series]:
-    "Amounts as float64 (the canonical type), and the rule each unparseable row broke."
-    missing = s.isna().to_numpy()
-    numeric = pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
-    if not numeric:
-        text = s.astype("string").str.strip()
-        missing = _no_value(text)
-        s = text.mask(missing)
-    values = s if numeric else pd.to_numeric(s, errors="coerce")
-    values = values.astype("float64")
+def _parse_amount(s: pd.Series, decimal: str = ".") -> tuple[pd.Series, pd.Series]:
+    """Amounts (or a float attribute) as float64, the canonical type, and the rule each
+    unparseable row broke. Text is read with `decimal` (`ingest.decimal`) as its decimal
+    point: where that is ',', 12,50 is 12.5 and a text with a '.' (12.50, or 1.234,50 with
+    a thousands separator) is not a number rather than another value."""
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+        values, missing = s.astype("float64"), s.isna().to_numpy()
+    else:   # text, or numbers a file held as such among text (a source of Parquet and CSV)
+        numbers = np.zeros(len(s), bool) if s.dtype != object else s.notna().to_numpy() & \
+            np.fromiter((isinstance(v, (int, float, Decimal, np.number)) and not isinstance(
+                v, (bool, np.bool_)) for v in s), bool, len(s))
+        text = s.where(~numbers).astype("string").str.strip()
+        missing = _no_value(text) & ~numbers
+        if decimal != ".":
+            other_point = text.str.contains(".", regex=False).fillna(False).to_numpy(bool)
+            text = text.str.replace(decimal, ".", regex=False).mask(other_point)
+        values = pd.to_numeric(text.mask(missing), errors="coerce").astype("float64")
+        values[numbers] = s[numbers].astype("float64")
     bad = np.isnan(values.to_numpy()) & ~missing
     return values, _rule_of_rows([("missing", missing), ("not_a_number", bad)])
 
@@ -793,10 +811,11 @@ def _booleans_as_text(s: pd.Series) -> pd.Series:
     return s
 
 
-def parse_attribute(s: pd.Series, attribute: Attribute) -> tuple[pd.Series, pd.Series]:
+def parse_attribute(s: pd.Series, attribute: Attribute, decimal: str = "."
+                    ) -> tuple[pd.Series, pd.Series]:
     "A declared attribute in its type, exactly, and the rule of each bad row."
     if attribute.type == "float":
-        values, rule = _parse_amount(s)
+        values, rule = _parse_amount(s, decimal)
     elif attribute.type == "int":
         values, rule = parse_integers(s, *INTEGER_RANGES["int64"])
     elif attribute.type == "category":   # as ids are read: 5411.0 from a float column is 5411
@@ -831,7 +850,7 @@ def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
         frame = frame.assign(**{c: frame[c].astype(object) for c in columns   # values, not codes
                                 if isinstance(frame[c].dtype, pd.CategoricalDtype)})
         if name in attributes:
-            parsed[name], rule = parse_attribute(frame[name], attributes[name])
+            parsed[name], rule = parse_attribute(frame[name], attributes[name], params.decimal)
         elif name in ID_FIELDS:
             parsed[name], rule, raw_ids[name] = parse_ids(
                 [frame[c] for c in columns], secret if name in plan.sensitive else None)
@@ -846,7 +865,7 @@ def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
             parsed[name], rule = parse_integers(frame[name],
                                                 *INTEGER_RANGES[FIELDS_BY_NAME[name].dtype])
         else:
-            parsed[name], rule = _parse_amount(frame[name])
+            parsed[name], rule = _parse_amount(frame[name], params.decimal)
         if len(rule):
             failures.append(pd.DataFrame({"column": name, "rule": rule}))
     order = [n for n in sources if n in parsed.columns]
