@@ -675,6 +675,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.serve.batch.score_frame': ('batch.html#score_frame', 'aif/serve/batch.py'),
                                  'aif.serve.batch.since_time': ('batch.html#since_time', 'aif/serve/batch.py'),
                                  'aif.serve.batch.transaction_columns': ('batch.html#transaction_columns', 'aif/serve/batch.py'),
+                                 'aif.serve.batch.warn_short_history': ('batch.html#warn_short_history', 'aif/serve/batch.py'),
                                  'aif.serve.batch.write_table': ('batch.html#write_table', 'aif/serve/batch.py')},
             'aif.serve.journal': { 'aif.serve.journal.Journal': ('journal.html#journal', 'aif/serve/journal.py'),
                                    'aif.serve.journal.Journal.__init__': ('journal.html#journal.__init__', 'aif/serve/journal.py'),

@@ -148,6 +148,10 @@ def test_drift_alert_retrains_promotes_and_rolls_back(scenario_project: Path):
     assert (scored.alert == (scored.score >= model.info["alert"]["threshold"])).all()
     assert set(scored.model_version) == {f"{ARTIFACT}@v0.0.2"}
     assert scored.fraud_probability.between(0, 1).all()
+    # each score names its row in the input, to join it back to the export
+    for _, row in scored.sample(20, random_state=0).iterrows():
+        raw = pd.read_parquet(project / row.source_file).iloc[row.source_row - 1]
+        assert raw.transaction_id == row.transaction_id and row.source_line == -1   # Parquet
 
     # Rollback: prod returns to v0.0.1 for aif, GTO and DVC alike, recorded like a promotion.
     assert aif(project, "registry", "rollback").returncode == 0
@@ -266,6 +270,14 @@ def test_score_rejects_bad_arguments(trained_project: Path, tmp_path: Path):
         f"column tx_amount rule non_negative: 1 row, first at line 4 of {tmp_path}/broken.csv "
         "(value '-3.0')"]
     assert list(tmp_path.glob("out*")) == []   # neither scores nor a quarantine
+    # the valid rows alone: scored, each with its row in the file, and a word on its history
+    pd.read_csv(tmp_path / "broken.csv").drop(index=2).to_csv(tmp_path / "few.csv", index=False)
+    few = aif(trained_project, "score", "--input", str(tmp_path / "few.csv"),
+              "--output", str(tmp_path / "few.parquet"), check=True)
+    assert "3 of 3 rows scored are within" in few.stderr and "--since" in few.stderr
+    scored = pd.read_parquet(tmp_path / "few.parquet")
+    assert scored.source_line.tolist() == [2, 3, 4] and scored.source_row.tolist() == [1, 2, 3]
+    assert set(scored.source_file) == {str(tmp_path / "few.csv")}
 
 
 @pytest.mark.parametrize("name, must_run", [

@@ -685,3 +685,21 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
     assert {hit.split(" in /")[0] for hit in seen} == wanted
     leaks = scan_for(wanted, project)
     assert not leaks, leaks[:5]
+
+
+def test_readme_s_declared_features_are_the_card_export_s_and_valid():
+    "README's `features.declared` example is the card export's, and params take it whole."
+    import re
+
+    import yaml
+
+    from aif.config.params import FeaturesParams
+    from aif.data.card_export import DECLARED_FEATURES
+    from aif.features.specs import feature_specs
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [block] = re.findall(r"```yaml\n(  features:\n    declared:\n.*?)```", text, re.S)
+    declared = yaml.safe_load(block)["features"]["declared"]
+    assert declared == DECLARED_FEATURES
+    names = [s.name for s in feature_specs(FeaturesParams(declared=tuple(declared)), 7)]
+    assert names[-len(declared):] == [d["name"] for d in declared]

@@ -251,3 +251,15 @@ def test_the_gate_line_says_when_the_models_read_other_features():
     assert "(other features: 1 new: c; 1 dropped: km)" in summary_line(decision)
     decision["challenger"]["features"] = ["km", "a"]
     assert "other features" not in summary_line(decision)
+
+
+def test_a_declared_feature_named_as_a_group_s_is_refused_in_one_line():
+    "README's own example once declared the card's largest amount, since a default: a traceback."
+    from aif.config.params import FeaturesParams, ParamsError
+    from aif.features.specs import feature_specs
+
+    twice = FeaturesParams(declared=({"name": "customer_max_amount_7d", "entity": "customer",
+                                      "aggregation": "max", "window_days": 7},))
+    with pytest.raises(ParamsError, match="two features named customer_max_amount_7d"):
+        feature_specs(twice, 7)
+    assert "customer_max_amount_7d" in {s.name for s in feature_specs(FeaturesParams(), 7)}

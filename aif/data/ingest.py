@@ -918,6 +918,8 @@ class IngestResult:
     quarantine: pd.DataFrame
     report: dict
     id_map: pd.DataFrame = dataclass_field(default_factory=empty_id_map)   # ids not their text
+    # each written transaction's position in the source rows (`SourceRows`): its file and row
+    origin: np.ndarray = dataclass_field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def check_collisions(raw_ids: dict[str, pd.Series], keys: pd.DataFrame, ok: np.ndarray,
@@ -988,11 +990,12 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
     valid[failures.index.to_numpy()] = False
     transactions = cast_canonical(parsed[valid], plan.attributes)
     id_map = id_map_of(transactions.reset_index(drop=True), raw_ids, valid, plan)
+    origin = np.flatnonzero(valid)
     if not transactions[SORT_KEYS[0]].is_monotonic_increasing or len(transactions) < 2 or \
             not _sorted_by_keys(transactions):
         order = np.lexsort((transactions["transaction_id"].to_numpy(),
                             transactions["tx_datetime"].to_numpy()))
-        transactions = transactions.iloc[order]
+        transactions, origin = transactions.iloc[order], origin[order]
     transactions = transactions.reset_index(drop=True)
 
     bad = failures.index.to_numpy()
@@ -1017,7 +1020,7 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
         report["sensitive_ids"] = {"fields": sorted(plan.sensitive),
                                    "key_fingerprint": secret_fingerprint(secret)}
     assert report["rows_read"] == report["rows_written"] + report["rows_quarantined"]
-    return IngestResult(transactions, quarantine, report, id_map)
+    return IngestResult(transactions, quarantine, report, id_map, origin)
 
 
 def _sorted_by_keys(frame: pd.DataFrame) -> bool:

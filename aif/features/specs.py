@@ -245,29 +245,31 @@ def check_specs(specs: tuple[FeatureSpec, ...], label_delay_days: int) -> None:
     """Refuse duplicate names, a label-reading feature that does not wait for the delay or
     that groups by an entity a late label cannot be found in, and inputs that come later."""
     names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate feature names: {sorted({n for n in names if names.count(n) > 1})}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ParamsError(f"params.yaml: features: two features named {twice[0]} (a declared "
+                          "one repeats a group's, or another declared one): rename or drop one")
     earlier = set(CANONICAL_COLUMNS)
     for s in specs:
+        where = f"params.yaml: features: feature {s.name}"
         if s.uses_labels and s.lag_days < label_delay_days:
-            raise ValueError(f"feature {s.name} reads labels with lag {s.lag_days} days, "
-                             f"less than label_delay_days={label_delay_days}")
+            raise ParamsError(f"{where} reads labels with lag {s.lag_days} days, less than "
+                              f"label_delay_days={label_delay_days}")
         if s.uses_labels and s.entity not in LABELLED_ENTITIES:
-            raise ValueError(f"feature {s.name} reads labels grouped by {s.entity}: labels are "
-                             "found by card and terminal only (entities: "
-                             f"{', '.join(LABELLED_ENTITIES)})")
+            raise ParamsError(f"{where} reads labels grouped by {s.entity}: labels are found by "
+                              f"card and terminal only (entities: {', '.join(LABELLED_ENTITIES)})")
         parts = entity_parts(s.entity)
         malformed = len(parts) > 2 or any(p == "transaction" or not p.isidentifier()
                                           for p in parts)
         if s.entity != "transaction" and malformed:
-            raise ValueError(f"feature {s.name}: unknown entity {s.entity}")
+            raise ParamsError(f"{where}: unknown entity {s.entity}")
         if s.windowed and s.inputs and s.inputs[0] in set(names) - set(CANONICAL_COLUMNS):
-            raise ValueError(f"feature {s.name}: a window aggregates a column (the amount or "
-                             f"an attribute), not the feature {s.inputs[0]}")
+            raise ParamsError(f"{where}: a window aggregates a column (the amount or an "
+                              f"attribute), not the feature {s.inputs[0]}")
         later = names[names.index(s.name):]
         if s.derived and any(i in later and i not in earlier for i in s.inputs):
-            raise ValueError(f"feature {s.name}: its inputs must be columns or features "
-                             "declared before it")
+            raise ParamsError(f"{where}: its inputs must be columns or features declared "
+                              "before it")
         earlier.add(s.name)
 
 
@@ -337,8 +339,9 @@ def spec_inputs(specs: tuple[FeatureSpec, ...]) -> list[str]:
 
 def check_declared(specs: tuple[FeatureSpec, ...], declared, version: str, stage: str) -> None:
     """Refuse, in one line, a model whose features read an attribute `declared` (the names of
-    `ingest.attributes`, or that mapping itself) lacks: the service's request schema follows ingest, and the model
-    would meet a column it does not have (a 500 online, a traceback in batch)."""
+    `ingest.attributes`, or that mapping itself) lacks: the service's request schema follows
+    ingest, and the model would meet a column it does not have (a 500 online, a traceback in
+    batch)."""
     missing = [c for c in spec_inputs(specs) if c not in set(declared)]
     if missing:
         raise StageError(f"{stage}: model {version} reads attribute {missing[0]}, which "

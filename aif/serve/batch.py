@@ -1,6 +1,7 @@
 """`aif score --model DIR --input FILE --output FILE` scores a file of transactions with a
 model folder (the workspace's `models/`, or one written by `aif registry fetch`). The file
-carries the history the features need; rows from `--since` on are scored. Features come
+carries the history the features need; rows from `--since` on are scored (a warning says
+how many are scored with less history than their features read). Features come
 from the model's own specs and the same kernels as `featurize`, so a transaction scored
 here gets the features it would have had in training, whatever params.yaml says today."""
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 from ..config.params import Params
 from ..data.ingest import check_same_secret, require_secret, source_plan
 from ..features.engine import feature_frame
-from ..features.specs import check_declared
+from ..features.specs import check_declared, lookback_days
 from ..features.store import attribute_array, frame_columns
 from ..io import StageError, atomic_output, start_stage
 from ..lifecycle.registry import model_version
@@ -26,10 +27,15 @@ from ..modelling.model import Model
 from ..schema import INPUT_COLUMNS, LABEL_COLUMNS
 
 # %% auto #0
-__all__ = ['OUTPUT_COLUMNS', 'read_transactions', 'transaction_columns', 'score_frame', 'write_table', 'since_time', 'main']
+__all__ = ['OUTPUT_COLUMNS', 'read_transactions', 'transaction_columns', 'score_frame', 'write_table', 'since_time',
+           'warn_short_history', 'main']
 
 # %% ../../nbs/67_batch.ipynb #13a927ed
-def read_transactions(path: Path, params: Params, log) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_transactions(path: Path, params: Params, log
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The valid transactions, the quarantine, and where each transaction came from (its key,
+    `source_file`, `source_row`, and `source_line` for CSV): what joins a score back to the
+    export's row, whose own id may be a sensitive or composite one the output holds as a key."""
     from aif.data.ingest import check_invalid_share, ingest_rows, read_source
 
     if not path.exists():
@@ -41,7 +47,11 @@ def read_transactions(path: Path, params: Params, log) -> tuple[pd.DataFrame, pd
         rows.frame[label] = 0
     result = ingest_rows(rows, params.ingest)
     check_invalid_share(result, params.ingest, "score")
-    return result.transactions, result.quarantine
+    at = result.origin
+    origin = pd.DataFrame({"transaction_id": result.transactions["transaction_id"].to_numpy(),
+                           "source_file": [str(rows.files[i]) for i in rows.file_index[at]],
+                           "source_row": rows.row_number[at], "source_line": rows.line_number[at]})
+    return result.transactions, result.quarantine, origin
 
 
 def transaction_columns(transactions: pd.DataFrame) -> tuple[dict, list[str]]:
@@ -90,6 +100,21 @@ def since_time(text: str, timezone: str | None) -> pd.Timestamp:
     return since.tz_convert(timezone).tz_localize(None)
 
 
+def warn_short_history(transactions: pd.DataFrame, scored: pd.DataFrame, specs, log) -> None:
+    """Say so when rows are scored with less history than their features read: the input's
+    first day is the windows' start for every card (a week of a new file alone, without the
+    weeks before it, scores each card as new, and alerts follow)."""
+    if len(scored) == 0 or len(transactions) == 0:
+        return
+    full = transactions.tx_datetime.min() + pd.Timedelta(days=lookback_days(specs))
+    short = int((scored.tx_datetime < full).sum())
+    if short:
+        log.warning(f"{short:,} of {len(scored):,} rows scored are within {lookback_days(specs):g} "
+                    f"days (the features' longest window and lag) of the input's first "
+                    f"transaction: their features see part of their history; give the input the "
+                    f"days before and --since {full:%Y-%m-%d %H:%M:%S}")
+
+
 def main(argv: list[str] | None = None) -> int:
     def add_arguments(parser):
         parser.add_argument("--model", type=Path, help="model folder (default: models/)")
@@ -112,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     model = Model.load(folder)
     check_declared(model.feature_specs(params.features), params.ingest.attributes,
                    model_version(folder), "score")
-    transactions, quarantine = read_transactions(args.input, params, log)
+    transactions, quarantine, origin = read_transactions(args.input, params, log)
     columns, labels = transaction_columns(transactions)
-    frame = feature_frame(columns, labels, model.feature_specs(params.features), params.features)
+    specs = model.feature_specs(params.features)
+    frame = feature_frame(columns, labels, specs, params.features)
     if since is not None:
         frame = frame[frame.tx_datetime >= since]
-    scored = score_frame(model, frame, model_version(folder))
+    warn_short_history(transactions, frame, specs, log)
+    scored = score_frame(model, frame, model_version(folder)).merge(
+        origin, on="transaction_id", how="left", validate="one_to_one")
     write_table(scored, args.output)
     if len(quarantine):
         where = args.output.with_suffix(".quarantine.parquet")
