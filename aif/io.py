@@ -100,23 +100,28 @@ def restore_outputs(root: Path, stage: str) -> list[str]:
     restored = []
     for out in stage_outputs(root, stage):
         final, md5 = root / out["path"], out["md5"]
+        cached = Path(cache.oid_to_path(md5))
+        if not cached.exists():
+            # not cached (cache: false, or a clone's empty cache): git's HEAD, if it holds that
+            # version; else there is nothing to put back, and the output stays as the stage
+            # left it (opening the output first wrote nothing and failed to rename it)
+            import hashlib
+
+            shown = subprocess.run(["git", "show", f"HEAD:{out['path']}"], cwd=root,
+                                   capture_output=True)
+            if shown.returncode or hashlib.md5(shown.stdout).hexdigest() != md5:
+                continue
         with atomic_output(final) as tmp:
-            if md5.endswith(".dir") and Path(cache.oid_to_path(md5)).exists():
+            if not cached.exists():
+                tmp.write_bytes(shown.stdout)
+            elif md5.endswith(".dir"):
                 tmp.mkdir()
-                for entry in json.loads(Path(cache.oid_to_path(md5)).read_text()):
+                for entry in json.loads(cached.read_text()):
                     target = tmp / entry["relpath"]
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(cache.oid_to_path(entry["md5"]), target)
-            elif Path(cache.oid_to_path(md5)).exists():
-                shutil.copyfile(cache.oid_to_path(md5), tmp)
-            else:   # not cached (cache: false): git's HEAD, if it is that version
-                shown = subprocess.run(["git", "show", f"HEAD:{out['path']}"], cwd=root,
-                                       capture_output=True)
-                import hashlib
-
-                if shown.returncode or hashlib.md5(shown.stdout).hexdigest() != md5:
-                    continue
-                tmp.write_bytes(shown.stdout)
+            else:
+                shutil.copyfile(cached, tmp)
         restored.append(out["path"])
     return restored
 

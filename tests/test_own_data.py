@@ -703,3 +703,27 @@ def test_readme_s_declared_features_are_the_card_export_s_and_valid():
     assert declared == DECLARED_FEATURES
     names = [s.name for s in feature_specs(FeaturesParams(declared=tuple(declared)), 7)]
     assert names[-len(declared):] == [d["name"] for d in declared]
+
+
+def test_a_journal_from_before_an_attribute_was_declared_is_refused_in_one_line(tmp_path):
+    """Transactions scored before `ingest.attributes` gained a column the new features read
+    cannot be replayed (their value was never sent): a traceback (KeyError) at start, now one
+    line saying how to start from the data; the journal is left as it was."""
+    from aif.features.specs import declared_specs
+    from aif.io import StageError
+    from aif.serve.app import replay
+    from aif.serve.journal import Journal
+    from aif.serve.state import OnlineFeatures
+
+    journal = Journal(tmp_path / "journal.sqlite")
+    old = {"transaction_id": np.array([1, 2]), "customer_id": np.array([5, 5]),
+           "terminal_id": np.array([7, 8]), "tx_amount": np.array([10.0, 20.0]),
+           "tx_datetime": np.array([1_530_000_000_000_000, 1_530_000_100_000_000])}
+    journal.submit("score", {**old, "tx_datetime": old["tx_datetime"].view("datetime64[us]")},
+                   old["tx_datetime"])
+    specs = declared_specs(({"name": "categories_7d", "entity": "customer", "window_days": 7,
+                             "aggregation": "distinct_count", "inputs": ["merchant_category"]},), 7)
+    with pytest.raises(StageError, match="entry 1 holds transactions scored without attribute "
+                                         "merchant_category, which the features read now"):
+        replay(OnlineFeatures.empty(specs), journal)
+    assert [kind for _, kind in journal.kinds()] == ["score"]

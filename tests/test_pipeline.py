@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from conftest import REPO, run, write_params
 
 # The data half of the pipeline (simulate, ingest, featurize); modelling is tested on its own
@@ -245,3 +246,15 @@ def test_a_failed_stage_leaves_its_outputs_and_a_killed_one_is_put_back_by_dvc_c
     assert "up to date" in run(["dvc", "status", "featurize"], small_project).stdout
     run(["dvc", "repro", "-f", "featurize"], small_project)   # its next run clears the rest
     assert not list(processed.glob(".*.tmp-*")) and featurize_outputs(small_project) == before
+    # without the cache (a clone that never ran or pulled the stage) what git holds is put
+    # back and the rest left as the failed run left it, without a second error (it was
+    # "outputs not restored ([Errno 2] ...tmp-...)", a temporary never written)
+    lock = yaml.safe_load((small_project / "dvc.lock").read_text())
+    [features] = [o for o in lock["stages"]["featurize"]["outs"] if o["path"].endswith("parquet")]
+    md5 = features["md5"]
+    (small_project / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).unlink()   # its manifest
+    write_params(small_project, features={"groups": ["baseline", "no_such_group"]})
+    failed = run(["dvc", "repro", "featurize"], small_project, check=False)
+    assert failed.returncode != 0 and "not restored" not in failed.stderr, failed.stderr
+    assert "previous outputs are back as dvc.lock records them (reports/features.json)" in \
+        failed.stderr

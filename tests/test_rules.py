@@ -3,6 +3,7 @@ rollback, the retraining plan, and the drift report's status. Milliseconds, no f
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -263,3 +264,21 @@ def test_a_declared_feature_named_as_a_group_s_is_refused_in_one_line():
     with pytest.raises(ParamsError, match="two features named customer_max_amount_7d"):
         feature_specs(twice, 7)
     assert "customer_max_amount_7d" in {s.name for s in feature_specs(FeaturesParams(), 7)}
+
+
+def test_split_windows_outside_the_data_are_refused_in_one_line():
+    """An export of other dates than the defaults' 2018 ones: tune gave a TypeError when no
+    fraud fell after split.train_start, and ran folds past the data's end."""
+    from aif.config.params import SplitParams
+    from aif.modelling import split
+    from aif.modelling.split import check_history
+
+    test = split.test_protocol(SplitParams(), 7)
+    rows = pd.DataFrame({"tx_datetime": pd.to_datetime(["2018-05-01", "2018-08-09"]),
+                         "customer_id": [1, 2], "tx_fraud": np.array([1, 0], np.int8)})
+    assert split.known_compromised_mask(rows, test).tolist() == [False, False]
+    protocols = [*split.prequential_folds(SplitParams(), 7, 4), test]
+    check_history(protocols, np.datetime64("2018-01-01"), 37.0, np.datetime64("2018-08-14"))
+    with pytest.raises(StageError, match="after the data's last day 2018-06-30: move "
+                                         "split.train_start 45 days earlier"):
+        check_history(protocols, np.datetime64("2018-01-01"), 37.0, np.datetime64("2018-06-30"))

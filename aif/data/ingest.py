@@ -1105,6 +1105,7 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(result, paths.interim_transactions, paths.quarantine, paths.ingest_report,
                   paths.id_map, plan.attributes)
     r = result.report
-    log.info(f"read {r['rows_read']:,} rows from {r['files']} files; wrote {r['rows_written']:,}, "
+    log.info(f"read {r['rows_read']:,} rows from {r['files']} file{'s' * (r['files'] != 1)}; "
+             f"wrote {r['rows_written']:,}, "
              f"quarantined {r['rows_quarantined']:,} in {time.perf_counter() - started:.1f}s")
     return 0

@@ -62,8 +62,9 @@ def prequential_folds(split: SplitParams, delay_days: int, n_folds: int) -> list
 
 # %% ../../nbs/30_split.ipynb #1e506e5c
 def check_history(protocols: list[Protocol], data_start: np.datetime64,
-                  lookback_days: float) -> None:
-    "Refuse folds whose features would look back before the data starts."
+                  lookback_days: float, data_end: np.datetime64 | None = None) -> None:
+    """Refuse folds whose features would look back before the data starts, and an assessment
+    period that ends after the data's last day (`data_end`): a window outside the data."""
     earliest = min(p.train.start for p in protocols)
     needed = int(np.ceil(lookback_days))
     have = int((earliest - data_start) / np.timedelta64(1, "D"))
@@ -74,6 +75,12 @@ def check_history(protocols: list[Protocol], data_start: np.datetime64,
             f"split: the earliest training day {earliest} leaves {have} days of history, "
             f"features need {needed} (longest window + label delay); move split.train_start "
             f"{needed - have} days later, or use fewer tune.n_folds")
+    latest = max(p.assess.end for p in protocols) - np.timedelta64(1, "D")
+    if data_end is not None and latest > data_end:
+        raise StageError(
+            f"split: the last assessment day {latest} is after the data's last day {data_end}: "
+            f"move split.train_start {int((latest - data_end) / np.timedelta64(1, 'D'))} days "
+            "earlier, into the data's dates")
 
 
 def in_period(tx_datetime: np.ndarray, period: Period) -> np.ndarray:
@@ -84,9 +91,11 @@ def in_period(tx_datetime: np.ndarray, period: Period) -> np.ndarray:
 def known_compromised_mask(frame: pd.DataFrame, protocol: Protocol) -> np.ndarray:
     "True for assessment rows whose card was known to be compromised on that day."
     day = frame["tx_datetime"].to_numpy().astype("datetime64[D]")
-    frauds = frame[(frame["tx_fraud"].to_numpy() == 1) & (day >= protocol.train.start)]
-    first_fraud = frauds.groupby("customer_id")["tx_datetime"].min().dt.floor("D")
-    first = frame["customer_id"].map(first_fraud).to_numpy().astype("datetime64[D]")
+    fraud = (frame["tx_fraud"].to_numpy() == 1) & (day >= protocol.train.start)
+    cards = frame["customer_id"].to_numpy()
+    # each card's first fraud day (NaT for none; no fraud at all is an empty index, not an error)
+    first_fraud = pd.Series(day[fraud]).groupby(cards[fraud]).min()
+    first = first_fraud.reindex(cards).to_numpy().astype("datetime64[D]")
     known_by = day - np.timedelta64(protocol.delay_days + 1, "D")
     assess = in_period(frame["tx_datetime"].to_numpy(), protocol.assess)
     return assess & ~np.isnat(first) & (first <= known_by)

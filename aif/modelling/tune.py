@@ -25,7 +25,7 @@ from ..metrics import average_precision
 from .model import (FIXED_PARAMS, Encoding, files_digest, fit_booster,
                                  lgbm_params, loaded_code_digest)
 from .split import (Protocol, check_history, load_periods, prequential_folds,
-                                 split_frame)
+                                 split_frame, test_protocol)
 from ..tracking import tracked_run
 
 # %% auto #0
@@ -251,8 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     specs = feature_specs(params.features, params.label_delay_days)
     features = feature_names(specs)
     protocols = prequential_folds(params.split, params.label_delay_days, params.tune.n_folds)
-    first_day = read_features(paths.features, ["tx_datetime"]).column(0)[0].as_py()
-    check_history(protocols, np.datetime64(first_day, "D"), lookback_days(specs))
+    # the folds and the test inside the data, before any work (evaluate reads the test's rows)
+    times = read_features(paths.features, ["tx_datetime"]).column(0)   # in time order
+    check_history([*protocols, test_protocol(params.split, params.label_delay_days)],
+                  np.datetime64(times[0].as_py(), "D"), lookback_days(specs),
+                  np.datetime64(times[-1].as_py(), "D"))
     started = time.perf_counter()
     folds = make_folds(load_periods(paths.features, protocols, features), protocols, features,
                        [s.name for s in specs if s.categorical])

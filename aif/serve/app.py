@@ -315,6 +315,13 @@ def replay(state: OnlineFeatures, journal: Journal) -> int:
     were kept (rows the state knows already are left out), then the labels. Returns entries."""
     applied, kept = 0, replayed_columns(state)
     for seq, kind, table in journal.since(state.journal_seq):
+        lacking = [c for c in kept if c not in table] if kind == "score" else []
+        if lacking:   # scored before ingest.attributes declared it: no value to replay
+            raise StageError(
+                f"serve: {journal.path} entry {seq} holds transactions scored without attribute "
+                f"{lacking[0]}, which the features read now: to start from the data alone, stop "
+                "the service and remove models/serving/state.parquet and journal.sqlite* (their "
+                "scores stay in the prediction log)")
         if kind == "score":
             rows = {c: table[c] for c in kept}
             rows["tx_datetime"] = table["tx_datetime"].view(np.int64)

@@ -251,7 +251,7 @@ class Requests:
                                        forbid_unknown_fields=True, gc=False)
         self._fast = (msgspec.json.Decoder(fast_batch), msgspec.json.Decoder(fast))
         if self.plan.sensitive and self.secret is None:
-            self.secret = require_secret(self.plan)
+            self.secret = require_secret(self.plan, "serve")
 
     @classmethod
     def of(cls, ingest: IngestParams) -> Requests:
