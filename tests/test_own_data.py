@@ -317,11 +317,22 @@ def test_an_id_that_reads_as_no_value_is_missing_offline_and_refused_online(text
             with pytest.raises(RequestValidationError) as refused:
                 requests.score_columns(raw)
             (error,) = refused.value.errors()
-            assert error["loc"] == ("body", field) and error["type"] == "missing", error
+            assert error["loc"] == ("body", field) and error["type"] == "no_value", error
+    # in a batch, each row's field, as pydantic names a batch's other errors
+    batch = [plain_row(transaction_id=["a1", "1"]),
+             plain_row(transaction_id=["a2", "1"], customer_id=text, terminal_id=text)]
     with pytest.raises(RequestValidationError) as refused:
-        requests.label_columns(requests.labels_body(json.dumps(
-            {"transaction_id": [text, "7"], "tx_fraud": 1}).encode()))
-    assert [e["loc"] for e in refused.value.errors()] == [("body", "transaction_id")]
+        requests.score_columns(json.dumps({"transactions": batch}).encode())
+    assert [e["loc"] for e in refused.value.errors()] == [
+        ("body", "transactions", 1, "customer_id"), ("body", "transactions", 1, "terminal_id")]
+    for body, where in (({"transaction_id": [text, "7"], "tx_fraud": 1},
+                         ("body", "transaction_id")),
+                        ({"labels": [{"transaction_id": ["a1", "7"], "tx_fraud": 1},
+                                     {"transaction_id": [text, "7"], "tx_fraud": 1}]},
+                         ("body", "labels", 1, "transaction_id"))):
+        with pytest.raises(RequestValidationError) as refused:
+            requests.label_columns(requests.labels_body(json.dumps(body).encode()))
+        assert [e["loc"] for e in refused.value.errors()] == [where]
     # a category is kept as written, offline and online alike
     offline, rules = parse_attribute(pd.Series([text], dtype="string"),
                                      Attribute("category", "category", "category"))

@@ -150,7 +150,7 @@ class IngestParams:
     timezone: str | None = None
     datetime_format: str | None = None
     csv_delimiter: str = ","
-    decimal: str = "."                       # of CSV numbers: "," reads 12,50 (a European export)
+    decimal: str = "."                       # of numbers as text (CSV): "," reads 12,50
     extra_columns: str = "drop"
     max_invalid_fraction: float = 0.001
     reject_future: bool = True

@@ -34,9 +34,9 @@ from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_o
                       keys_of_text)
 
 # %% auto #0
-__all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'ENTITY_KEY_CACHE',
-           'local_time', 'identifier_type', 'one_of', 'transaction_type', 'label_type', 'fast_transaction_type',
-           'ScoreBody', 'meant_errors', 'Requests', 'attribute_values', 'located']
+__all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'MAX_ERRORS',
+           'ENTITY_KEY_CACHE', 'local_time', 'identifier_type', 'one_of', 'transaction_type', 'label_type',
+           'fast_transaction_type', 'BodyRows', 'ScoreBody', 'meant_errors', 'Requests', 'attribute_values', 'located']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
 MAX_ROWS = 100_000   # transactions or labels in one request
@@ -187,6 +187,15 @@ def fast_transaction_type(plan: SourcePlan) -> type[msgspec.Struct]:
 
 # %% ../../nbs/63_request_schema.ipynb #6b0e5d21
 ID_FIELDS = ("transaction_id", "customer_id", "terminal_id")
+MAX_ERRORS = 20   # a 422 names at most this many rows' fields: a batch of 10,000 bad ids
+
+
+class BodyRows(list):
+    "A body's rows, and the key they came under (`transactions`, `labels`; None for one row)."
+
+    def __init__(self, rows, key: str | None = None):
+        super().__init__(rows)
+        self.key = key
 _NO_VALUE = frozenset(NO_VALUE_TEXTS)   # an id that reads as none, refused as ingest does
 ENTITY_KEY_CACHE = 1 << 18   # texts of terminal (and unkeyed card) ids whose keys are kept
 
@@ -265,7 +274,9 @@ class Requests:
             payload = self.score_adapter.validate_json(raw)
         except ValidationError as err:
             raise RequestValidationError(self.body_errors(raw, err)) from None
-        return payload.transactions if isinstance(payload, self._batch_type) else [payload]
+        if isinstance(payload, self._batch_type):
+            return BodyRows(payload.transactions, "transactions")
+        return BodyRows([payload])
 
     def score_columns(self, raw: bytes) -> ScoreBody:
         """A /score body as the engine's columns; RequestValidationError (422) naming field
@@ -320,7 +331,9 @@ class Requests:
         except ValidationError as err:
             raise RequestValidationError(meant_errors(
                 raw, err, "labels", self.labels_batch, self.label)) from None
-        return payload.labels if isinstance(payload, self._labels_type) else [payload]
+        if isinstance(payload, self._labels_type):
+            return BodyRows(payload.labels, "labels")
+        return BodyRows([payload])
 
     def body_errors(self, raw: bytes, err: ValidationError) -> list[dict]:
         "The errors of the /score body the client meant (`meant_errors`)."
@@ -374,31 +387,37 @@ class Requests:
     def columns(self, transactions: list[dict]) -> dict[str, np.ndarray]:
         "Validated transactions as the engine's numpy columns (ids as keys, times in us)."
         return self.columns_of(self.stripped({name: list(map(itemgetter(name), transactions))
-                                              for name in self.field_names}))
+                                              for name in self.field_names},
+                                             getattr(transactions, "key", None)))
 
-    def stripped(self, values: dict[str, list]) -> dict[str, list]:
+    def stripped(self, values: dict[str, list], key: str | None = None) -> dict[str, list]:
         """Pydantic's values with their texts (ids, composites' parts, categories) stripped as
         ingest strips them, by Python's `str.strip`: pydantic's strip keeps \\x1c-\\x1f,
-        and 'card\\x1f' would be another card than in the data. One left empty: 422. (The fast
-        path takes no text `str.strip` would change.)"""
+        and 'card\\x1f' would be another card than in the data. One left empty, or an id that
+        reads as no value ('NULL', as ingest quarantines it): 422 naming each (the first
+        `MAX_ERRORS`), at `body.<key>.<row>.<field>` in a batch sent under `key`. (The fast
+        path takes no text `str.strip` would change, and no id that reads as no value.)"""
         from fastapi.exceptions import RequestValidationError
 
         texts = [*ID_FIELDS, *(a.name for a in self.plan.attributes if a.type == "category")]
+        errors = []
         for name in (n for n in texts if n in values):
             column = [[p.strip() if type(p) is str else p for p in v] if type(v) is list
                       else v.strip() if type(v) is str else v for v in values[name]]
-            if any(v == "" or (type(v) is list and "" in v) for v in column):
-                raise RequestValidationError([{
-                    "loc": ("body", name), "type": "string_too_short",
-                    "msg": "String should have at least 1 character (after its spaces)"}])
-            no_value = next((p for v in column for p in (v if type(v) is list else [v])
-                             if p in _NO_VALUE), None) if name in ID_FIELDS else None
-            if no_value is not None:   # as ingest quarantines it (`missing`)
-                raise RequestValidationError([{
-                    "loc": ("body", name), "type": "missing",
-                    "msg": f"{no_value!r} reads as no value (as a CSV reader's NULL, NaN, "
-                           "N/A): send the id"}])
+            for row, v in enumerate(column):
+                parts = v if type(v) is list else (v,)
+                where = ("body", key, row, name) if key else ("body", name)
+                if "" in parts:
+                    errors.append({"loc": where, "type": "string_too_short", "msg": "String "
+                                   "should have at least 1 character (after its spaces)"})
+                elif name in ID_FIELDS and not _NO_VALUE.isdisjoint(parts):
+                    no_value = next(p for p in parts if p in _NO_VALUE)
+                    errors.append({"loc": where, "type": "no_value", "msg": f"{no_value!r} "
+                                   "reads as no value (as a CSV reader's NULL, NaN, N/A): send "
+                                   "the id"})
             values[name] = column
+        if errors:
+            raise RequestValidationError(errors[:MAX_ERRORS])
         return values
 
     def columns_of(self, values: dict[str, list]) -> dict[str, np.ndarray]:
@@ -424,7 +443,8 @@ class Requests:
     def label_columns(self, labels: list[dict]) -> tuple[np.ndarray, np.ndarray]:
         "The keys and labels of validated labels."
         ids = self.keys("transaction_id", self.stripped(
-            {"transaction_id": [x["transaction_id"] for x in labels]})["transaction_id"])
+            {"transaction_id": [x["transaction_id"] for x in labels]},
+            getattr(labels, "key", None))["transaction_id"])
         return ids, np.fromiter((x["tx_fraud"] for x in labels), np.int64, len(labels))
 
 
