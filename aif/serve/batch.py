@@ -112,7 +112,7 @@ def warn_short_history(transactions: pd.DataFrame, scored: pd.DataFrame, specs, 
         log.warning(f"{short:,} of {len(scored):,} rows scored are within {lookback_days(specs):g} "
                     f"days (the features' longest window and lag) of the input's first "
                     f"transaction: their features see part of their history; give the input the "
-                    f"days before and --since {full:%Y-%m-%d %H:%M:%S}")
+                    f"days before and --since {full:%Y-%m-%dT%H:%M:%S}")
 
 
 def main(argv: list[str] | None = None) -> int:
