@@ -78,6 +78,13 @@ def test_extra_columns_kept_when_asked(small_project, tmp_path):
     assert code == 0, err
     out = pd.read_parquet(outputs(small_project)["transactions"])
     assert out.columns[-1] == "MERCHANT_NAME" and (out.MERCHANT_NAME == "shop").all()
+    assert "personal data" not in err
+    # a pii list of one's own drops the defaults: what it then keeps of them is said, loudly
+    good_frame(50).assign(IBAN="BE71 0961 2345 6769", Email="a@b.example").to_parquet(source)
+    code, err = ingest_cli(small_project, source, extra_columns="keep", pii=["iban"])
+    out = pd.read_parquet(outputs(small_project)["transactions"])
+    assert code == 0 and "IBAN" not in out.columns and "Email" in out.columns, err
+    assert "columns Email are personal data by default, but ingest.pii leaves them out" in err
 
 
 def test_empty_file(small_project, tmp_path):

@@ -282,3 +282,8 @@ def test_split_windows_outside_the_data_are_refused_in_one_line():
     with pytest.raises(StageError, match="after the data's last day 2018-06-30: move "
                                          "split.train_start 45 days earlier"):
         check_history(protocols, np.datetime64("2018-01-01"), 37.0, np.datetime64("2018-06-30"))
+    # 91 days: too few for any split.train_start with four tuning folds (moving it for the
+    # history made the assessment run past the end, and the reverse), one line that says so
+    with pytest.raises(StageError, match="the data's 91 days .* fewer than the split needs, 93"
+                                         ".* use fewer tune.n_folds"):
+        check_history(protocols, np.datetime64("2018-05-16"), 37.0, np.datetime64("2018-08-14"))

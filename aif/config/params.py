@@ -139,7 +139,8 @@ class SimulateParams:
 # %% ../../nbs/01_params.ipynb #317ccbee
 # Column names of personal data in common card exports: never read past ingest.
 DEFAULT_PII = ("first", "last", "first_name", "last_name", "name", "full_name", "street",
-               "address", "ssn", "dob", "date_of_birth", "email", "phone", "acct_num")
+               "address", "ssn", "dob", "date_of_birth", "email", "phone", "acct_num", "iban",
+               "cardholder", "cardholder_name", "card_holder")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from ..config.params import IngestParams, ParamsError
+from ..config.params import DEFAULT_PII, IngestParams, ParamsError
 from ..io import StageError, atomic_output, start_stage
 from ..keys import (HASH_KEY_ENV, collisions, composite_texts, keys_of_integers, keys_of_text,
                       secret_fingerprint, secret_from_environment)
@@ -1105,6 +1105,12 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(result, paths.interim_transactions, paths.quarantine, paths.ingest_report,
                   paths.id_map, plan.attributes)
     r = result.report
+    personal = [c for c in r["extra_columns"]["kept"]   # a list of its own dropped the defaults
+                if any(fnmatch.fnmatchcase(str(c).lower(), p) for p in DEFAULT_PII)]
+    if personal:
+        log.warning(f"columns {', '.join(map(str, personal))} are personal data by default, but "
+                    f"ingest.pii leaves them out, and extra_columns: keep wrote them to "
+                    f"{paths.interim_transactions}: add them to ingest.pii unless they are not")
     log.info(f"read {r['rows_read']:,} rows from {r['files']} file{'s' * (r['files'] != 1)}; "
              f"wrote {r['rows_written']:,}, "
              f"quarantined {r['rows_quarantined']:,} in {time.perf_counter() - started:.1f}s")

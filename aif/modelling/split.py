@@ -66,8 +66,18 @@ def check_history(protocols: list[Protocol], data_start: np.datetime64,
     """Refuse folds whose features would look back before the data starts, and an assessment
     period that ends after the data's last day (`data_end`): a window outside the data."""
     earliest = min(p.train.start for p in protocols)
+    latest = max(p.assess.end for p in protocols) - np.timedelta64(1, "D")
     needed = int(np.ceil(lookback_days))
     have = int((earliest - data_start) / np.timedelta64(1, "D"))
+    day = np.timedelta64(1, "D")
+    span = int((latest - earliest) / day) + 1   # the folds' and the test's days
+    if data_end is not None and needed + span > int((data_end - data_start) / day) + 1:
+        # no split.train_start fits: moving it for one check breaks the other
+        raise StageError(
+            f"split: the data's {int((data_end - data_start) / day) + 1} days ({data_start} to "
+            f"{data_end}) are fewer than the split needs, {needed + span}: {needed} of history "
+            f"(longest window + label delay) and {span} of tuning folds, delay and test; use "
+            "fewer tune.n_folds, or shorter split.train_days / test_days")
     if have < needed:
         # the earliest fold is a tuning fold, weeks before split.train_start: say how far
         # to move train_start, not where the earliest fold should start
@@ -75,7 +85,6 @@ def check_history(protocols: list[Protocol], data_start: np.datetime64,
             f"split: the earliest training day {earliest} leaves {have} days of history, "
             f"features need {needed} (longest window + label delay); move split.train_start "
             f"{needed - have} days later, or use fewer tune.n_folds")
-    latest = max(p.assess.end for p in protocols) - np.timedelta64(1, "D")
     if data_end is not None and latest > data_end:
         raise StageError(
             f"split: the last assessment day {latest} is after the data's last day {data_end}: "
