@@ -118,6 +118,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.data.ingest.SourceRows.where': ('ingest.html#sourcerows.where', 'aif/data/ingest.py'),
                                  'aif.data.ingest._booleans_as_text': ('ingest.html#_booleans_as_text', 'aif/data/ingest.py'),
                                  'aif.data.ingest._datetime_parts': ('ingest.html#_datetime_parts', 'aif/data/ingest.py'),
+                                 'aif.data.ingest._epoch_fractions': ('ingest.html#_epoch_fractions', 'aif/data/ingest.py'),
                                  'aif.data.ingest._exact_keys': ('ingest.html#_exact_keys', 'aif/data/ingest.py'),
                                  'aif.data.ingest._field_source': ('ingest.html#_field_source', 'aif/data/ingest.py'),
                                  'aif.data.ingest._id_text': ('ingest.html#_id_text', 'aif/data/ingest.py'),

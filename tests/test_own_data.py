@@ -522,6 +522,29 @@ def test_epoch_timestamps_are_instants_in_the_zone():
         pd.Timestamp("2018-04-01 10:00:00"), pd.Timestamp("2018-04-01 10:00:00.001")]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-(2**62) // 1000, (2**62) // 1000 - 1), st.sampled_from(["s", "ms", "us"]))
+def test_an_epoch_with_a_fraction_is_read_to_the_microsecond_from_its_digits(us, unit):
+    """`1713049900.123456` seconds is that microsecond exactly (it was not_an_integer), never
+    through a float; a nonzero digit past the microsecond is sub_microsecond."""
+    from aif.data.ingest import _parse_epoch
+    scale = {"s": 10**6, "ms": 10**3, "us": 1}[unit]
+    sign, magnitude = ("-" if us < 0 else ""), abs(us)
+    digits = len(str(scale)) - 1
+    text = f"{sign}{magnitude // scale}" + (f".{magnitude % scale:0{digits}d}" if digits else "")
+    finer = text + ("" if digits else ".") + "00000001"
+    params = IngestParams(datetime_unit=unit, timezone="UTC")
+    padded = text + "0" if digits else text   # a trailing zero of the fraction changes nothing
+    values, rules = _parse_epoch(pd.Series([text, padded, finer], dtype="string"), params,
+                                 "test")
+    expected = np.datetime64(us, "us")
+    if np.datetime64("0001-01-02") <= expected <= np.datetime64("9999-12-30"):
+        assert rules.to_dict() == {2: "sub_microsecond"}
+        assert values[0].to_datetime64() == values[1].to_datetime64() == expected
+    else:
+        assert rules[0] == rules[1] == "out_of_range"
+
+
 def test_sensitive_ids_need_the_secret_and_are_never_stored_raw(monkeypatch):
     params = IngestParams(columns=MAPPING, sensitive_ids=("customer_id",))
     monkeypatch.delenv("AIF_ID_HASH_KEY", raising=False)

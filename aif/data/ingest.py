@@ -786,13 +786,49 @@ def _parse_epoch(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Ser
                          "(UTC if that is their clock)")
     scale = _EPOCH_SCALE[params.datetime_unit]
     values, rule = parse_integers(s, -(2**62) // scale, (2**62) // scale)
+    micros = values.to_numpy() * scale
+    if (rule == "not_an_integer").any() and not pd.api.types.is_numeric_dtype(s):
+        micros, rule = _epoch_fractions(s, rule, scale, micros)
     ok = np.ones(len(s), bool)
     ok[rule.index.to_numpy(dtype=np.int64)] = False
-    instants = pd.Series((values.to_numpy() * scale).astype("datetime64[us]"), index=s.index)
+    instants = pd.Series(micros.astype("datetime64[us]"), index=s.index)
     local, out = _to_local(instants.where(ok).dt.tz_localize("UTC"), params, where)
     if out.any():   # a local time outside Python's datetime (years 1-9999)
         rule = pd.concat([rule, pd.Series("out_of_range", np.flatnonzero(out), object)])
     return local, rule.sort_index()
+
+
+def _epoch_fractions(s: pd.Series, rule: pd.Series, scale: int, micros: np.ndarray
+                     ) -> tuple[np.ndarray, pd.Series]:
+    """Epoch texts with a fraction (`1713049900.123456` seconds, `1713049900123.5` ms), read
+    from their digits to the microsecond, exactly, never through a float; a nonzero digit past
+    it is `sub_microsecond`, a whole part beyond the range `out_of_range`. The rest of `rule`
+    stays (a float column's fraction stays `not_an_integer`: its digits are not known)."""
+    at = rule.index[rule == "not_an_integer"].to_numpy(dtype=np.int64)
+    texts = s.iloc[at]
+    if texts.dtype == object:   # a float among texts (files of both) is read as a float column
+        texts = texts.where(texts.map(lambda v: isinstance(v, str)))
+    parts = texts.astype("string").str.strip().str.extract(r"^([+-]?)([0-9]+)\.([0-9]+)$")
+    read = parts[1].notna().to_numpy()
+    rows, parts = at[read], parts[read]
+    digits = len(str(scale)) - 1   # the fraction's digits a microsecond takes: 6, 3 or 0
+    whole, limit = parts[1].str.lstrip("0").str.zfill(1), str((2**62) // scale)
+    # digits compared as text (of one length, in their order), never an int64 overflow
+    out = ((whole.str.len() > len(limit)) |
+           ((whole.str.len() == len(limit)) & (whole > limit))).to_numpy()
+    whole = whole.where(~out, "0").astype("int64").to_numpy()
+    fraction = parts[2]
+    finer = fraction.str[digits:].str.contains("[1-9]").to_numpy()
+    kept = fraction.str[:digits].str.ljust(digits, "0") if digits else fraction.str[:0]
+    kept = kept.replace("", "0").astype("int64").to_numpy()
+    sign = np.where(parts[0].to_numpy() == "-", -1, 1)
+    micros = micros.copy()
+    good = ~out & ~finer
+    micros[rows[good]] = sign[good] * (whole[good] * scale + kept[good])
+    rule = rule.drop(index=rows[good])
+    rule[rows[finer & ~out]] = "sub_microsecond"
+    rule[rows[out]] = "out_of_range"
+    return micros, rule.sort_index()
 
 
 _BOOLEAN_TEXT = {"true": True, "t": True, "yes": True, "1": True,
