@@ -520,6 +520,12 @@ def test_epoch_timestamps_are_instants_in_the_zone():
                                                    timezone="UTC"), now=NOW)
     assert result.transactions.tx_datetime.tolist() == [
         pd.Timestamp("2018-04-01 10:00:00"), pd.Timestamp("2018-04-01 10:00:00.001")]
+    # a date where an epoch is expected is no timestamp, whatever it is as a number
+    dated = frame.assign(unix_time=["1522576800", "2018-02-31"])
+    result = ingest_rows(rows_of(dated), IngestParams(columns=columns, datetime_unit="s",
+                                                      timezone="UTC"), now=NOW)
+    assert result.quarantine[["column", "rule"]].values.tolist() == [
+        ["tx_datetime", "not_a_timestamp"]]
 
 
 @settings(max_examples=200, deadline=None)

@@ -789,6 +789,7 @@ def _parse_epoch(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Ser
     micros = values.to_numpy() * scale
     if (rule == "not_an_integer").any() and not pd.api.types.is_numeric_dtype(s):
         micros, rule = _epoch_fractions(s, rule, scale, micros)
+    rule = rule.replace("not_a_number", "not_a_timestamp")   # '2024-02-31' is no epoch either
     ok = np.ones(len(s), bool)
     ok[rule.index.to_numpy(dtype=np.int64)] = False
     instants = pd.Series(micros.astype("datetime64[us]"), index=s.index)
