@@ -114,6 +114,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.data.ingest.SourcePlan.used_columns': ('ingest.html#sourceplan.used_columns', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourceRows': ('ingest.html#sourcerows', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourceRows.__post_init__': ('ingest.html#sourcerows.__post_init__', 'aif/data/ingest.py'),
+                                 'aif.data.ingest.SourceRows.places': ('ingest.html#sourcerows.places', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourceRows.rows_read': ('ingest.html#sourcerows.rows_read', 'aif/data/ingest.py'),
                                  'aif.data.ingest.SourceRows.where': ('ingest.html#sourcerows.where', 'aif/data/ingest.py'),
                                  'aif.data.ingest._booleans_as_text': ('ingest.html#_booleans_as_text', 'aif/data/ingest.py'),

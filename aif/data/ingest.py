@@ -187,6 +187,13 @@ class SourceRows:
             self.unreadable = pd.DataFrame(columns=["source_file", "source_row", "source_line",
                                                     "rule"])
 
+    def places(self, at: np.ndarray) -> dict[str, np.ndarray]:
+        "Where rows `at` came from: their `source_file`, `source_row` and `source_line`."
+        files = np.array([str(f) for f in self.files], dtype=object)
+        # a list, as the quarantine always had it (an empty one is written as it was)
+        return {"source_file": files[self.file_index[at]].tolist(),
+                "source_row": self.row_number[at], "source_line": self.line_number[at]}
+
     def where(self, i: int) -> str:
         line = int(self.line_number[i])
         return (f"line {line}" if line > 0 else f"row {self.row_number[i]}") + \
@@ -813,11 +820,9 @@ def _epoch_fractions(s: pd.Series, rule: pd.Series, scale: int, micros: np.ndarr
     read = parts[1].notna().to_numpy()
     rows, parts = at[read], parts[read]
     digits = len(str(scale)) - 1   # the fraction's digits a microsecond takes: 6, 3 or 0
-    whole, limit = parts[1].str.lstrip("0").str.zfill(1), str((2**62) // scale)
-    # digits compared as text (of one length, in their order), never an int64 overflow
-    out = ((whole.str.len() > len(limit)) |
-           ((whole.str.len() == len(limit)) & (whole > limit))).to_numpy()
-    whole = whole.where(~out, "0").astype("int64").to_numpy()
+    # the whole part by the integer rule, in parse_integers' range (-0.5 keeps its sign below)
+    whole, _, ok = integer_text_values(parts[0] + parts[1], -(2**62) // scale, (2**62) // scale)
+    out = ~ok
     fraction = parts[2]
     finer = fraction.str[digits:].str.contains("[1-9]").to_numpy()
     kept = fraction.str[:digits].str.ljust(digits, "0") if digits else fraction.str[:0]
@@ -825,7 +830,7 @@ def _epoch_fractions(s: pd.Series, rule: pd.Series, scale: int, micros: np.ndarr
     sign = np.where(parts[0].to_numpy() == "-", -1, 1)
     micros = micros.copy()
     good = ~out & ~finer
-    micros[rows[good]] = sign[good] * (whole[good] * scale + kept[good])
+    micros[rows[good]] = whole[good] * scale + sign[good] * kept[good]
     rule = rule.drop(index=rows[good])
     rule[rows[finer & ~out]] = "sub_microsecond"
     rule[rows[out]] = "out_of_range"
@@ -1037,9 +1042,7 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
 
     bad = failures.index.to_numpy()
     quarantine = pd.DataFrame({
-        "source_file": [str(rows.files[i]) for i in rows.file_index[bad]] if len(bad) else [],
-        "source_row": rows.row_number[bad],
-        "source_line": rows.line_number[bad],
+        **rows.places(bad),
         "column": failures["column"].to_numpy(dtype=str),
         "rule": failures["rule"].to_numpy(dtype=str),
     })

@@ -340,10 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     columns = list(dict.fromkeys(model.features + baseline_features
                                  + ["tx_amount", "tx_during_night", "tx_during_weekend"]))
     history = card_history(paths.features)
-    folds = test_folds(protocol, params.evaluate.test_folds, data_end(history))
+    end = data_end(history)
+    folds = test_folds(protocol, params.evaluate.test_folds, end)
     if len(folds) < params.evaluate.test_folds:   # the data ends before the later weeks
         log.warning(f"{len(folds)} of evaluate.test_folds={params.evaluate.test_folds} test "
-                    f"weeks fit before the data ends ({data_end(history)}): the spread of the "
+                    f"weeks fit before the data ends ({end}): the spread of the "
                     f"metrics is over {len(folds)}")
     frame = load_periods(paths.features, [protocol, *folds], columns)
     train, test = split_frame(frame, protocol)

@@ -65,16 +65,17 @@ def check_history(protocols: list[Protocol], data_start: np.datetime64,
                   lookback_days: float, data_end: np.datetime64 | None = None) -> None:
     """Refuse folds whose features would look back before the data starts, and an assessment
     period that ends after the data's last day (`data_end`): a window outside the data."""
+    def days(first: np.datetime64, last: np.datetime64) -> int:
+        return int((last - first) / np.timedelta64(1, "D"))
+
     earliest = min(p.train.start for p in protocols)
     latest = max(p.assess.end for p in protocols) - np.timedelta64(1, "D")
-    needed = int(np.ceil(lookback_days))
-    have = int((earliest - data_start) / np.timedelta64(1, "D"))
-    day = np.timedelta64(1, "D")
-    span = int((latest - earliest) / day) + 1   # the folds' and the test's days
-    if data_end is not None and needed + span > int((data_end - data_start) / day) + 1:
+    needed, have = int(np.ceil(lookback_days)), days(data_start, earliest)
+    span = days(earliest, latest) + 1   # the folds' and the test's days
+    if data_end is not None and needed + span > days(data_start, data_end) + 1:
         # no split.train_start fits: moving it for one check breaks the other
         raise StageError(
-            f"split: the data's {int((data_end - data_start) / day) + 1} days ({data_start} to "
+            f"split: the data's {days(data_start, data_end) + 1} days ({data_start} to "
             f"{data_end}) are fewer than the split needs, {needed + span}: {needed} of history "
             f"(longest window + label delay) and {span} of tuning folds, delay and test; use "
             "fewer tune.n_folds, or shorter split.train_days / test_days")
@@ -88,7 +89,7 @@ def check_history(protocols: list[Protocol], data_start: np.datetime64,
     if data_end is not None and latest > data_end:
         raise StageError(
             f"split: the last assessment day {latest} is after the data's last day {data_end}: "
-            f"move split.train_start {int((latest - data_end) / np.timedelta64(1, 'D'))} days "
+            f"move split.train_start {days(data_end, latest)} days "
             "earlier, into the data's dates")
 
 

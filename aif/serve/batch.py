@@ -47,10 +47,8 @@ def read_transactions(path: Path, params: Params, log
         rows.frame[label] = 0
     result = ingest_rows(rows, params.ingest)
     check_invalid_share(result, params.ingest, "score")
-    at = result.origin
     origin = pd.DataFrame({"transaction_id": result.transactions["transaction_id"].to_numpy(),
-                           "source_file": [str(rows.files[i]) for i in rows.file_index[at]],
-                           "source_row": rows.row_number[at], "source_line": rows.line_number[at]})
+                           **rows.places(result.origin)})
     return result.transactions, result.quarantine, origin
 
 
