@@ -5,7 +5,8 @@ A scratch project takes the default-size card export (`aif card-export`, 1.77M r
 `INGEST_PARAMS` and `DECLARED_FEATURES` of `aif.data.card_export` to a model (`dvc repro
 evaluate`, W&B offline), then `bench_serve.serve_figures` runs the same load as the `serve`
 benchmark: requests as the export has them (`score_request`: the transaction id as the list
-[trans_num, cc_num], the card number as text, the merchant's name, five attributes).
+[trans_num, cc_num], the time as its two columns [trans_date, trans_time], the card number as
+text, the merchant's name, five attributes).
 It also keeps the model's metrics on the export (README, "Bring your own data").
 
 Targets: as `serve` (p50 <= 3 ms, p99 <= 10 ms at 300/s, every 10,000-row batch <= 150 ms).

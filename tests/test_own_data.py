@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -221,9 +222,8 @@ def plain_row(**changes) -> dict:
 @example([plain_row(extra="x")], True, True)
 def test_the_fast_request_decoder_accepts_and_keys_exactly_what_pydantic_does(rows, single,
                                                                               ascii_only):
-    from aif.data.ingest import source_plan
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = Requests(REQUEST_MAPPING, SECRET)
     body = rows[0] if single and len(rows) == 1 else {"transactions": rows}
     raw = json.dumps(body, ensure_ascii=ascii_only).encode()
     fast = decoded(requests, raw, fast=True)
@@ -236,23 +236,144 @@ def test_a_time_is_taken_to_the_microsecond_online_as_offline_and_never_cut():
     them; any other digit there is quarantined by ingest and refused (422) by the service."""
     from fastapi.exceptions import RequestValidationError
 
-    from aif.data.ingest import _parse_datetime, source_plan
+    from aif.data.ingest import _parse_datetime
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
     exact, zeros, finer = ("2018-09-17T00:00:01.123456", "2018-09-17T00:00:01.123456000",
                            "2018-09-17T00:00:01.1234567")
     offline, rules = _parse_datetime(pd.Series([exact, zeros, finer]), IngestParams(), "test")
     assert offline[0] == offline[1] and rules.to_dict() == {2: "sub_microsecond"}
+    # the simulator's mapping (the naive ISO time only, pydantic's reading) and the export's
+    # (a date and a time joined: ingest's own rule)
+    for requests, said in ((Requests(IngestParams()), "more than 6 digits"),
+                           (Requests(REQUEST_MAPPING, SECRET), "past the microsecond")):
+        row = plain_row() if requests.plan.sensitive else {
+            "transaction_id": 1, "customer_id": 2, "terminal_id": 3, "tx_amount": 1.0}
 
-    def online(time: str):
-        raw = json.dumps(plain_row(tx_datetime=time)).encode()
-        return requests.score_columns(raw).columns["tx_datetime"].tolist()
+        def online(time: str, requests=requests, row=row):
+            raw = json.dumps({**row, "tx_datetime": time}).encode()
+            return requests.score_columns(raw).columns["tx_datetime"].tolist()
 
-    assert online(zeros) == online(exact) == [offline[0].value // 1000]
-    with pytest.raises(RequestValidationError) as refused:
-        online(finer)
-    (error,) = refused.value.errors()
-    assert error["loc"] == ("body", "tx_datetime") and "more than 6 digits" in error["msg"]
+        assert online(zeros) == online(exact) == [offline[0].value // 1000]
+        with pytest.raises(RequestValidationError) as refused:
+            online(finer)
+        (error,) = refused.value.errors()
+        assert error["loc"] == ("body", "tx_datetime") and said in error["msg"]
+
+
+EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+ZONES = ("Europe/Brussels", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC")
+TIME_FORMS = ("s", "ms", "us", "offset", "format")
+
+
+def time_as_exported(us: int, form: str, offset_minutes: int) -> tuple[list[str], object]:
+    """An instant (`us` since 1970) as an export writes it (its CSV cells) and as a client
+    sends it (JSON): epoch numbers (an integer, or text with its fraction), ISO text with an
+    offset, or a date and a time in two columns by a format."""
+    if form in _EPOCH_SCALES:
+        scale = _EPOCH_SCALES[form]
+        sign, magnitude = ("-" if us < 0 else ""), abs(us)
+        if magnitude % scale == 0:
+            return [str(us // scale)], us // scale
+        text = f"{sign}{magnitude // scale}.{magnitude % scale:0{len(str(scale)) - 1}d}"
+        return [text], text
+    when = EPOCH_UTC + timedelta(microseconds=us)
+    if form == "offset":
+        text = when.astimezone(timezone(timedelta(minutes=offset_minutes))).isoformat()
+        return [text], text
+    parts = [when.strftime("%d/%m/%Y"), when.strftime("%H:%M:%S.%f")]   # as naive local
+    return parts, parts
+
+
+_EPOCH_SCALES = {"s": 10**6, "ms": 10**3, "us": 1}
+
+
+def export_time_params(form: str, zone: str) -> IngestParams:
+    "An export's time in `form`, any date taken (the future too)."
+    if form in _EPOCH_SCALES:
+        return IngestParams(columns={"tx_datetime": "when"}, datetime_unit=form, timezone=zone,
+                            reject_future=False)
+    if form == "offset":
+        return IngestParams(columns={"tx_datetime": "when"}, timezone=zone, reject_future=False)
+    return IngestParams(columns={"tx_datetime": {"join": ["day", "clock"],
+                                                 "format": "%d/%m/%Y %H:%M:%S.%f"}},
+                        reject_future=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-5 * 10**15, 10**16),   # microseconds: years 1811-2286
+                min_size=1, max_size=6, unique=True),
+       st.sampled_from(ZONES), st.sampled_from(TIME_FORMS),
+       st.lists(st.integers(-14 * 60, 14 * 60), min_size=6, max_size=6), st.booleans())
+def test_a_time_sent_as_the_export_has_it_is_the_time_ingest_reads_from_the_export(
+        instants, zone, form, offsets, whole):
+    """Epoch numbers (integers, text with a fraction), ISO text with an offset, a date and a
+    time in two columns by a format: the service reads a request's time as ingest reads the
+    export's CSV, to the microsecond, on both decoders; and the naive local time ingest
+    wrote, which a client replaying the data sends, reads as the same."""
+    import tempfile
+
+    from aif.serve.schema import Requests
+    params = export_time_params(form, zone)
+    if whole and form in _EPOCH_SCALES:   # epochs sent as integers (numpy's way online)
+        instants = [us - us % _EPOCH_SCALES[form] for us in instants]
+    written = [time_as_exported(us, form, o)
+               for us, o in zip(instants, offsets[:len(instants)], strict=True)]
+    cells, sent = zip(*written, strict=True)
+    columns = ["when"] if len(cells[0]) == 1 else ["day", "clock"]
+    frame = pd.DataFrame({"transaction_id": range(len(instants)), "customer_id": 7,
+                          "terminal_id": 9, "tx_amount": 1.5, "tx_fraud": 0,
+                          **{c: [cell[i] for cell in cells] for i, c in enumerate(columns)}})
+    with tempfile.TemporaryDirectory() as folder:
+        frame.to_csv(Path(folder) / "export.csv", index=False)
+        result = ingest_rows(read_source(Path(folder), params), params, now=NOW)
+    assert len(result.quarantine) == 0, result.quarantine
+    offline = result.transactions.set_index("transaction_id").tx_datetime
+    expected = offline.loc[range(len(instants))].to_numpy().astype("datetime64[us]").view("i8")
+
+    requests = Requests(params)
+    rows = [{"transaction_id": i, "tx_datetime": t, "customer_id": 7, "terminal_id": 9,
+             "tx_amount": 1.5} for i, t in enumerate(sent)]
+    replay = [{**row, "tx_datetime": offline[i].isoformat()} for i, row in enumerate(rows)]
+    for body in ({"transactions": rows}, {"transactions": replay}):
+        raw = json.dumps(body).encode()
+        for fast in (True, False):
+            read = decoded(requests, raw, fast)
+            assert not isinstance(read, str), (raw, read)
+            assert (read if fast is False else read.columns)["tx_datetime"].tolist() == \
+                expected.tolist(), raw
+    single = requests.score_columns(json.dumps(rows[0]).encode())
+    assert single.columns["tx_datetime"].tolist() == expected[:1].tolist()
+
+
+@pytest.mark.parametrize(("form", "sent", "rule"), [
+    ("s", 1713049900.5, "not_an_integer"),               # a JSON number's digits are not kept
+    ("s", "1713049900.1234567", "sub_microsecond"),
+    ("ms", "2024-02-31", "not_a_timestamp"),
+    ("s", 10**20, "out_of_range"),
+    ("s", True, "not_a_time"),
+    ("offset", "2024-04-13T23:20:00.1234561+02:00", "sub_microsecond"),
+    ("offset", "13/04/2024 23:20", "not_a_timestamp"),
+    ("format", ["13/04/2024", "25:20:00.0"], "not_a_timestamp"),
+    ("format", "2024-04-13T23:20:00+02:00", "timezone_aware"),   # no ingest.timezone
+    ("format", ["13/04/2024"], "not_a_time"),
+])
+def test_a_time_the_export_rule_refuses_is_a_422_naming_the_row_and_the_rule(form, sent, rule):
+    """Where ingest would quarantine the row, the service answers 422 at the row's
+    `tx_datetime` with ingest's rule: one good row beside it changes nothing."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.serve.schema import Requests
+    requests = Requests(export_time_params(form, "Europe/Brussels"))
+    good = {"transaction_id": 1, "tx_datetime": "2024-04-13T23:20:00", "customer_id": 7,
+            "terminal_id": 9, "tx_amount": 1.5}
+    for fast in (True, False):
+        raw = json.dumps({"transactions": [good, {**good, "transaction_id": 2,
+                                                  "tx_datetime": sent}]}).encode()
+        with pytest.raises(RequestValidationError) as refused:
+            requests.score_columns(raw) if fast else requests.columns(requests.score_body(raw))
+        (error,) = refused.value.errors()
+        assert error["loc"] == ("body", "transactions", 1, "tx_datetime"), error
+        assert error["type"] == rule, error
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -261,9 +382,8 @@ def test_an_amount_ingest_finds_implausible_is_refused_online(fast):
     would stay in its card's windows for weeks); at it, taken."""
     from fastapi.exceptions import RequestValidationError
 
-    from aif.data.ingest import source_plan
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = Requests(REQUEST_MAPPING, SECRET)
     limit = REQUEST_MAPPING.max_amount
     category = "travel" if fast else " travel"   # pydantic decides it
 
@@ -284,9 +404,9 @@ def test_an_amount_ingest_finds_implausible_is_refused_online(fast):
 def test_an_id_with_odd_spaces_gets_the_key_ingest_gives_it(text):
     """Ingest strips ids as Python does, and so does the service, on either decoder: a space
     pydantic alone would keep (\\x1c-\\x1f) would make another card, silently."""
-    from aif.data.ingest import parse_ids, source_plan
+    from aif.data.ingest import parse_ids
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = Requests(REQUEST_MAPPING, SECRET)
     offline, rules, _ = parse_ids([pd.Series([text], dtype="string")])
     raw = json.dumps(plain_row(terminal_id=text)).encode()
     assert rules.empty and requests.score_columns(raw).columns["terminal_id"].tolist() == \
@@ -301,10 +421,10 @@ def test_an_id_that_reads_as_no_value_is_missing_offline_and_refused_online(text
     pooled every row without one into a single history. A category keeps such a text."""
     from fastapi.exceptions import RequestValidationError
 
-    from aif.data.ingest import parse_attribute, parse_ids, source_plan
+    from aif.data.ingest import parse_attribute, parse_ids
     from aif.schema import Attribute
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = Requests(REQUEST_MAPPING, SECRET)
     for parts in ([pd.Series([text, "7"], dtype="string")],
                   [pd.Series(["a1", "a2"], dtype="string"), pd.Series(["7", text], dtype="string")],
                   [pd.Series([text, None, ""], dtype=object)]):
@@ -347,9 +467,8 @@ def test_a_bad_label_gets_the_errors_of_the_shape_it_was_sent_in():
     the client sent, not also the other shape's missing fields."""
     from fastapi.exceptions import RequestValidationError
 
-    from aif.data.ingest import source_plan
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = Requests(REQUEST_MAPPING, SECRET)
     for body, where in (({"transaction_id": ["a1", "7"], "tx_fraud": True}, ("body", "tx_fraud")),
                         ({"labels": [{"transaction_id": ["a1", "7"], "tx_fraud": 2}]},
                          ("body", "labels", 0, "tx_fraud")),
@@ -365,13 +484,12 @@ def test_a_category_ingest_finds_unknown_is_refused_online():
     takes the key ingest gives it."""
     from fastapi.exceptions import RequestValidationError
 
-    from aif.data.ingest import source_plan
     from aif.keys import keys_of_text
     from aif.serve.schema import Requests
     declared = IngestParams(columns=MAPPING, sensitive_ids=["customer_id"], attributes={
         **REQUEST_MAPPING.attributes,
         "category": {"column": "category", "type": "category", "values": ["travel", "food"]}})
-    requests = Requests(source_plan(declared), SECRET)
+    requests = Requests(declared, SECRET)
 
     def category(value) -> list[int]:
         raw = json.dumps(plain_row(category=value)).encode()
@@ -389,7 +507,7 @@ def test_a_category_ingest_finds_unknown_is_refused_online():
     nullable = IngestParams(columns=MAPPING, sensitive_ids=["customer_id"], attributes={
         **REQUEST_MAPPING.attributes, "category": {"column": "category", "type": "category",
                                                    "nullable": True}})
-    requests = Requests(source_plan(nullable), SECRET)
+    requests = Requests(nullable, SECRET)
     assert category("") == category("   ") == category(None)
 
 
@@ -397,9 +515,8 @@ def test_a_category_ingest_finds_unknown_is_refused_online():
 def test_the_debug_log_shows_a_sensitive_id_as_its_key_never_raw(fast):
     """`AIF_LOG_LEVEL=DEBUG` logs a sample of each request: a card number, and a composite id
     holding it, are there as their keys, the other fields as sent."""
-    from aif.data.ingest import source_plan
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = Requests(REQUEST_MAPPING, SECRET)
     row = plain_row(category=" travel" if not fast else "travel")   # pydantic decides it
     body = requests.score_columns(json.dumps({"transactions": [row, row | {
         "transaction_id": ["a2", row["customer_id"]]}]}).encode())
@@ -415,9 +532,8 @@ def test_the_debug_log_shows_a_sensitive_id_as_its_key_never_raw(fast):
 @settings(max_examples=50, deadline=None)
 @given(st.lists(valid_transactions(), min_size=1, max_size=30))
 def test_the_fast_path_takes_a_plain_batch(rows):
-    from aif.data.ingest import source_plan
     from aif.serve.schema import Requests
-    requests = Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = Requests(REQUEST_MAPPING, SECRET)
     for i, row in enumerate(rows):   # ids unique within the batch
         row["transaction_id"] = [f"tx{i}", row["customer_id"]]
     raw = json.dumps({"transactions": rows}).encode()
@@ -436,9 +552,8 @@ def test_terminal_keys_from_the_cache_are_the_rule_s(batches, limit):
     rule gives, whatever came before and however small the cache (emptied when full)."""
     from unittest import mock
 
-    from aif.data.ingest import source_plan
     from aif.serve import schema
-    requests = schema.Requests(source_plan(REQUEST_MAPPING), SECRET)
+    requests = schema.Requests(REQUEST_MAPPING, SECRET)
     largest = 0   # the cache holds at most the limit, or one batch's ids if more
     with mock.patch.object(schema, "ENTITY_KEY_CACHE", limit):
         for texts in batches:
@@ -509,8 +624,8 @@ def test_epoch_timestamps_are_instants_in_the_zone():
     frame = export(2).drop(columns=["trans_date", "trans_time"]).assign(
         unix_time=["1522576800", "1522576801"])   # 2018-04-01 10:00 UTC
     columns = {**MAPPING, "tx_datetime": "unix_time"}
-    with pytest.raises(StageError, match="ingest.timezone"):
-        ingest_rows(rows_of(frame), IngestParams(columns=columns, datetime_unit="s"), now=NOW)
+    with pytest.raises(ParamsError, match="epoch numbers are instants; set ingest.timezone"):
+        IngestParams(columns=columns, datetime_unit="s")
     result = ingest_rows(rows_of(frame), IngestParams(columns=columns, datetime_unit="s",
                                                       timezone="Europe/Brussels"), now=NOW)
     assert result.transactions.tx_datetime.astype(str).tolist() == [
@@ -526,6 +641,30 @@ def test_epoch_timestamps_are_instants_in_the_zone():
                                                       timezone="UTC"), now=NOW)
     assert result.quarantine[["column", "rule"]].values.tolist() == [
         ["tx_datetime", "not_a_timestamp"]]
+
+
+def test_a_time_written_as_now_is_not_the_time_ingest_ran():
+    """pandas reads 'now' and 'today' as the clock's time, under any format: ingest
+    quarantines them (a row no two runs would write alike), and the service refuses them."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.serve.schema import Requests
+    frame = pd.DataFrame({"transaction_id": ["1", "2", "3"],
+                          "tx_datetime": ["2018-04-01 10:00:00", "now", " today "],
+                          "customer_id": "7", "terminal_id": "9", "tx_amount": "1.5",
+                          "tx_fraud": "0"}, dtype="string")
+    for params in (IngestParams(), IngestParams(datetime_format="%Y-%m-%d %H:%M:%S"),
+                   IngestParams(timezone="Europe/Brussels")):
+        result = ingest_rows(rows_of(frame), params, now=pd.Timestamp("2100-01-01"))
+        assert result.transactions.tx_datetime.tolist() == [pd.Timestamp("2018-04-01 10:00")]
+        assert result.quarantine[["column", "rule"]].values.tolist() == [
+            ["tx_datetime", "not_a_timestamp"]] * 2
+        requests = Requests(params)
+        raw = json.dumps({"transaction_id": 2, "tx_datetime": "now", "customer_id": 7,
+                          "terminal_id": 9, "tx_amount": 1.5}).encode()
+        with pytest.raises(RequestValidationError) as refused:
+            requests.score_columns(raw)
+        assert refused.value.errors()[0]["loc"] == ("body", "tx_datetime")
 
 
 @settings(max_examples=200, deadline=None)
@@ -684,6 +823,7 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
     with service(project, "--state-until", "2018-07-06", **secret) as (client, _):
         schema = client.get("/openapi.json").json()["components"]["schemas"]["Transaction"]
         assert schema["properties"]["transaction_id"]["maxItems"] == 2   # from the mapping
+        assert "(trans_date, trans_time)" in schema["properties"]["tx_datetime"]["description"]
         for tx in requests[:40]:                                         # one at a time ...
             r = client.post("/score", json=tx)
             assert r.status_code == 200, r.text
@@ -692,6 +832,9 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
         again = client.post("/score", json=requests[5])    # a retry: its first answer
         assert again.status_code == 200 and again.json() == client.post(
             "/score", json=requests[5]).json()
+        replayed = client.post("/score", json={   # the naive ISO time ingest wrote: the same
+            **requests[5], "tx_datetime": "T".join(requests[5]["tx_datetime"])})
+        assert replayed.json() == again.json()
         other = next(c for c in CATEGORIES if c != requests[5]["merchant_category"])
         changed = client.post("/score", json={**requests[5], "merchant_category": other})
         assert changed.status_code == 409, changed.text   # not a retry: another transaction
@@ -703,7 +846,8 @@ def test_a_card_export_goes_from_raw_files_to_an_online_score(modelling_project:
         last = requests[-1]   # the same card as a number is the same card
         as_number = client.post("/score", json={
             **last, "transaction_id": [last["transaction_id"][0] + "-n", int(last["customer_id"])],
-            "customer_id": int(last["customer_id"]), "tx_datetime": last["tx_datetime"] + ".5"})
+            "customer_id": int(last["customer_id"]),
+            "tx_datetime": [last["tx_datetime"][0], last["tx_datetime"][1] + ".5"]})
         assert as_number.status_code == 200, as_number.text
     # a restart replays the journal into the state, attributes included: the retry still
     # gets its first answer

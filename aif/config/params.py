@@ -181,6 +181,10 @@ class IngestParams:
         if self.datetime_unit not in (None, "s", "ms", "us"):
             raise ParamsError(f"params.yaml: ingest.datetime_unit {self.datetime_unit!r} must "
                               "be s, ms or us (epoch seconds, milliseconds, microseconds)")
+        if self.datetime_unit and self.timezone is None:
+            raise ParamsError(f"params.yaml: ingest.datetime_unit {self.datetime_unit}: epoch "
+                              "numbers are instants; set ingest.timezone to the terminals' local "
+                              "zone (UTC if that is their clock)")
 
 # %% ../../nbs/01_params.ipynb #c61dda51
 FEATURE_GROUPS = ("baseline", "amount_profile", "amount_peaks", "velocity", "terminal_activity",

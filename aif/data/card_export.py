@@ -154,9 +154,9 @@ def write_card_export(params: SimulateParams, out: Path) -> dict[str, int]:
 
 def score_request(row) -> dict:
     """One export row (a namedtuple of `export_frame`) as a client sends it to `/score` under
-    `INGEST_PARAMS`: ids as the export has them, the attributes by name."""
+    `INGEST_PARAMS`: ids and the time as the export has them, the attributes by name."""
     return {"transaction_id": [row.trans_num, row.cc_num],
-            "tx_datetime": f"{row.trans_date}T{row.trans_time}", "customer_id": row.cc_num,
+            "tx_datetime": [row.trans_date, row.trans_time], "customer_id": row.cc_num,
             "terminal_id": row.merchant, "tx_amount": float(row.amt),
             "merchant_category": row.category, "customer_lat": float(row.lat),
             "customer_long": float(row.long), "merchant_lat": float(row.merch_lat),

@@ -36,12 +36,12 @@ from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_
                         transaction_schema)
 
 # %% auto #0
-__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'NO_VALUE_TEXTS', 'INTEGER_RANGES', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan',
-           'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files', 'record_lines',
-           'FileRows', 'read_csv', 'read_file', 'float_integers', 'read_source', 'map_columns', 'integer_text_values',
-           'parse_integers', 'parse_labels', 'parse_ids', 'parse_attribute', 'parse_columns', 'cast_canonical',
-           'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions', 'id_map_of', 'ingest_rows',
-           'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
+__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'NO_VALUE_TEXTS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS', 'FieldSource',
+           'SourcePlan', 'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files',
+           'record_lines', 'FileRows', 'read_csv', 'read_file', 'float_integers', 'read_source', 'map_columns',
+           'integer_text_values', 'parse_integers', 'parse_labels', 'parse_ids', 'parse_times', 'parse_attribute',
+           'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions',
+           'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -598,6 +598,11 @@ def _matches(text: pa_arrow.Array, pattern: str) -> np.ndarray:
     return pc.match_substring_regex(text, pattern).fill_null(False).to_numpy(zero_copy_only=False)
 
 
+# texts pandas reads as the clock's time, under any format: a cell 'now' would be the time
+# ingest ran, a row no two runs write alike
+_CLOCK_WORDS = ("now", "today")
+
+
 def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | None):
     """(rows, timestamps, cut) of `s` by how they are read: timestamps a file held as such (a
     source whose files read the column as timestamps and as text), then text with and without
@@ -613,6 +618,7 @@ def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | N
             yield rows, pd.Series(pd.to_datetime(s[rows].tolist(), utc=utc, errors="coerce"),
                                   index=s.index[rows]), np.zeros(rows.sum(), bool)
     text = s.where(~stamps).astype("string").str.strip()
+    text = text.mask(text.isin(_CLOCK_WORDS))   # not_a_timestamp, not the time of the run
     arrow = pa_arrow.array(text, pa_arrow.string())
     offset = _matches(arrow, _OFFSET)
     past_microsecond = _matches(arrow, _FINER)
@@ -782,16 +788,12 @@ def parse_ids(parts: list[pd.Series], secret: bytes | None = None
     return pd.Series(keys, index=index), rules, _raw_texts(index, ok & ~own, text[ok & ~own])
 
 
-_EPOCH_SCALE = {"s": 10**6, "ms": 10**3, "us": 1}   # microseconds per unit
+EPOCH_SCALE = {"s": 10**6, "ms": 10**3, "us": 1}   # microseconds per unit
 
 
 def _parse_epoch(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Series, pd.Series]:
     "Local timestamps from epoch numbers (`ingest.datetime_unit`): instants, so in the zone."
-    if params.timezone is None:
-        raise StageError(f"ingest: {where}: column tx_datetime holds epoch {params.datetime_unit}"
-                         " (instants); set ingest.timezone to the terminals' local zone "
-                         "(UTC if that is their clock)")
-    scale = _EPOCH_SCALE[params.datetime_unit]
+    scale = EPOCH_SCALE[params.datetime_unit]
     values, rule = parse_integers(s, -(2**62) // scale, (2**62) // scale)
     micros = values.to_numpy() * scale
     if (rule == "not_an_integer").any() and not pd.api.types.is_numeric_dtype(s):
@@ -835,6 +837,16 @@ def _epoch_fractions(s: pd.Series, rule: pd.Series, scale: int, micros: np.ndarr
     rule[rows[finer & ~out]] = "sub_microsecond"
     rule[rows[out]] = "out_of_range"
     return micros, rule.sort_index()
+
+
+def parse_times(s: pd.Series, params: IngestParams, where: str, fmt: str | None = None
+                ) -> tuple[pd.Series, pd.Series]:
+    """`tx_datetime` as naive local times, and the rule of each row that failed: epoch numbers
+    in `ingest.datetime_unit`, else text (`fmt`, the mapping's format, first). The service
+    reads a request's time by this rule too."""
+    if params.datetime_unit:
+        return _parse_epoch(s, params, where)
+    return _parse_datetime(s, params, where, fmt)
 
 
 _BOOLEAN_TEXT = {"true": True, "t": True, "yes": True, "1": True,
@@ -896,11 +908,8 @@ def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
         elif name in ID_FIELDS:
             parsed[name], rule, raw_ids[name] = parse_ids(
                 [frame[c] for c in columns], secret if name in plan.sensitive else None)
-        elif name == "tx_datetime" and params.datetime_unit:
-            parsed[name], rule = _parse_epoch(frame[name], params, where)
         elif name == "tx_datetime":
-            parsed[name], rule = _parse_datetime(frame[name], params, where,
-                                                 sources[name].format)
+            parsed[name], rule = parse_times(frame[name], params, where, sources[name].format)
         elif name == "tx_fraud":
             parsed[name], rule = parse_labels(frame[name], params.label_values)
         elif FIELDS_BY_NAME[name].dtype in INTEGER_RANGES:

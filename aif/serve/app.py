@@ -1236,7 +1236,7 @@ def keep_freed_memory() -> bool:
 
 def build_service(paths: ProjectPaths, params: Params, model_dir: Path | None,
                   until: str | None) -> Service:
-    requests = Requests.of(params.ingest)   # first: a missing or wrong secret stops here
+    requests = Requests(params.ingest)   # first: a missing or wrong secret stops here
     check_same_secret(paths.ingest_report, requests.secret, "serve")
     loaded = load_model(paths, model_dir)
     check_declared(loaded.model.feature_specs(params.features), params.ingest.attributes,
