@@ -153,7 +153,8 @@ def valid_transactions() -> st.SearchStrategy:
         "transaction_id": [i, c], "tx_datetime": t, "customer_id": c, "terminal_id": m,
         "tx_amount": amount, "category": cat, "lat": lat, "visits": visits, "online": online},
         st.one_of(clean_text, st.integers(0, 2**62)),
-        st.builds(lambda t, sep: t.isoformat(sep=sep), st.datetimes(), st.sampled_from("Tt ")),
+        # 'T' or a space, as ingest reads it ('t' is RFC 3339's, which pandas refuses)
+        st.builds(lambda t, sep: t.isoformat(sep=sep), st.datetimes(), st.sampled_from("T ")),
         clean_text, st.one_of(clean_text, st.integers(-9, 2**64 - 1)),
         st.floats(0, REQUEST_MAPPING.max_amount),
         clean_text, st.floats(-90, 90), st.one_of(st.none(), st.integers(0, 2**62)),
@@ -310,9 +311,6 @@ def test_a_time_sent_as_the_export_has_it_is_the_time_ingest_reads_from_the_expo
     time in two columns by a format: the service reads a request's time as ingest reads the
     export's CSV, to the microsecond, on both decoders; and the naive local time ingest
     wrote, which a client replaying the data sends, reads as the same."""
-    import tempfile
-
-    from aif.serve.schema import Requests
     params = export_time_params(form, zone)
     if whole and form in _EPOCH_SCALES:   # epochs sent as integers (numpy's way online)
         instants = [us - us % _EPOCH_SCALES[form] for us in instants]
@@ -320,15 +318,26 @@ def test_a_time_sent_as_the_export_has_it_is_the_time_ingest_reads_from_the_expo
                for us, o in zip(instants, offsets[:len(instants)], strict=True)]
     cells, sent = zip(*written, strict=True)
     columns = ["when"] if len(cells[0]) == 1 else ["day", "clock"]
-    frame = pd.DataFrame({"transaction_id": range(len(instants)), "customer_id": 7,
-                          "terminal_id": 9, "tx_amount": 1.5, "tx_fraud": 0,
-                          **{c: [cell[i] for cell in cells] for i, c in enumerate(columns)}})
+    assert_read_as_ingest_reads(params, {c: [cell[i] for cell in cells]
+                                         for i, c in enumerate(columns)}, list(sent))
+
+
+def assert_read_as_ingest_reads(params: IngestParams, cells: dict[str, list], sent: list):
+    """Ingest reads the time `cells` of a CSV without quarantining one; the service reads
+    `sent`, and the naive local times ingest wrote, as the same, on both decoders, in a
+    batch and alone."""
+    import tempfile
+
+    from aif.serve.schema import Requests
+    n = len(sent)
+    frame = pd.DataFrame({"transaction_id": range(n), "customer_id": 7, "terminal_id": 9,
+                          "tx_amount": 1.5, "tx_fraud": 0, **cells})
     with tempfile.TemporaryDirectory() as folder:
         frame.to_csv(Path(folder) / "export.csv", index=False)
         result = ingest_rows(read_source(Path(folder), params), params, now=NOW)
     assert len(result.quarantine) == 0, result.quarantine
     offline = result.transactions.set_index("transaction_id").tx_datetime
-    expected = offline.loc[range(len(instants))].to_numpy().astype("datetime64[us]").view("i8")
+    expected = offline.loc[range(n)].to_numpy().astype("datetime64[us]").view("i8")
 
     requests = Requests(params)
     rows = [{"transaction_id": i, "tx_datetime": t, "customer_id": 7, "terminal_id": 9,
@@ -345,17 +354,32 @@ def test_a_time_sent_as_the_export_has_it_is_the_time_ingest_reads_from_the_expo
     assert single.columns["tx_datetime"].tolist() == expected[:1].tolist()
 
 
+@pytest.mark.parametrize(("fmt", "sent"), [
+    ("%Y-%m-%d %I:%M:%S", "2024-04-13 12:30:00"),    # 12 o'clock is 00:30 by %I: not ISO's
+    ("%Y-%m-%d %H:%M:%S%z", "2024-04-13 23:20:00+0200"),
+    ("%d/%m/%Y %H:%M", "13/04/2024 23:20"),
+])
+def test_a_time_by_the_export_format_is_read_as_ingest_reads_it(fmt, sent):
+    assert_read_as_ingest_reads(IngestParams(datetime_format=fmt, timezone="Europe/Brussels"),
+                                {"tx_datetime": [sent]}, [sent])
+
+
 @pytest.mark.parametrize(("form", "sent", "rule"), [
-    ("s", 1713049900.5, "not_an_integer"),               # a JSON number's digits are not kept
+    ("s", 1713049900.5, "not_a_time"),             # a JSON number's digits are not all kept
+    ("us", 9007199254740993.0, "not_a_time"),        # ... and this one has lost its last one
+    ("s", "1.5e9", "not_an_integer"),
+    ("s", "NULL", "missing"),
     ("s", "1713049900.1234567", "sub_microsecond"),
     ("ms", "2024-02-31", "not_a_timestamp"),
     ("s", 10**20, "out_of_range"),
     ("s", True, "not_a_time"),
     ("offset", "2024-04-13T23:20:00.1234561+02:00", "sub_microsecond"),
     ("offset", "13/04/2024 23:20", "not_a_timestamp"),
+    ("offset", "2024-04-13T23:20:00z", "not_a_timestamp"),   # as pandas, whatever RFC 3339 says
     ("format", ["13/04/2024", "25:20:00.0"], "not_a_timestamp"),
     ("format", "2024-04-13T23:20:00+02:00", "timezone_aware"),   # no ingest.timezone
     ("format", ["13/04/2024"], "not_a_time"),
+    ("format", ["13/04/2024", " "], "not_a_time"),   # ingest: missing (not its midnight)
 ])
 def test_a_time_the_export_rule_refuses_is_a_422_naming_the_row_and_the_rule(form, sent, rule):
     """Where ingest would quarantine the row, the service answers 422 at the row's
@@ -641,6 +665,14 @@ def test_epoch_timestamps_are_instants_in_the_zone():
                                                       timezone="UTC"), now=NOW)
     assert result.quarantine[["column", "rule"]].values.tolist() == [
         ["tx_datetime", "not_a_timestamp"]]
+
+
+def test_a_date_beside_a_blank_time_is_missing_not_its_midnight():
+    frame = export(3, trans_time=["10:00:00", " ", ""])
+    result = ingest_rows(rows_of(frame), IngestParams(columns=MAPPING), now=NOW)
+    assert len(result.transactions) == 1
+    assert result.quarantine[["column", "rule"]].values.tolist() == [
+        ["tx_datetime", "missing"]] * 2
 
 
 def test_a_time_written_as_now_is_not_the_time_ingest_ran():

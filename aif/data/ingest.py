@@ -39,9 +39,10 @@ from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_
 __all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'NO_VALUE_TEXTS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS', 'FieldSource',
            'SourcePlan', 'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files',
            'record_lines', 'FileRows', 'read_csv', 'read_file', 'float_integers', 'read_source', 'map_columns',
-           'integer_text_values', 'parse_integers', 'parse_labels', 'parse_ids', 'parse_times', 'parse_attribute',
-           'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions',
-           'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
+           'integer_text_values', 'parse_integers', 'parse_labels', 'with_offset', 'parse_ids', 'parse_times',
+           'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult',
+           'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs',
+           'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -396,8 +397,9 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
 
 # %% ../../nbs/11_ingest.ipynb #4ca91019
 def _joined_text(parts: list[pd.Series]) -> pd.Series:
-    "Texts of `parts` joined with a space; missing where any part is missing."
-    texts = [p.astype("string").str.strip() for p in parts]
+    """Texts of `parts` joined with a space; missing where any part is missing or blank (a
+    date beside a blank time would read as its midnight)."""
+    texts = [p.astype("string").str.strip().replace("", pd.NA) for p in parts]
     joined = texts[0]
     for t in texts[1:]:
         joined = joined + " " + t
@@ -596,6 +598,12 @@ def _local_us(values: pd.Series, params: IngestParams, where: str
 def _matches(text: pa_arrow.Array, pattern: str) -> np.ndarray:
     "Which texts match `pattern` somewhere, in Arrow (RE2): Python's regex a row took 1.3 s a million."
     return pc.match_substring_regex(text, pattern).fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def with_offset(texts: pd.Series) -> np.ndarray:
+    "Which texts are times with an offset, by the rule ingest tells them by (`_OFFSET`)."
+    return _matches(pa_arrow.array(texts.astype("string").str.strip(), pa_arrow.string()),
+                    _OFFSET)
 
 
 # texts pandas reads as the clock's time, under any format: a cell 'now' would be the time

@@ -33,7 +33,7 @@ from typing_extensions import TypedDict
 
 from ..config.params import IngestParams
 from ..data.ingest import (EPOCH_SCALE, NO_VALUE_TEXTS, FieldSource, SourcePlan,
-                             parse_times, require_secret, source_plan)
+                             parse_times, require_secret, source_plan, with_offset)
 from ..io import StageError
 from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_of_integers,
                       keys_of_text)
@@ -196,6 +196,14 @@ _EPOCH = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 _OFFSET_TIME = Annotated[datetime, msgspec.Meta(tz=True)]   # RFC 3339 with an offset
 _SEVENTH_DIGIT = re.compile(r"[.,][0-9]{7}")   # of a second: msgspec would round it
+
+
+def _as_ingest_reads(text: str) -> bool:
+    """Whether msgspec may read `text` (RFC 3339) for ingest: no seventh digit of a second,
+    which msgspec rounds, and no 't' or 'z', which RFC 3339 allows and pandas refuses."""
+    return "t" not in text and "z" not in text and not _SEVENTH_DIGIT.search(text)
+
+
 _EPOCH_TEXT = re.compile(r"([+-]?)([0-9]{1,19})(?:\.([0-9]+))?")   # sign, whole, fraction
 # instants far from the ends of years 1-9999 in any zone: integer epochs and times with an
 # offset among them take numpy's way (`instant_micros`), the rest ingest's rule
@@ -203,13 +211,13 @@ _PLAIN_INSTANTS = tuple(np.datetime64(d, "us").astype(np.int64).item()
                         for d in ("1900-01-01", "2200-01-01"))
 # ingest's rules for a time, as a 422 says them
 _TIME_RULES = {
+    "missing": "no time: an empty text, or one that reads as no value (NULL, NaN, N/A)",
     "not_a_timestamp": "not a time as the export writes it ({how}), nor the naive local time "
                        "in ISO 8601 (2024-04-13T23:20:00)",
     "sub_microsecond": "a nonzero digit past the microsecond: it would be cut",
     "out_of_range": "outside years 1-9999 in ingest.timezone",
-    "not_an_integer": "not a whole epoch number: a fraction is read from text written out "
-                      "('1713049900.5'), not from a JSON number, whose digits past a double's "
-                      "are lost (ingest refuses a float column's fraction so too)",
+    "not_an_integer": "not a whole epoch number: a fraction is written out with its digits "
+                      "('1713049900.5'), not as an exponent",
     "timezone_aware": "a time with an offset needs ingest.timezone, which is not set: send the "
                       "naive local time",
 }
@@ -242,20 +250,31 @@ class RequestTime:
         the format writes text that reads as ISO and means another time ('%Y-%d-%m %H:%M')."""
         if self.format is None:
             return True
-        probe = datetime(2001, 2, 3, 4, 5, 6, 7)   # every field distinct
+        # every field distinct, at hours a 12-hour clock writes alike (%I without %p reads
+        # "12:30" as 00:30, ISO as 12:30)
+        return all(self._reads_alike(datetime(2001, 2, 3, hour, 5, 6, 7, tzinfo=UTC))
+                   for hour in (0, 4, 12, 16))
+
+    def _reads_alike(self, probe: datetime) -> bool:
+        "Whether `probe` written by the format is no ISO text, or one that means the same."
         text = probe.strftime(self.format)
         try:
-            return msgspec.convert(text, _ISO_TIME) == datetime.strptime(text, self.format)
+            iso = msgspec.convert(text, _ISO_TIME)
         except msgspec.ValidationError:
-            return True   # the format's texts are no ISO ones: no text is read both ways
+            return True   # the format's texts are no naive ISO ones: none is read both ways
+        try:
+            return iso == datetime.strptime(text, self.format)
+        except ValueError:   # strptime cannot tell: the format's reading first, always
+            return False
 
     @property
     def export_form(self) -> str:
         "The export's time, in words (OpenAPI's description, a 422's message)."
         unit, zone = self.ingest.datetime_unit, self.ingest.timezone
         if unit:
-            return (f"epoch {unit} as an integer (a fraction as text, '1713049900.5'), "
-                    f"converted to the local time in {zone}")
+            fraction = {"s": " (a fraction as text, '1713049900.25')",
+                        "ms": " (a fraction as text, '1713049900123.5')"}.get(unit, "")
+            return f"epoch {unit} as an integer{fraction}, converted to the local time in {zone}"
         form = f"text by the format {self.format!r}" if self.format else "ISO 8601 text"
         if self.source.join:
             form += f", or the list of its parts ({', '.join(self.source.columns)})"
@@ -277,8 +296,8 @@ class RequestTime:
         if self.source.join:
             parts = len(self.source.columns)
             kinds.append(Annotated[list[Text], Field(min_length=parts, max_length=parts)])
-        if self.ingest.datetime_unit:
-            kinds = [int, Annotated[float, Field(allow_inf_nan=False)], *kinds]
+        if self.ingest.datetime_unit:   # no float: a JSON number's digits past a double's are
+            kinds = [int, *kinds]       # lost before any rule sees them (a fraction as text)
         if len(kinds) == 1:
             return Annotated[kinds[0], Field(description=self.description)]
         return Annotated[Union[tuple(kinds)], Field(union_mode="left_to_right",   # noqa: UP007
@@ -304,7 +323,7 @@ class RequestTime:
             kinds.append(Annotated[list[_FAST_TEXT], msgspec.Meta(min_length=parts,
                                                                   max_length=parts)])
         if self.ingest.datetime_unit:
-            kinds = [int, float, *kinds]
+            kinds = [int, *kinds]
         return Union[tuple(kinds)]   # noqa: UP007
 
     def micros(self, values: list, key: str | None = None) -> np.ndarray:
@@ -327,6 +346,11 @@ class RequestTime:
         rows = np.flatnonzero(todo)
         if len(rows):
             micros[rows], rules = self.by_ingest([values[i] for i in rows])
+            for i in [i for i, rule in rules.items() if rule == "not_a_timestamp"]:
+                iso = self.iso_time(values[rows[i]])   # the format first, then ISO
+                if iso is not None:
+                    micros[rows[i]] = iso
+                    del rules[i]
             if rules:
                 raise RequestValidationError([
                     {"loc": ("body", key, int(rows[i]), "tx_datetime") if key
@@ -347,7 +371,7 @@ class RequestTime:
             if utc is None:
                 return None
         elif (zone and not unit and self.format is None
-              and all(type(v) is str and not _SEVENTH_DIGIT.search(v) for v in values)):
+              and all(type(v) is str and _as_ingest_reads(v) for v in values)):
             try:
                 aware = msgspec.convert(values, list[_OFFSET_TIME])
             except msgspec.ValidationError:
@@ -381,12 +405,22 @@ class RequestTime:
             return None
         return np.array(utc, np.int64)
 
+    @staticmethod
+    def iso_time(value) -> int | None:
+        "The microseconds of a naive ISO text (as ingest reads one), or None."
+        if type(value) is not str or not _as_ingest_reads(value):
+            return None
+        try:
+            return (msgspec.convert(value, _ISO_TIME) - _EPOCH) // _MICRO
+        except msgspec.ValidationError:
+            return None
+
     def iso_micros(self, values: list) -> tuple[np.ndarray, np.ndarray]:
         "The microseconds of the naive ISO texts among `values`, and which values are not such."
         n = len(values)
         if not self.iso_first:
             return np.zeros(n, np.int64), np.ones(n, bool)
-        short = [type(v) is str and len(v) <= 26 for v in values]   # msgspec rounds a 7th digit
+        short = [type(v) is str and _as_ingest_reads(v) for v in values]
         if all(short):   # the usual batch, or a client replaying the data: all at once
             try:
                 times = msgspec.convert(values, list[_ISO_TIME])
@@ -396,35 +430,26 @@ class RequestTime:
                 pass
         micros, todo = np.zeros(n, np.int64), np.ones(n, bool)
         for i in np.flatnonzero(short):
-            try:
-                micros[i] = (msgspec.convert(values[i], _ISO_TIME) - _EPOCH) // _MICRO
-                todo[i] = False
-            except msgspec.ValidationError:
-                pass
+            iso = self.iso_time(values[i])
+            if iso is not None:
+                micros[i], todo[i] = iso, False
         return micros, todo
 
     def by_ingest(self, values: list) -> tuple[np.ndarray, dict[int, str]]:
         "Times read by ingest's rule (`parse_times`): microseconds, and each refused row's rule."
-        try:
-            read, rule = parse_times(pd.Series(values, dtype=object), self.ingest, "request",
-                                     self.source.format)
-        except StageError:   # an offset without ingest.timezone: which rows, one by one
-            if len(values) > 1:
-                return self._one_by_one(values)
-            # (or a text the format's parser raised on: no 500 either way)
-            return np.zeros(1, np.int64), {0: "timezone_aware" if self.ingest.timezone is None
-                                           else "not_a_timestamp"}
-        micros = read.to_numpy(dtype="datetime64[us]").view(np.int64)
-        return micros, dict(zip(rule.index.tolist(), rule.tolist(), strict=True))
-
-    def _one_by_one(self, values: list) -> tuple[np.ndarray, dict[int, str]]:
+        column = pd.Series(values, dtype=object)
         micros, rules = np.zeros(len(values), np.int64), {}
-        for i, v in enumerate(values):
-            read, rule = self.by_ingest([v])
-            micros[i] = read[0]
-            if rule:
-                rules[i] = rule[0]
-        return micros, rules
+        if self.ingest.timezone is None and not self.ingest.datetime_unit:
+            # ingest stops at an offset it cannot convert; a request names the rows
+            aware = with_offset(column)
+            rules = dict.fromkeys(np.flatnonzero(aware).tolist(), "timezone_aware")
+            column = column[~aware]
+        try:
+            read, rule = parse_times(column, self.ingest, "request", self.source.format)
+        except StageError:   # a text the format's parser raised on: no 500
+            return micros, {**dict.fromkeys(column.index.tolist(), "not_a_timestamp"), **rules}
+        micros[column.index] = read.to_numpy(dtype="datetime64[us]").view(np.int64)
+        return micros, {**rules, **dict(zip(rule.index.tolist(), rule.tolist(), strict=True))}
 
 # %% ../../nbs/63_request_schema.ipynb #6b0e5d21
 ID_FIELDS = ("transaction_id", "customer_id", "terminal_id")
@@ -558,6 +583,9 @@ class Requests:
             return None
         texts += [v for a in self.plan.attributes if a.type == "category"
                   for v in values[a.name] if v is not None]
+        if not self.time.naive_only:   # a time's texts too (a blank part pydantic refuses)
+            texts += [p for v in values["tx_datetime"] if type(v) is not int
+                      for p in (v if type(v) is list else (v,))]
         if list(map(str.strip, texts)) != texts:
             return None
         if self.time.naive_only:   # else read with the columns, by `RequestTime.micros`
