@@ -141,6 +141,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.data.ingest._text_frame': ('ingest.html#_text_frame', 'aif/data/ingest.py'),
                                  'aif.data.ingest._to_local': ('ingest.html#_to_local', 'aif/data/ingest.py'),
                                  'aif.data.ingest._within': ('ingest.html#_within', 'aif/data/ingest.py'),
+                                 'aif.data.ingest._without_thousands': ('ingest.html#_without_thousands', 'aif/data/ingest.py'),
                                  'aif.data.ingest.cast_canonical': ('ingest.html#cast_canonical', 'aif/data/ingest.py'),
                                  'aif.data.ingest.check_collisions': ('ingest.html#check_collisions', 'aif/data/ingest.py'),
                                  'aif.data.ingest.check_invalid_share': ('ingest.html#check_invalid_share', 'aif/data/ingest.py'),

@@ -11,11 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run, write_params
+from conftest import make_project, run, write_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aif.config.params import IngestParams
+from aif.config.params import IngestParams, ParamsError
 from aif.data.ingest import SourceRows, ingest_rows, parse_ids
 from aif.keys import key_of
 
@@ -387,6 +387,59 @@ def test_a_number_written_with_a_decimal_comma_reads_as_with_a_point(values):
     assert points.isna().tolist() == ["." in repr(v) for v in values]
 
 
+LOCALES = [(".", ","), (",", "."), (",", " "), (".", "'"), (",", "\u202f")]   # decimal, thousands
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e15, 1e15), st.integers(0, 4)), min_size=1, max_size=20),
+       st.sampled_from(LOCALES))
+def test_a_number_written_with_thousands_separators_reads_as_without(numbers, locale):
+    """1,234,567.50 (or 1.234.567,50, 1 234 567,50, ...) is 1234567.5 exactly; a separator
+    anywhere but between groups of three digits before the point is not a number."""
+    from aif.data.ingest import _parse_amount
+    decimal, thousands = locale
+    plain = [f"{v:.{k}f}" for v, k in numbers]
+    written = [f"{v:,.{k}f}".translate({ord(","): thousands, ord("."): decimal})
+               for v, k in numbers]
+    parsed, rules = _parse_amount(pd.Series(written, dtype="string"), decimal, thousands)
+    assert rules.empty, (written, rules)
+    assert parsed.tolist() == [float(t) for t in plain]
+    misplaced = [f"12{thousands}34", f"1{thousands}2345", f"1{thousands}234{thousands}56",
+                 f"1{decimal}234{thousands}567"]
+    if not thousands.isspace():   # a space before or after a number is stripped, as anywhere
+        misplaced += [f"{thousands}123", f"123{thousands}"]
+    _, rules = _parse_amount(pd.Series(misplaced, dtype="string"), decimal, thousands)
+    assert rules.tolist() == ["not_a_number"] * len(misplaced)
+
+
+def test_an_export_with_thousands_separators_gives_the_same_values(tmp_path):
+    from aif.data.ingest import read_source
+    frame = good_frame(300).assign(AMOUNT_EUR=lambda f: f.AMOUNT_EUR * 37)   # up to 7,400
+    plain, grouped = tmp_path / "plain", tmp_path / "grouped"
+    plain.mkdir(), grouped.mkdir()
+    frame.to_csv(plain / "bank.csv", index=False)
+    frame.assign(AMOUNT_EUR=[f"{v:,.2f}" for v in frame.AMOUNT_EUR]).to_csv(
+        grouped / "bank.csv", index=False)   # quoted: the delimiter is a comma too
+
+    def ingested(folder: Path, **params):
+        params = IngestParams(columns=MAPPING, reject_future=False, **params)
+        return ingest_rows(read_source(folder, params), params)
+
+    expected = ingested(plain).transactions
+    assert (expected.tx_amount >= 1000).sum() > 100
+    got = ingested(grouped, thousands=",")
+    assert got.quarantine.empty
+    pd.testing.assert_frame_equal(got.transactions, expected)
+    assert len(ingested(grouped).quarantine) > 100   # without the param: not_a_number
+
+
+def test_thousands_must_be_one_character_other_than_the_decimal():
+    for bad in (",,", "1", "-", "."):
+        with pytest.raises(ParamsError, match="ingest.thousands"):
+            IngestParams(thousands=bad)
+    assert IngestParams(decimal=",", csv_delimiter=";", thousands=".").thousands == "."
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(damage=damage, n=st.integers(1, 60))
 def test_every_row_is_written_or_quarantined(damage, n):
@@ -409,6 +462,27 @@ def test_every_row_is_written_or_quarantined(damage, n):
     assert sorted(kept_ids) == sorted(result.transactions.transaction_id)
     table = pa.Table.from_pandas(result.transactions)
     assert table.num_rows == written
+
+
+def test_the_quarantine_names_a_file_as_params_do_so_clones_elsewhere_write_the_same_bytes(
+        tmp_path):
+    """A quarantined row's `source_file` is the file as params name it, relative to the
+    project: with the absolute path, a colleague's clone wrote another quarantine (and
+    dvc.lock) from the same data."""
+    frame = good_frame(200).astype({"AMOUNT_EUR": object})
+    frame.loc[7, "AMOUNT_EUR"] = "n/a"
+    written = []
+    for where in ("a", "b/deeper"):
+        project = make_project(tmp_path / where / "project")
+        (project / "data/landing").mkdir(parents=True)
+        frame.to_csv(project / "data/landing/bank.csv", index=False)
+        code, err = ingest_cli(project, Path("data/landing/bank.csv"), max_invalid_fraction=0.5)
+        assert code == 0, err
+        quarantine = pd.read_parquet(outputs(project)["quarantine"])
+        assert quarantine.source_file.tolist() == ["data/landing/bank.csv"]
+        assert quarantine.source_line.tolist() == [9]   # the header is line 1
+        written.append(outputs(project)["quarantine"].read_bytes())
+    assert written[0] == written[1]
 
 
 def test_simulator_landing_zone_roundtrip(small_project):

@@ -152,6 +152,7 @@ class IngestParams:
     datetime_format: str | None = None
     csv_delimiter: str = ","
     decimal: str = "."                       # of numbers as text (CSV): "," reads 12,50
+    thousands: str | None = None             # of numbers as text: "," reads 1,234.50
     extra_columns: str = "drop"
     max_invalid_fraction: float = 0.001
     reject_future: bool = True
@@ -178,6 +179,11 @@ class IngestParams:
             raise ParamsError(f"params.yaml: ingest.decimal {self.decimal!r} is also "
                               "ingest.csv_delimiter; a CSV with decimal commas is delimited by "
                               "';' (ingest.csv_delimiter: ';')")
+        if self.thousands is not None and (len(self.thousands) != 1 or self.thousands.isdigit()
+                                           or self.thousands in "+-" + self.decimal):
+            raise ParamsError(f"params.yaml: ingest.thousands {self.thousands!r} must be one "
+                              "character, not a digit, a sign or ingest.decimal (e.g. ',' with "
+                              "decimal '.', '.' or ' ' with decimal ',')")
         if self.datetime_unit not in (None, "s", "ms", "us"):
             raise ParamsError(f"params.yaml: ingest.datetime_unit {self.datetime_unit!r} must "
                               "be s, ms or us (epoch seconds, milliseconds, microseconds)")

@@ -255,6 +255,8 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
         header = next(csv.reader([text.readline().lstrip("\ufeff")],
                                  delimiter=params.csv_delimiter), [])
     exact = plan.exact_columns
+    if params.thousands is not None:   # numbers with separators are text to Arrow: read as such
+        exact = exact | {c for f in plan.fields if f.name in plan.float_fields for c in f.columns}
     table = pa_csv.read_csv(
         path, read_options=pa_csv.ReadOptions(encoding=params.encoding, use_threads=False),
         parse_options=pa_csv.ParseOptions(delimiter=params.csv_delimiter,
@@ -372,7 +374,9 @@ def _text_frame(table: pa_arrow.Table, plan: SourcePlan) -> pd.DataFrame:
                          for f in table.schema})
 
 
-def read_source(source: Path, params: IngestParams) -> SourceRows:
+def read_source(source: Path, params: IngestParams, root: Path | None = None) -> SourceRows:
+    """The rows of `source`'s files, each file named (in the quarantine, in messages) relative
+    to `root` when under it: as params name it, so a clone elsewhere writes the same bytes."""
     files = source_files(source)
     plan = source_plan(params)
     read = [read_file(f, params, plan) for f in files]
@@ -388,10 +392,12 @@ def read_source(source: Path, params: IngestParams) -> SourceRows:
                               if c not in kept})
     file_index = np.repeat(np.arange(len(files)), sizes)
     row_number = np.concatenate([r.row_number for r in read]) if read else np.array([])
-    unreadable = pd.DataFrame([{"source_file": str(f), **u} for f, r in zip(files, read, strict=True)
+    names = [f.relative_to(root) if root is not None and f.is_relative_to(root) else f
+             for f in files]
+    unreadable = pd.DataFrame([{"source_file": str(f), **u} for f, r in zip(names, read, strict=True)
                                for u in r.unreadable],
                               columns=["source_file", "source_row", "source_line", "rule"])
-    return SourceRows(frame, files, file_index, row_number.astype(np.int64),
+    return SourceRows(frame, names, file_index, row_number.astype(np.int64),
                       np.concatenate([r.line_number for r in read]).astype(np.int64)
                       if read else np.array([], np.int64), unreadable)
 
@@ -674,11 +680,14 @@ def _no_value(text: pd.Series) -> np.ndarray:
     return (text.isna() | text.isin(NO_VALUE_TEXTS)).to_numpy(bool)
 
 
-def _parse_amount(s: pd.Series, decimal: str = ".") -> tuple[pd.Series, pd.Series]:
+def _parse_amount(s: pd.Series, decimal: str = ".", thousands: str | None = None
+                  ) -> tuple[pd.Series, pd.Series]:
     """Amounts (or a float attribute) as float64, the canonical type, and the rule each
     unparseable row broke. Text is read with `decimal` (`ingest.decimal`) as its decimal
     point: where that is ',', 12,50 is 12.5 and a text with a '.' (12.50, or 1.234,50 with
-    a thousands separator) is not a number rather than another value."""
+    a thousands separator) is not a number rather than another value. With `thousands`
+    (`ingest.thousands`), a separator is taken between groups of three digits before the
+    point (1,234,567.50) and nowhere else: 12,34.5 is not a number."""
     if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
         values, missing = s.astype("float64"), s.isna().to_numpy()
     else:   # text, or numbers a file held as such among text (a source of Parquet and CSV)
@@ -687,6 +696,8 @@ def _parse_amount(s: pd.Series, decimal: str = ".") -> tuple[pd.Series, pd.Serie
                 v, (bool, np.bool_)) for v in s), bool, len(s))
         text = s.where(~numbers).astype("string").str.strip()
         missing = _no_value(text) & ~numbers
+        if thousands is not None:
+            text = _without_thousands(text, decimal, thousands)
         if decimal != ".":
             other_point = text.str.contains(".", regex=False).fillna(False).to_numpy(bool)
             text = text.str.replace(decimal, ".", regex=False).mask(other_point)
@@ -694,6 +705,15 @@ def _parse_amount(s: pd.Series, decimal: str = ".") -> tuple[pd.Series, pd.Serie
         values[numbers] = s[numbers].astype("float64")
     bad = np.isnan(values.to_numpy()) & ~missing
     return values, _rule_of_rows([("missing", missing), ("not_a_number", bad)])
+
+
+def _without_thousands(text: pd.Series, decimal: str, thousands: str) -> pd.Series:
+    "Number texts without their thousands separators; missing where one is out of place."
+    sep, point = re.escape(thousands), re.escape(decimal)
+    grouped = text.str.fullmatch(rf"[+-]?[0-9]{{1,3}}(?:{sep}[0-9]{{3}})+(?:{point}[0-9]*)?")
+    separated = text.str.contains(thousands, regex=False)
+    out_of_place = (separated & ~grouped).fillna(False).to_numpy(bool)
+    return text.str.replace(thousands, "", regex=False).mask(out_of_place)
 
 
 INTEGER_RANGES = {"int64": (-2**63, 2**63 - 1), "int8": (-2**7, 2**7 - 1)}
@@ -873,11 +893,12 @@ def _booleans_as_text(s: pd.Series) -> pd.Series:
     return s
 
 
-def parse_attribute(s: pd.Series, attribute: Attribute, decimal: str = "."
+def parse_attribute(s: pd.Series, attribute: Attribute, decimal: str = ".",
+                    thousands: str | None = None
                     ) -> tuple[pd.Series, pd.Series]:
     "A declared attribute in its type, exactly, and the rule of each bad row."
     if attribute.type == "float":
-        values, rule = _parse_amount(s, decimal)
+        values, rule = _parse_amount(s, decimal, thousands)
     elif attribute.type == "int":
         values, rule = parse_integers(s, *INTEGER_RANGES["int64"])
     elif attribute.type == "category":   # as ids are read: 5411.0 from a float column is 5411
@@ -912,7 +933,8 @@ def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
         frame = frame.assign(**{c: frame[c].astype(object) for c in columns   # values, not codes
                                 if isinstance(frame[c].dtype, pd.CategoricalDtype)})
         if name in attributes:
-            parsed[name], rule = parse_attribute(frame[name], attributes[name], params.decimal)
+            parsed[name], rule = parse_attribute(frame[name], attributes[name], params.decimal,
+                                                 params.thousands)
         elif name in ID_FIELDS:
             parsed[name], rule, raw_ids[name] = parse_ids(
                 [frame[c] for c in columns], secret if name in plan.sensitive else None)
@@ -924,7 +946,7 @@ def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
             parsed[name], rule = parse_integers(frame[name],
                                                 *INTEGER_RANGES[FIELDS_BY_NAME[name].dtype])
         else:
-            parsed[name], rule = _parse_amount(frame[name], params.decimal)
+            parsed[name], rule = _parse_amount(frame[name], params.decimal, params.thousands)
         if len(rule):
             failures.append(pd.DataFrame({"column": name, "rule": rule}))
     order = [n for n in sources if n in parsed.columns]
@@ -1156,7 +1178,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     plan = source_plan(params)
     secret = require_secret(plan)   # before reading: a missing secret is a one-line refusal
-    rows = read_source(paths.resolve(params.source), params)
+    rows = read_source(paths.resolve(params.source), params, root=paths.root)
     result = ingest_rows(rows, params, secret=secret)
     check_invalid_share(result, params)
     write_outputs(result, paths.interim_transactions, paths.quarantine, paths.ingest_report,
