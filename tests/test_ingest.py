@@ -494,3 +494,85 @@ def test_simulator_landing_zone_roundtrip(small_project):
     assert (out.drop(columns=[]).reset_index(drop=True)
             .equals(raw.sort_values(["tx_datetime", "transaction_id"])[out.columns]
                     .reset_index(drop=True).astype(out.dtypes.to_dict())))
+
+
+# cells a bank's export writes for no value, and for a value, in each column
+NO_VALUE_CELLS = {1: ("CARD", "-"), 2: ("TX_TIME", "-"), 3: ("AMOUNT_EUR", "-"),
+                  4: ("AMOUNT_EUR", "NA"), 5: ("CARD", "NA"), 6: ("TERMINAL", " NULL "),
+                  7: ("COUNTRY", "NULL"), 8: ("TX_TIME", ""), 9: ("COUNTRY", "NA")}
+
+
+@pytest.mark.parametrize("null_texts, quarantined, countries", [
+    # by default: a CSV reader's list ('NA', 'NULL', ''), and a category as written
+    (None, {2: ("tx_datetime", "not_a_timestamp"), 3: ("tx_amount", "not_a_number"),
+            4: ("tx_amount", "missing"), 5: ("customer_id", "missing"),
+            6: ("terminal_id", "missing"), 8: ("tx_datetime", "missing")},
+     {7: "NULL", 9: "NA"}),
+    # listed: these texts are no value in every column, the category too; 'NA' is a value
+    (["NULL", "-"], {1: ("customer_id", "missing"), 2: ("tx_datetime", "missing"),
+                     3: ("tx_amount", "missing"), 4: ("tx_amount", "not_a_number"),
+                     6: ("terminal_id", "missing"), 7: ("country", "missing"),
+                     8: ("tx_datetime", "missing")},
+     {9: "NA"})])
+def test_null_texts_decide_what_reads_as_no_value_in_every_column(null_texts, quarantined,
+                                                                   countries):
+    """`ingest.null_texts` names the texts that are no value, for ids, times, numbers and
+    categories alike (a row without a required value is quarantined as `missing`); a text
+    the list does not hold is read as a value (a card 'NA', a country 'NA') or refused by its
+    column's rule, never dropped. The empty text is no value always."""
+    frame = good_frame(10).astype(object).assign(COUNTRY="BE")
+    for row, (column, text) in NO_VALUE_CELLS.items():
+        frame.loc[row - 1, column] = text
+    rows = SourceRows(frame, [Path("x.csv")], np.zeros(10, int), np.arange(1, 11))
+    params = IngestParams(columns=MAPPING, null_texts=null_texts, max_invalid_fraction=1,
+                          attributes={"country": {"column": "COUNTRY", "type": "category"}})
+    result = ingest_rows(rows, params, now=pd.Timestamp("2026-01-01"))
+    q = result.quarantine
+    assert dict(zip(q.source_row, zip(q.column, q.rule, strict=True), strict=True)) == quarantined
+    written = result.transactions.set_index(result.transactions.transaction_id - 99)
+    assert set(written.index) == set(range(1, 11)) - set(quarantined)
+    assert {r: c for r, c in written.country.items() if c != "BE"} == countries
+    for row in set(written.index) & {1, 5}:   # a card written '-' or 'NA' is that card
+        assert written.customer_id[row] == key_of(frame.CARD[row - 1])
+
+
+def test_with_null_texts_a_csv_null_and_a_parquet_null_are_one_value(tmp_path):
+    """A source of CSV files that write NULL for no value and Parquet files with real nulls:
+    with `ingest.null_texts: [NULL]` a nullable category, a nullable number and an id read
+    both alike, so the same rows give the same frame from either format. By default the
+    CSV's NULL category is a category of its own, one the Parquet rows never have."""
+    from aif.data.ingest import read_source
+    frame = good_frame(200).assign(COUNTRY="BE", VISITS=pd.array(range(200), "Int64"))
+    frame.loc[[3, 17], "COUNTRY"], frame.loc[[5, 17], "VISITS"] = None, None
+    frame = frame.astype({"CARD": "Int64"})
+    frame.loc[40, "CARD"] = None
+    as_csv, as_parquet = tmp_path / "csv", tmp_path / "parquet"
+    as_csv.mkdir(), as_parquet.mkdir()
+    frame.to_csv(as_csv / "bank.csv", index=False, na_rep="NULL")
+    frame.to_parquet(as_parquet / "bank.parquet", index=False)
+
+    def ingested(folder: Path, **params) -> pd.DataFrame:
+        params = IngestParams(columns=MAPPING, reject_future=False, max_invalid_fraction=0.01,
+                              attributes={"country": {"column": "COUNTRY", "type": "category",
+                                                      "nullable": True},
+                                          "visits": {"column": "VISITS", "type": "int",
+                                                     "nullable": True}}, **params)
+        result = ingest_rows(read_source(folder, params), params)
+        assert result.quarantine[["source_row", "rule"]].values.tolist() == [[41, "missing"]]
+        return result.transactions
+
+    expected = ingested(as_parquet, null_texts=["NULL"])
+    assert expected.country.isna().sum() == 2 and expected.visits.isna().sum() == 2
+    pd.testing.assert_frame_equal(ingested(as_csv, null_texts=["NULL"]), expected)
+    assert (ingested(as_csv).country == "NULL").sum() == 2   # the default: a category 'NULL'
+    # the CSV reader takes the same list: 'NA' and 'NaN', not listed, are no numbers,
+    # not nulls (Arrow reads 'NaN' as a float whatever its list: the column is read as text)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    frame.head(3).assign(AMOUNT_EUR=["1.5", "NaN", "2"]).to_csv(odd / "x.csv", index=False)
+    frame.iloc[3:6].assign(AMOUNT_EUR=["NA", "3", "4"]).to_csv(odd / "y.csv", index=False)
+    params = IngestParams(columns=MAPPING, reject_future=False, null_texts=["NULL"],
+                          max_invalid_fraction=1)
+    quarantine = ingest_rows(read_source(odd, params), params).quarantine
+    assert sorted(quarantine[["source_row", "rule"]].values.tolist()) == [
+        [1, "not_a_number"], [2, "not_a_number"]]

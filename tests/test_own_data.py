@@ -943,3 +943,86 @@ def test_a_journal_from_before_an_attribute_was_declared_is_refused_in_one_line(
                                          "merchant_category, which the features read now"):
         replay(OnlineFeatures.empty(specs), journal)
     assert [kind for _, kind in journal.kinds()] == ["score"]
+
+
+# a bank's export that writes NULL for a missing value and '-' for a missing amount
+NULL_TEXTS_MAPPING = IngestParams(
+    columns=MAPPING, sensitive_ids=["customer_id"], null_texts=["NULL", "-"],
+    attributes={**REQUEST_MAPPING.attributes,
+                "region": {"column": "region", "type": "category", "nullable": True}})
+
+
+@pytest.mark.parametrize("text", ["NULL", " - "])
+def test_a_null_text_is_no_value_alike_offline_and_online(text):
+    """With `ingest.null_texts`, a listed text is no value in every field, offline and online
+    alike: a nullable category's is its null (a request sending it scores as one sending
+    null), a required category's and an id's are refused (ingest quarantines the row as
+    `missing`; /score answers 422 naming the field), on either decoder. A text the list does
+    not hold ('NA', a country) is a value: a category and a terminal of that name, with the
+    keys ingest gives them."""
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.data.ingest import parse_attribute, parse_ids
+    from aif.schema import Attribute
+    from aif.serve.schema import Requests
+    params, requests = NULL_TEXTS_MAPPING, Requests(NULL_TEXTS_MAPPING, SECRET)
+    region = Attribute("region", "region", "category", nullable=True)
+    category = Attribute("category", "category", "category")
+
+    def columns(**changes) -> dict:
+        raw = json.dumps(plain_row(**{"region": "EU", **changes})).encode()
+        return {k: (v.dtype.str, v.tobytes())   # bytes: NaN (visits) equals itself
+                for k, v in requests.score_columns(raw).columns.items()}
+
+    # offline
+    values, rules = parse_attribute(pd.Series([text, "EU"], dtype="string"), region, params)
+    assert rules.empty and values.isna().tolist() == [True, False]
+    _, rules = parse_attribute(pd.Series([text], dtype="string"), category, params)
+    assert rules.tolist() == ["missing"]
+    _, rules, _ = parse_ids([pd.Series([text], dtype="string")], None, params.no_value_texts)
+    assert rules.tolist() == ["missing"]
+    # online: the same reading
+    assert columns(region=text) == columns(region=None) != columns()
+    for field in ("category", "terminal_id"):
+        with pytest.raises(RequestValidationError) as refused:
+            columns(**{field: text})
+        assert [(e["loc"], e["type"]) for e in refused.value.errors()] == [
+            (("body", field), "no_value")], refused.value.errors()
+        assert f"'{text.strip()}' reads as no value" in refused.value.errors()[0]["msg"]
+    # a date beside a time that reads as none: no time (not a time that failed), both ways
+    frame = export(2, trans_time=[text, "10:00:01"], visits=[1, 1], online=["true"] * 2,
+                   region=["EU"] * 2)
+    quarantine = ingest_rows(rows_of(frame), params, now=NOW, secret=SECRET).quarantine
+    assert quarantine[["source_row", "column", "rule"]].values.tolist() == [
+        [1, "tx_datetime", "missing"]]
+    with pytest.raises(RequestValidationError) as refused:
+        columns(tx_datetime=["2018-09-17", text])
+    assert [(e["loc"], e["type"]) for e in refused.value.errors()] == [
+        (("body", "tx_datetime"), "missing")]
+    # 'NA' is not listed: a value, offline and online
+    keys, rules, _ = parse_ids([pd.Series(["NA"], dtype="string")], None, params.no_value_texts)
+    assert rules.empty and columns(terminal_id="NA")["terminal_id"][1] == keys.to_numpy().tobytes()
+    values, rules = parse_attribute(pd.Series(["NA"], dtype="string"), region, params)
+    assert rules.empty and values.tolist() == ["NA"]
+    assert columns(region="NA") != columns(region=None)
+
+
+def test_null_texts_must_be_texts_as_written():
+    """YAML reads an unquoted NULL (or null, ~) as no value and 0 as a number: params refuse
+    them in one line naming the key, as they refuse a text with spaces around it, a text a
+    number or a boolean is read from, and a declared category value the list makes none."""
+    from aif.data.ingest import source_plan
+    for bad in ([None], ["NA", 0], [" NULL"], "NULL"):
+        with pytest.raises(ParamsError, match="ingest.null_texts"):
+            IngestParams(null_texts=bad)
+    # a text a Parquet file or a request holds as a number or a boolean: one value, two readings
+    for number in ("0", "-1", "1.5", "1,5", ".5", "1e3", "TRUE", "false"):
+        with pytest.raises(ParamsError, match="reads as a number or a boolean"):
+            IngestParams(null_texts=["NULL", number])
+    with pytest.raises(ParamsError, match="ingest.attributes.country.values holds 'NA'"):
+        source_plan(IngestParams(null_texts=["NA"], attributes={
+            "country": {"column": "c", "type": "category", "values": ["BE", "NA"]}}))
+    assert source_plan(IngestParams(attributes={   # by default 'NA' is a country
+        "country": {"column": "c", "type": "category", "values": ["BE", "NA"]}})).attributes
+    assert IngestParams(null_texts=["NULL"]).no_value_texts == ("", "NULL")
+    assert IngestParams().category_no_value_texts == ("",)

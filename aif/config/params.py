@@ -8,6 +8,7 @@ and each default lives once, next to the field it sets."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,10 +19,11 @@ import yaml
 from .paths import project_paths
 
 # %% auto #0
-__all__ = ['DEFAULT_PII', 'FEATURE_GROUPS', 'DEFAULT_FEATURE_GROUPS', 'DEFAULT_SEARCH_SPACE', 'ParamsError', 'from_dict',
-           'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios', 'SimulateParams',
-           'IngestParams', 'FeaturesParams', 'SplitParams', 'TuneParams', 'TrainParams', 'EvaluateParams', 'GateParams',
-           'DriftThresholds', 'MonitorParams', 'ServeAuth', 'ServeParams', 'Params', 'params_from_text', 'load_params']
+__all__ = ['CSV_NO_VALUE_TEXTS', 'DEFAULT_PII', 'FEATURE_GROUPS', 'DEFAULT_FEATURE_GROUPS', 'DEFAULT_SEARCH_SPACE', 'ParamsError',
+           'from_dict', 'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios',
+           'SimulateParams', 'IngestParams', 'FeaturesParams', 'SplitParams', 'TuneParams', 'TrainParams',
+           'EvaluateParams', 'GateParams', 'DriftThresholds', 'MonitorParams', 'ServeAuth', 'ServeParams', 'Params',
+           'params_from_text', 'load_params']
 
 # %% ../../nbs/01_params.ipynb #6c6369a9
 class ParamsError(ValueError):
@@ -137,6 +139,15 @@ class SimulateParams:
     drift: DriftScenarios = field(default_factory=DriftScenarios)
 
 # %% ../../nbs/01_params.ipynb #317ccbee
+# Texts a CSV reader takes for no value (Arrow's and pandas' default list): what ingest read
+# as none in numbers, ids, booleans and times before `ingest.null_texts` existed.
+CSV_NO_VALUE_TEXTS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
+                      "1.#IND", "1.#QNAN", "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null")
+
+# a number (with a decimal point or comma) or a boolean as a CSV reader infers one
+_NUMBER_OR_BOOLEAN = re.compile(r"[+-]?([0-9]+([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)?"
+                                r"|(?i:true|false)")
+
 # Column names of personal data in common card exports: never read past ingest.
 DEFAULT_PII = ("first", "last", "first_name", "last_name", "name", "full_name", "street",
                "address", "ssn", "dob", "date_of_birth", "email", "phone", "acct_num", "iban",
@@ -153,6 +164,7 @@ class IngestParams:
     csv_delimiter: str = ","
     decimal: str = "."                       # of numbers as text (CSV): "," reads 12,50
     thousands: str | None = None             # of numbers as text: "," reads 1,234.50
+    null_texts: tuple[str, ...] | None = None   # texts that are no value, in every column
     extra_columns: str = "drop"
     max_invalid_fraction: float = 0.001
     reject_future: bool = True
@@ -191,6 +203,41 @@ class IngestParams:
             raise ParamsError(f"params.yaml: ingest.datetime_unit {self.datetime_unit}: epoch "
                               "numbers are instants; set ingest.timezone to the terminals' local "
                               "zone (UTC if that is their clock)")
+        if self.null_texts is not None:
+            self._check_null_texts()
+
+    def _check_null_texts(self):
+        if not isinstance(self.null_texts, (list, tuple)):
+            raise ParamsError(f"params.yaml: ingest.null_texts must be a list of texts, got "
+                              f"{self.null_texts!r}")
+        odd = [t for t in self.null_texts if not isinstance(t, str) or t != t.strip()]
+        if odd:
+            raise ParamsError(f"params.yaml: ingest.null_texts {odd[0]!r} must be a text "
+                              "without surrounding spaces (quote it: 'NULL', 'N/A', '-')")
+        # a Parquet file's number or boolean, and a request's, would be that value where the
+        # CSV's same text was none: one value read two ways
+        values = [t for t in self.null_texts if _NUMBER_OR_BOOLEAN.fullmatch(t)]
+        if values:
+            raise ParamsError(f"params.yaml: ingest.null_texts {values[0]!r} reads as a number "
+                              "or a boolean, which a Parquet file or a request holds as itself: "
+                              "list texts that are no value anywhere (NULL, N/A, -)")
+
+    @property
+    def no_value_texts(self) -> tuple[str, ...]:
+        """Texts (stripped) that are no value in a column of numbers, ids, booleans or times:
+        `null_texts` and the empty text, or by default those a CSV reader knows (NULL, NaN,
+        N/A, NA...). A value is missing, never a card or a category named 'NULL'."""
+        if self.null_texts is None:
+            return CSV_NO_VALUE_TEXTS
+        return tuple(dict.fromkeys(("", *self.null_texts)))
+
+    @property
+    def category_no_value_texts(self) -> tuple[str, ...]:
+        """Texts that are no value in a category: the empty text and `null_texts`; by default
+        only the empty one, because 'NA' may be a country. An export that writes NULL for a
+        missing category says so in `null_texts`, or the CSV's 'NULL' and a Parquet file's
+        null would be two categories."""
+        return ("",) if self.null_texts is None else self.no_value_texts
 
 # %% ../../nbs/01_params.ipynb #c61dda51
 FEATURE_GROUPS = ("baseline", "amount_profile", "amount_peaks", "velocity", "terminal_activity",

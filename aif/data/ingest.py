@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from ..config.params import DEFAULT_PII, IngestParams, ParamsError
+from ..config.params import CSV_NO_VALUE_TEXTS, DEFAULT_PII, IngestParams, ParamsError
 from ..io import StageError, atomic_output, start_stage
 from ..keys import (HASH_KEY_ENV, collisions, composite_texts, keys_of_integers, keys_of_text,
                       secret_fingerprint, secret_from_environment)
@@ -36,13 +36,12 @@ from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_
                         transaction_schema)
 
 # %% auto #0
-__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'NO_VALUE_TEXTS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS', 'FieldSource',
-           'SourcePlan', 'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files',
-           'record_lines', 'FileRows', 'read_csv', 'read_file', 'float_integers', 'read_source', 'map_columns',
-           'integer_text_values', 'parse_integers', 'parse_labels', 'with_offset', 'parse_ids', 'parse_times',
-           'parse_attribute', 'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult',
-           'check_collisions', 'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs',
-           'main']
+__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan',
+           'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files', 'record_lines',
+           'FileRows', 'read_csv', 'read_file', 'float_integers', 'read_source', 'map_columns', 'integer_text_values',
+           'parse_integers', 'parse_labels', 'with_offset', 'parse_ids', 'parse_times', 'parse_attribute',
+           'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions',
+           'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -126,6 +125,11 @@ def source_plan(params: IngestParams) -> SourcePlan:
     if params.extra_columns not in ("drop", "keep"):
         raise ParamsError("params.yaml: ingest.extra_columns must be drop or keep")
     attributes = attributes_of(params.attributes)
+    for a in attributes:   # a declared value that reads as none could never be one
+        nulls = set(params.category_no_value_texts) & {str(v) for v in a.values or ()}
+        if nulls:
+            raise ParamsError(f"params.yaml: ingest.attributes.{a.name}.values holds "
+                              f"{sorted(nulls)[0]!r}, which ingest.null_texts reads as no value")
     fields = tuple(_field_source(n, params.columns.get(n, n), f"params.yaml: ingest.columns.{n}")
                    for n in CANONICAL_COLUMNS) + \
         tuple(FieldSource(a.name, (a.column,)) for a in attributes)
@@ -255,14 +259,16 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
         header = next(csv.reader([text.readline().lstrip("\ufeff")],
                                  delimiter=params.csv_delimiter), [])
     exact = plan.exact_columns
-    if params.thousands is not None:   # numbers with separators are text to Arrow: read as such
+    if params.thousands is not None or params.null_texts is not None:
+        # numbers with separators are text to Arrow, and it reads 'NaN' as a float whatever
+        # the null texts: read as text, by the rule of `_parse_amount`
         exact = exact | {c for f in plan.fields if f.name in plan.float_fields for c in f.columns}
     table = pa_csv.read_csv(
         path, read_options=pa_csv.ReadOptions(encoding=params.encoding, use_threads=False),
         parse_options=pa_csv.ParseOptions(delimiter=params.csv_delimiter,
                                           invalid_row_handler=wrong_field_count),
         convert_options=pa_csv.ConvertOptions(
-            decimal_point=params.decimal,
+            decimal_point=params.decimal, null_values=list(params.no_value_texts),
             column_types={c: pa_arrow.string() for c in header if c in exact},
             include_columns=[c for c in header if not plan.is_pii(c)]))   # PII: never read
     # pyarrow numbers records (header = 1); the kept ones are those it did not skip
@@ -402,10 +408,12 @@ def read_source(source: Path, params: IngestParams, root: Path | None = None) ->
                       if read else np.array([], np.int64), unreadable)
 
 # %% ../../nbs/11_ingest.ipynb #4ca91019
-def _joined_text(parts: list[pd.Series]) -> pd.Series:
-    """Texts of `parts` joined with a space; missing where any part is missing or blank (a
-    date beside a blank time would read as its midnight)."""
-    texts = [p.astype("string").str.strip().replace("", pd.NA) for p in parts]
+def _joined_text(parts: list[pd.Series], nulls: tuple[str, ...] = CSV_NO_VALUE_TEXTS
+                 ) -> pd.Series:
+    """Texts of `parts` joined with a space; missing where any part is missing, blank or one
+    of `nulls` (a date beside a blank time would read as its midnight)."""
+    texts = [p.astype("string").str.strip() for p in parts]
+    texts = [t.mask(_no_value(t, nulls)) for t in texts]
     joined = texts[0]
     for t in texts[1:]:
         joined = joined + " " + t
@@ -431,7 +439,7 @@ def map_columns(frame: pd.DataFrame, params: IngestParams, where: str,
         if not all(c in frame.columns for c in f.columns):
             continue   # an optional field the source does not have
         if f.join:
-            mapped[f.name] = _joined_text([frame[c] for c in f.columns])
+            mapped[f.name] = _joined_text([frame[c] for c in f.columns], params.no_value_texts)
         elif f.composite:
             mapped.update({f"{f.name}[{i}]": frame[c] for i, c in enumerate(f.columns)})
         else:
@@ -483,8 +491,10 @@ def integer_text_values(text: pd.Series, low: int, high: int
     return values, shaped, ok
 
 
-def parse_integers(s: pd.Series, low: int, high: int) -> tuple[pd.Series, pd.Series]:
-    "Exact integers in [low, high] from `s` (never through float64), and the rule of bad rows."
+def parse_integers(s: pd.Series, low: int, high: int, nulls: tuple[str, ...] = CSV_NO_VALUE_TEXTS
+                   ) -> tuple[pd.Series, pd.Series]:
+    """Exact integers in [low, high] from `s` (never through float64), and the rule of bad rows
+    (a text among `nulls`, `IngestParams.no_value_texts`, is missing)."""
     missing = s.isna().to_numpy()
     n = len(s)
     values = np.zeros(n, np.int64)
@@ -515,7 +525,7 @@ def parse_integers(s: pd.Series, low: int, high: int) -> tuple[pd.Series, pd.Ser
         text = s.astype("string").str.strip()
         values, shaped, ok = integer_text_values(text, low, high)
         numeric = pd.to_numeric(text, errors="coerce").notna().to_numpy()
-        present = ~_no_value(text)
+        present = ~_no_value(text, nulls)
         checks = [("missing", ~present),
                   ("not_a_number", present & ~shaped & ~numeric),
                   ("not_an_integer", present & ~shaped & numeric),
@@ -654,7 +664,8 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | N
     missing = s.isna().to_numpy()
     if pd.api.types.is_datetime64_any_dtype(s):
         values, finer, out = _local_us(s, params, where)
-    else:
+    else:   # '' or 'NULL' is no time, as in an epoch column, not a time that failed
+        missing = missing | _no_value(s.astype("string").str.strip(), params.no_value_texts)
         values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
         finer, out, cut = np.zeros(len(s), bool), np.zeros(len(s), bool), np.zeros(len(s), bool)
         for rows, part, past_microsecond in _datetime_parts(s, params, where, fmt):
@@ -668,20 +679,18 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | N
                                   ("sub_microsecond", finer), ("out_of_range", out)])
 
 
-# what a CSV reader takes for no value in a column of numbers ('', 'NULL', 'NaN', ...): the
-# same cell in a column read as text (another row holds 'abc') is no value either, not a
-# number that failed, or a file's other rows would decide a row's fate. In an id too (the
-# service refuses it): a category's text is kept as written ('NA' may be a country)
-NO_VALUE_TEXTS = tuple(pa_csv.ConvertOptions().null_values)
+# what Arrow's CSV reader takes for no value in a column of numbers (`ingest.null_texts`, or
+# by default '', 'NULL', 'NaN', ...): the same cell in a column read as text (another row
+# holds 'abc') is no value either, not a number that failed, or a file's other rows would
+# decide a row's fate. In an id and a time too (the service refuses it); in a category only
+# the texts of `ingest.null_texts` ('NA' may be a country)
+def _no_value(text: pd.Series, nulls: tuple[str, ...] = CSV_NO_VALUE_TEXTS) -> np.ndarray:
+    "Which texts (stripped) are no value: missing, or one of `nulls`."
+    return (text.isna() | text.isin(nulls)).to_numpy(bool)
 
 
-def _no_value(text: pd.Series) -> np.ndarray:
-    "Which texts (stripped) are no value: missing, or one of `NO_VALUE_TEXTS`."
-    return (text.isna() | text.isin(NO_VALUE_TEXTS)).to_numpy(bool)
-
-
-def _parse_amount(s: pd.Series, decimal: str = ".", thousands: str | None = None
-                  ) -> tuple[pd.Series, pd.Series]:
+def _parse_amount(s: pd.Series, decimal: str = ".", thousands: str | None = None,
+                  nulls: tuple[str, ...] = CSV_NO_VALUE_TEXTS) -> tuple[pd.Series, pd.Series]:
     """Amounts (or a float attribute) as float64, the canonical type, and the rule each
     unparseable row broke. Text is read with `decimal` (`ingest.decimal`) as its decimal
     point: where that is ',', 12,50 is 12.5 and a text with a '.' (12.50, or 1.234,50 with
@@ -695,7 +704,7 @@ def _parse_amount(s: pd.Series, decimal: str = ".", thousands: str | None = None
             np.fromiter((isinstance(v, (int, float, Decimal, np.number)) and not isinstance(
                 v, (bool, np.bool_)) for v in s), bool, len(s))
         text = s.where(~numbers).astype("string").str.strip()
-        missing = _no_value(text) & ~numbers
+        missing = _no_value(text, nulls) & ~numbers
         if thousands is not None:
             text = _without_thousands(text, decimal, thousands)
         if decimal != ".":
@@ -778,7 +787,8 @@ def _raw_texts(index: pd.Index, where: np.ndarray, texts) -> pd.Series | None:
     return raw
 
 
-def parse_ids(parts: list[pd.Series], secret: bytes | None = None
+def parse_ids(parts: list[pd.Series], secret: bytes | None = None,
+              nulls: tuple[str, ...] = CSV_NO_VALUE_TEXTS
               ) -> tuple[pd.Series, pd.Series, pd.Series | None]:
     """Keys of one id field (one column, or a composite's parts) by the rule of `aif.keys`,
     the rule each bad row broke, and each row's raw text where the key is not that text
@@ -798,7 +808,7 @@ def parse_ids(parts: list[pd.Series], secret: bytes | None = None
         texts.append(text)
         # 'NULL', 'NaN', 'N/A'...: a missing id as a database or a spreadsheet writes it, not
         # a card of that name, whose history would pool every row without one
-        checks += [*part_checks, ("missing", text.isin(NO_VALUE_TEXTS).fillna(False).to_numpy())]
+        checks += [*part_checks, ("missing", _no_value(text, nulls))]
     rules = _rule_of_rows(checks)
     ok = np.ones(len(index), bool)
     ok[rules.index.to_numpy(dtype=np.int64)] = False
@@ -822,7 +832,7 @@ EPOCH_SCALE = {"s": 10**6, "ms": 10**3, "us": 1}   # microseconds per unit
 def _parse_epoch(s: pd.Series, params: IngestParams, where: str) -> tuple[pd.Series, pd.Series]:
     "Local timestamps from epoch numbers (`ingest.datetime_unit`): instants, so in the zone."
     scale = EPOCH_SCALE[params.datetime_unit]
-    values, rule = parse_integers(s, -(2**62) // scale, (2**62) // scale)
+    values, rule = parse_integers(s, -(2**62) // scale, (2**62) // scale, params.no_value_texts)
     micros = values.to_numpy() * scale
     if (rule == "not_an_integer").any() and not pd.api.types.is_numeric_dtype(s):
         micros, rule = _epoch_fractions(s, rule, scale, micros)
@@ -893,20 +903,23 @@ def _booleans_as_text(s: pd.Series) -> pd.Series:
     return s
 
 
-def parse_attribute(s: pd.Series, attribute: Attribute, decimal: str = ".",
-                    thousands: str | None = None
+def parse_attribute(s: pd.Series, attribute: Attribute, params: IngestParams | None = None
                     ) -> tuple[pd.Series, pd.Series]:
-    "A declared attribute in its type, exactly, and the rule of each bad row."
+    """A declared attribute in its type, exactly, and the rule of each bad row; numbers as text
+    by `params`' decimal point and thousands separator, its no-value texts missing."""
+    params = params or IngestParams()
+    nulls = params.no_value_texts
     if attribute.type == "float":
-        values, rule = _parse_amount(s, decimal, thousands)
+        values, rule = _parse_amount(s, params.decimal, params.thousands, nulls)
     elif attribute.type == "int":
-        values, rule = parse_integers(s, *INTEGER_RANGES["int64"])
+        values, rule = parse_integers(s, *INTEGER_RANGES["int64"], nulls)
     elif attribute.type == "category":   # as ids are read: 5411.0 from a float column is 5411
         values, checks = _id_text(_booleans_as_text(s))
-        rule = _rule_of_rows(checks)
+        rule = _rule_of_rows([("missing", _no_value(values, params.category_no_value_texts)),
+                              *checks])
     else:
         text = s.astype("string").str.strip()   # a boolean's text is 'True' or 'False'
-        missing = s.isna().to_numpy() if pd.api.types.is_bool_dtype(s) else _no_value(text)
+        missing = s.isna().to_numpy() if pd.api.types.is_bool_dtype(s) else _no_value(text, nulls)
         values = text.str.lower().map(_BOOLEAN_TEXT)
         rule = _rule_of_rows([("missing", missing),
                               ("not_a_boolean", ~missing & values.isna().to_numpy())])
@@ -933,20 +946,22 @@ def parse_columns(frame: pd.DataFrame, params: IngestParams, where: str,
         frame = frame.assign(**{c: frame[c].astype(object) for c in columns   # values, not codes
                                 if isinstance(frame[c].dtype, pd.CategoricalDtype)})
         if name in attributes:
-            parsed[name], rule = parse_attribute(frame[name], attributes[name], params.decimal,
-                                                 params.thousands)
+            parsed[name], rule = parse_attribute(frame[name], attributes[name], params)
         elif name in ID_FIELDS:
             parsed[name], rule, raw_ids[name] = parse_ids(
-                [frame[c] for c in columns], secret if name in plan.sensitive else None)
+                [frame[c] for c in columns], secret if name in plan.sensitive else None,
+                params.no_value_texts)
         elif name == "tx_datetime":
             parsed[name], rule = parse_times(frame[name], params, where, sources[name].format)
         elif name == "tx_fraud":
             parsed[name], rule = parse_labels(frame[name], params.label_values)
         elif FIELDS_BY_NAME[name].dtype in INTEGER_RANGES:
             parsed[name], rule = parse_integers(frame[name],
-                                                *INTEGER_RANGES[FIELDS_BY_NAME[name].dtype])
+                                                *INTEGER_RANGES[FIELDS_BY_NAME[name].dtype],
+                                                params.no_value_texts)
         else:
-            parsed[name], rule = _parse_amount(frame[name], params.decimal, params.thousands)
+            parsed[name], rule = _parse_amount(frame[name], params.decimal, params.thousands,
+                                               params.no_value_texts)
         if len(rule):
             failures.append(pd.DataFrame({"column": name, "rule": rule}))
     order = [n for n in sources if n in parsed.columns]

@@ -32,7 +32,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
 from ..config.params import IngestParams
-from ..data.ingest import (EPOCH_SCALE, NO_VALUE_TEXTS, FieldSource, SourcePlan,
+from ..data.ingest import (EPOCH_SCALE, FieldSource, SourcePlan,
                              parse_times, require_secret, source_plan, with_offset)
 from ..io import StageError
 from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_of_integers,
@@ -40,8 +40,8 @@ from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_o
 
 # %% auto #0
 __all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'MAX_ERRORS',
-           'ENTITY_KEY_CACHE', 'local_time', 'identifier_type', 'one_of', 'transaction_type', 'label_type',
-           'fast_transaction_type', 'RequestTime', 'BodyRows', 'ScoreBody', 'meant_errors', 'Requests',
+           'ENTITY_KEY_CACHE', 'local_time', 'identifier_type', 'one_of', 'no_value_check', 'transaction_type',
+           'label_type', 'fast_transaction_type', 'RequestTime', 'BodyRows', 'ScoreBody', 'meant_errors', 'Requests',
            'attribute_values', 'located']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
@@ -110,13 +110,27 @@ def one_of(values) -> Callable[[Any], Any]:
     return check
 
 
-def _blank_as_none(value):
-    "A text of spaces only (or none) as no value: a nullable category's empty cell offline."
-    return None if isinstance(value, str) and not value.strip() else value
+def no_value_check(nulls: frozenset[str], nullable: bool) -> Callable[[Any], Any]:
+    """A category's text that reads as no value (`IngestParams.category_no_value_texts`: spaces
+    only, and `ingest.null_texts`): None where the attribute is nullable, as ingest reads the
+    cell; refused where it is not, as ingest quarantines it (a blank text: pydantic's
+    `string_too_short` when stripped)."""
+    def check(value):
+        if isinstance(value, str) and value.strip() in nulls:
+            if nullable:
+                return None
+            if value.strip():
+                raise PydanticCustomError("no_value", "'{text}' reads as no value "
+                                          "(ingest.null_texts): send the category",
+                                          {"text": value.strip()})
+        return value
+    return check
 
 
-def transaction_type(plan: SourcePlan, time: RequestTime):
-    "The TypedDict of one transaction for `plan`: the five fields and the declared attributes."
+def transaction_type(plan: SourcePlan, time: RequestTime,
+                     category_nulls: frozenset[str] = frozenset({""})):
+    """The TypedDict of one transaction for `plan`: the five fields and the declared attributes
+    (a category among `category_nulls` is no value)."""
     parts = {f.name: (1 if f.join else len(f.columns)) for f in plan.fields}
     fields: dict[str, Any] = {
         "transaction_id": identifier_type(parts["transaction_id"]),
@@ -135,8 +149,8 @@ def transaction_type(plan: SourcePlan, time: RequestTime):
             kind = Annotated[kind, AfterValidator(one_of(a.values)),
                              Field(json_schema_extra={"enum": list(a.values)})]
         kind = kind | None if a.nullable else kind
-        if a.type == "category" and a.nullable:   # '' or spaces: no value, as ingest reads
-            kind = Annotated[kind, BeforeValidator(_blank_as_none)]   # it (it was a 422)
+        if a.type == "category":   # '', spaces or a null text: no value, as ingest reads it
+            kind = Annotated[kind, BeforeValidator(no_value_check(category_nulls, a.nullable))]
         fields[a.name] = kind
     typed = TypedDict("Transaction", fields)   # noqa: UP013 (fields known only at run time)
     return with_config(ConfigDict(extra="forbid", strict=True))(typed)
@@ -211,7 +225,8 @@ _PLAIN_INSTANTS = tuple(np.datetime64(d, "us").astype(np.int64).item()
                         for d in ("1900-01-01", "2200-01-01"))
 # ingest's rules for a time, as a 422 says them
 _TIME_RULES = {
-    "missing": "no time: an empty text, or one that reads as no value (NULL, NaN, N/A)",
+    "missing": "no time: an empty text, or one that reads as no value (ingest.null_texts; by "
+               "default NULL, NaN, N/A)",
     "not_a_timestamp": "not a time as the export writes it ({how}), nor the naive local time "
                        "in ISO 8601 (2024-04-13T23:20:00)",
     "sub_microsecond": "a nonzero digit past the microsecond: it would be cut",
@@ -337,8 +352,9 @@ class RequestTime:
             return np.fromiter(((t - _EPOCH) // _MICRO for t in values), np.int64, len(values))
         # texts stripped as ingest strips them (pydantic keeps \x1c-\x1f), a joined field's
         # parts joined as ingest joins its columns (`_joined_text`: stripped, with a space)
-        values = [" ".join(map(str.strip, v)) if type(v) is list else v.strip()
-                  if type(v) is str else v for v in values]
+        nulls = self.ingest.no_value_texts   # a part that reads as none: no time, `missing`
+        values = [(None if any(p.strip() in nulls for p in v) else " ".join(map(str.strip, v)))
+                  if type(v) is list else v.strip() if type(v) is str else v for v in values]
         micros = self.instant_micros(values)
         if micros is not None:
             return micros
@@ -462,7 +478,6 @@ class BodyRows(list):
     def __init__(self, rows, key: str | None = None):
         super().__init__(rows)
         self.key = key
-_NO_VALUE = frozenset(NO_VALUE_TEXTS)   # an id that reads as none, refused as ingest does
 ENTITY_KEY_CACHE = 1 << 18   # texts of terminal (and unkeyed card) ids whose keys are kept
 
 
@@ -506,12 +521,18 @@ class Requests:
     entity_keys: dict[str, int] = field(default_factory=dict, repr=False)   # `cached_keys`
     plan: SourcePlan = field(init=False, repr=False)
     time: RequestTime = field(init=False, repr=False)
+    no_value: frozenset[str] = field(init=False, repr=False)
+    category_nulls: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self):
         self.plan = source_plan(self.ingest)
         self.time = RequestTime(self.ingest, next(f for f in self.plan.fields
                                                    if f.name == "tx_datetime"))
-        transaction = transaction_type(self.plan, self.time)
+        # texts that read as none (`ingest.null_texts`): an id's refused as ingest quarantines
+        # it; a category's none where nullable, as ingest reads it (`no_value_check`)
+        self.no_value = frozenset(self.ingest.no_value_texts)
+        self.category_nulls = frozenset(self.ingest.category_no_value_texts)
+        transaction = transaction_type(self.plan, self.time, self.category_nulls)
         batch = create_model("Batch", __config__=ConfigDict(extra="forbid"),
                              transactions=(list[transaction], Field(min_length=1,
                                                                    max_length=MAX_ROWS)))
@@ -579,10 +600,13 @@ class Requests:
         texts = [v for name in ID_FIELDS for v in values[name] if type(v) is str]
         texts += [p for name in self.composites for v in values[name] for p in v
                   if type(p) is str]
-        if not _NO_VALUE.isdisjoint(texts):   # an id 'NULL': pydantic's path refuses it
+        if not self.no_value.isdisjoint(texts):   # an id 'NULL': pydantic's path refuses it
             return None
-        texts += [v for a in self.plan.attributes if a.type == "category"
-                  for v in values[a.name] if v is not None]
+        categories = [v for a in self.plan.attributes if a.type == "category"
+                      for v in values[a.name] if v is not None]
+        if not self.category_nulls.isdisjoint(categories):   # none, or refused: pydantic's
+            return None
+        texts += categories
         if not self.time.naive_only:   # a time's texts too (a blank part pydantic refuses)
             texts += [p for v in values["tx_datetime"] if type(v) is not int
                       for p in (v if type(v) is list else (v,))]
@@ -683,11 +707,11 @@ class Requests:
                 if "" in parts:
                     errors.append({"loc": where, "type": "string_too_short", "msg": "String "
                                    "should have at least 1 character (after its spaces)"})
-                elif name in ID_FIELDS and not _NO_VALUE.isdisjoint(parts):
-                    no_value = next(p for p in parts if p in _NO_VALUE)
+                elif name in ID_FIELDS and not self.no_value.isdisjoint(parts):
+                    no_value = next(p for p in parts if p in self.no_value)
                     errors.append({"loc": where, "type": "no_value", "msg": f"{no_value!r} "
-                                   "reads as no value (as a CSV reader's NULL, NaN, N/A): send "
-                                   "the id"})
+                                   "reads as no value (ingest.null_texts; by default a CSV "
+                                   "reader's NULL, NaN, N/A): send the id"})
             values[name] = column
         if errors:
             raise RequestValidationError(errors[:MAX_ERRORS])
