@@ -762,6 +762,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'aif.serve.schema.RequestTime.micros': ('request_schema.html#requesttime.micros', 'aif/serve/schema.py'),
                                   'aif.serve.schema.RequestTime.naive_only': ( 'request_schema.html#requesttime.naive_only',
                                                                                'aif/serve/schema.py'),
+                                  'aif.serve.schema.RequestTime.no_value': ( 'request_schema.html#requesttime.no_value',
+                                                                             'aif/serve/schema.py'),
                                   'aif.serve.schema.RequestTime.request_type': ( 'request_schema.html#requesttime.request_type',
                                                                                  'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests': ('request_schema.html#requests', 'aif/serve/schema.py'),
