@@ -788,6 +788,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests.labels_body': ( 'request_schema.html#requests.labels_body',
                                                                              'aif/serve/schema.py'),
+                                  'aif.serve.schema.Requests.no_value': ('request_schema.html#requests.no_value', 'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests.score_body': ( 'request_schema.html#requests.score_body',
                                                                             'aif/serve/schema.py'),
                                   'aif.serve.schema.Requests.score_columns': ( 'request_schema.html#requests.score_columns',

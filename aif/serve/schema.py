@@ -118,19 +118,19 @@ def no_value_check(nulls: frozenset[str], nullable: bool) -> Callable[[Any], Any
     cell; refused where it is not, as ingest quarantines it (a blank text: pydantic's
     `string_too_short` when stripped)."""
     def check(value):
-        if isinstance(value, str) and value.strip() in nulls:
-            if nullable:
-                return None
-            if value.strip():
-                raise PydanticCustomError("no_value", "'{text}' reads as no value "
-                                          "(ingest.null_texts): send the category",
-                                          {"text": value.strip()})
+        text = value.strip() if isinstance(value, str) else None
+        if text is None or text not in nulls:
+            return value
+        if nullable:
+            return None
+        if text:
+            raise PydanticCustomError("no_value", "'{text}' reads as no value "
+                                      "(ingest.null_texts): send the category", {"text": text})
         return value
     return check
 
 
-def transaction_type(plan: SourcePlan, time: RequestTime,
-                     category_nulls: frozenset[str] = frozenset({""})):
+def transaction_type(plan: SourcePlan, time: RequestTime, category_nulls: frozenset[str]):
     """The TypedDict of one transaction for `plan`: the five fields and the declared attributes
     (a category among `category_nulls` is no value)."""
     parts = {f.name: (1 if f.join else len(f.columns)) for f in plan.fields}
@@ -263,7 +263,8 @@ class RequestTime:
 
     @functools.cached_property
     def no_value(self) -> frozenset[str]:
-        "Texts that are no time (`IngestParams.no_value_texts`), for a joined time's parts."
+        """Texts that are no value in an id or a time (`IngestParams.no_value_texts`): a joined
+        time's part, and `Requests`' ids."""
         return frozenset(self.ingest.no_value_texts)
 
     @functools.cached_property
@@ -530,16 +531,14 @@ class Requests:
     entity_keys: dict[str, int] = field(default_factory=dict, repr=False)   # `cached_keys`
     plan: SourcePlan = field(init=False, repr=False)
     time: RequestTime = field(init=False, repr=False)
-    no_value: frozenset[str] = field(init=False, repr=False)
     category_nulls: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self):
         self.plan = source_plan(self.ingest)
         self.time = RequestTime(self.ingest, next(f for f in self.plan.fields
                                                    if f.name == "tx_datetime"))
-        # texts that read as none (`ingest.null_texts`): an id's refused as ingest quarantines
-        # it; a category's none where nullable, as ingest reads it (`no_value_check`)
-        self.no_value = frozenset(self.ingest.no_value_texts)
+        # a category's texts that read as none (`ingest.null_texts`): none where nullable, as
+        # ingest reads them (`no_value_check`); an id's (`no_value`) are refused
         self.category_nulls = frozenset(self.ingest.category_no_value_texts)
         transaction = transaction_type(self.plan, self.time, self.category_nulls)
         batch = create_model("Batch", __config__=ConfigDict(extra="forbid"),
@@ -562,6 +561,11 @@ class Requests:
         self._fast = (msgspec.json.Decoder(fast_batch), msgspec.json.Decoder(fast))
         if self.plan.sensitive and self.secret is None:
             self.secret = require_secret(self.plan, "serve")
+
+    @property
+    def no_value(self) -> frozenset[str]:
+        "An id's texts that read as none, refused as ingest quarantines them (as a time's)."
+        return self.time.no_value
 
     def score_body(self, raw: bytes) -> list[dict]:
         "The transactions of a /score body; RequestValidationError (422) naming field and rule."
