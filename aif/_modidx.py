@@ -796,6 +796,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'aif.serve.schema.Requests.stripped': ('request_schema.html#requests.stripped', 'aif/serve/schema.py'),
                                   'aif.serve.schema.ScoreBody': ('request_schema.html#scorebody', 'aif/serve/schema.py'),
                                   'aif.serve.schema.ScoreBody.sample': ('request_schema.html#scorebody.sample', 'aif/serve/schema.py'),
+                                  'aif.serve.schema._all_as_ingest_reads': ( 'request_schema.html#_all_as_ingest_reads',
+                                                                             'aif/serve/schema.py'),
                                   'aif.serve.schema._as_ingest_reads': ('request_schema.html#_as_ingest_reads', 'aif/serve/schema.py'),
                                   'aif.serve.schema._to_the_microsecond': ( 'request_schema.html#_to_the_microsecond',
                                                                             'aif/serve/schema.py'),

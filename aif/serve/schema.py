@@ -20,6 +20,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from operator import attrgetter, itemgetter
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
@@ -220,6 +221,13 @@ def _as_ingest_reads(text: str) -> bool:
     return "t" not in text and "z" not in text and not _SEVENTH_DIGIT.search(text)
 
 
+def _all_as_ingest_reads(values: list) -> bool:
+    """`_as_ingest_reads` of every value, all texts: one check of them joined by a line break,
+    which no text ingest reads holds and none of the checks matches across (a batch's 10,000
+    times in 0.3 ms, where a check each took 4)."""
+    return all(type(v) is str for v in values) and _as_ingest_reads("\n".join(values))
+
+
 _EPOCH_TEXT = re.compile(r"([+-]?)([0-9]{1,19})(?:\.([0-9]+))?")   # sign, whole, fraction
 # instants far from the ends of years 1-9999 in any zone: integer epochs and times with an
 # offset among them take numpy's way (`instant_micros`), the rest ingest's rule
@@ -358,13 +366,15 @@ class RequestTime:
 
         if self.naive_only:   # datetimes already (pydantic's LocalTime, or `fast_values`)
             return np.fromiter(((t - _EPOCH) // _MICRO for t in values), np.int64, len(values))
-        # texts stripped as ingest strips them (pydantic keeps \x1c-\x1f), a joined field's
-        # parts joined as ingest joins its columns (`_joined_text`: stripped, with a space)
-        # a part that reads as none: no time, `missing` (a set's C loop: 10,000 rows in 3 ms)
+        # texts come stripped as ingest strips them (`Requests.stripped`: pydantic keeps
+        # \x1c-\x1f); a joined field's parts are joined as ingest joins its columns
+        # (`_joined_text`: with a space), and a part that reads as none is no time, `missing`
         nulls = self.no_value
-        values = [v.strip() if type(v) is str else (" ".join(parts) if nulls.isdisjoint(
-                  parts := list(map(str.strip, v))) else None) if type(v) is list else v
-                  for v in values]
+        if all(type(v) is list for v in values) and nulls.isdisjoint(chain.from_iterable(values)):
+            values = list(map(" ".join, values))   # the usual batch: in C, 10,000 rows in 1 ms
+        else:
+            values = [(" ".join(v) if nulls.isdisjoint(v) else None) if type(v) is list else v
+                      for v in values]
         micros = self.instant_micros(values)
         if micros is not None:
             return micros
@@ -397,7 +407,7 @@ class RequestTime:
             if utc is None:
                 return None
         elif (zone and not unit and self.format is None
-              and all(type(v) is str and _as_ingest_reads(v) for v in values)):
+              and _all_as_ingest_reads(values)):
             try:
                 aware = msgspec.convert(values, list[_OFFSET_TIME])
             except msgspec.ValidationError:
@@ -446,14 +456,14 @@ class RequestTime:
         n = len(values)
         if not self.iso_first:
             return np.zeros(n, np.int64), np.ones(n, bool)
-        short = [type(v) is str and _as_ingest_reads(v) for v in values]
-        if all(short):   # the usual batch, or a client replaying the data: all at once
+        if _all_as_ingest_reads(values):   # the usual batch, or a client replaying the data
             try:
                 times = msgspec.convert(values, list[_ISO_TIME])
                 return (np.fromiter(((t - _EPOCH) // _MICRO for t in times), np.int64, n),
                         np.zeros(n, bool))
             except msgspec.ValidationError:
                 pass
+        short = [type(v) is str and _as_ingest_reads(v) for v in values]
         micros, todo = np.zeros(n, np.int64), np.ones(n, bool)
         for i in np.flatnonzero(short):
             iso = self.iso_time(values[i])
@@ -701,9 +711,10 @@ class Requests:
                                               for name in self.field_names}, key), key)
 
     def stripped(self, values: dict[str, list], key: str | None = None) -> dict[str, list]:
-        """Pydantic's values with their texts (ids, composites' parts, categories) stripped as
-        ingest strips them, by Python's `str.strip`: pydantic's strip keeps \\x1c-\\x1f,
-        and 'card\\x1f' would be another card than in the data. One left empty, or an id that
+        """Pydantic's values with their texts (ids, composites' parts, categories, times)
+        stripped as ingest strips them, by Python's `str.strip`: pydantic's strip keeps
+        \\x1c-\\x1f, and 'card\\x1f' would be another card than in the data. One left empty
+        (but a time's: `RequestTime.micros` says what ingest makes of it), or an id that
         reads as no value ('NULL', as ingest quarantines it): 422 naming each (the first
         `MAX_ERRORS`), at `body.<key>.<row>.<field>` in a batch sent under `key`. (The fast
         path takes no text `str.strip` would change, and no id that reads as no value.)"""
@@ -728,6 +739,9 @@ class Requests:
             values[name] = column
         if errors:
             raise RequestValidationError(errors[:MAX_ERRORS])
+        if "tx_datetime" in values:   # a time's texts and parts (its rules are `micros`')
+            values["tx_datetime"] = [list(map(str.strip, v)) if type(v) is list else v.strip()
+                                     if type(v) is str else v for v in values["tx_datetime"]]
         return values
 
     def columns_of(self, values: dict[str, list], key: str | None = None
