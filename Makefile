@@ -30,7 +30,7 @@ repro: $(STAMP) ## run the whole DVC pipeline (simulate -> ingest -> ...), then 
 	@echo && aif summary
 
 test: $(STAMP) ## run every test: pytest (notebooks, pipeline, properties) on 2 workers
-	python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	python -m pytest -n 2 $(PYTEST_ARGS)
 
 docs: $(STAMP) ## the notebooks as a site in _site/ (offline): open _site/index.html
 	aif docs $(DOCS_ARGS)

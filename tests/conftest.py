@@ -26,17 +26,6 @@ SMALL_MODELLING = {
 }
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Fail a test of an `xdist_group` that `--dist loadgroup` did not keep on one worker: the
-    group's tests share a session fixture built once per worker (a trained, registered
-    project, half a minute). xdist marks a grouped test by its node id, which pytest 9.2
-    stopped taking (pytest-dev/pytest-xdist#1386), so the tests were spread without a word."""
-    grouping = getattr(item.config.option, "loadgroup", False)   # set on xdist's workers only
-    if grouping and item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
-        pytest.fail("--dist loadgroup did not group this test: see pytest's cap in "
-                    "pyproject.toml", pytrace=False)
-
-
 def wait_until_up(get, proc: subprocess.Popen, log: Path, what: str, timeout: float = 90,
                   pause: float = 0.2) -> None:
     """Call `get()` (an HTTP GET) until it answers 200; fail with the end of `log` if the
