@@ -20,7 +20,7 @@ from conftest import SMALL_MODELLING, run, write_params
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aif.config.params import IngestParams, ParamsError
+from aif.config.params import CSV_NO_VALUE_TEXTS, IngestParams, ParamsError, params_from_text
 from aif.data.ingest import SourceRows, ingest_rows, read_source
 from aif.io import StageError
 from aif.keys import (
@@ -1021,8 +1021,19 @@ def test_a_null_text_is_no_value_alike_offline_and_online(text):
 def test_null_texts_must_be_texts_as_written():
     """YAML reads an unquoted NULL (or null, ~) as no value and 0 as a number: params refuse
     them in one line naming the key, as they refuse a text with spaces around it, a text a
-    number or a boolean is read from, and a declared category value the list makes none."""
+    number or a boolean is read from, and a declared category value the list makes none.
+    The whole list written NULL would be YAML's null, the default list: refused, with its line
+    and column; written null, ~ or nothing, it is the default."""
     from aif.data.ingest import source_plan
+    for spelled in ("NULL", "Null"):
+        with pytest.raises(ParamsError, match=rf"^at.yaml:3:15: ingest.null_texts: {spelled} is "
+                                              rf"YAML's null.*write \['{spelled}'\]$"):
+            params_from_text(f"seed: 1\ningest:\n  null_texts: {spelled}\n", "at.yaml")
+    for default in ("null", "~", ""):
+        assert params_from_text(f"ingest:\n  null_texts: {default}\n").ingest.no_value_texts \
+            == CSV_NO_VALUE_TEXTS
+    assert params_from_text("ingest: {null_texts: ['NULL']}").ingest.no_value_texts == (
+        "", "NULL")
     for bad in ([None], ["NA", 0], [" NULL"], "NULL"):
         with pytest.raises(ParamsError, match="ingest.null_texts"):
             IngestParams(null_texts=bad)

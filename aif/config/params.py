@@ -23,7 +23,7 @@ __all__ = ['CSV_NO_VALUE_TEXTS', 'DEFAULT_PII', 'FEATURE_GROUPS', 'DEFAULT_FEATU
            'from_dict', 'FraudScenarios', 'SpendShift', 'CardTesting', 'ActivitySurge', 'DriftScenarios',
            'SimulateParams', 'IngestParams', 'FeaturesParams', 'SplitParams', 'TuneParams', 'TrainParams',
            'EvaluateParams', 'GateParams', 'DriftThresholds', 'MonitorParams', 'ServeAuth', 'ServeParams', 'Params',
-           'params_from_text', 'load_params']
+           'params_from_text', 'refuse_null_meant_as_text', 'load_params']
 
 # %% ../../nbs/01_params.ipynb #6c6369a9
 class ParamsError(ValueError):
@@ -445,9 +445,35 @@ def params_from_text(text: str, where: str = "params.yaml") -> Params:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{where}: not valid YAML ({err})") from None
+    refuse_null_meant_as_text(text, where)
     if isinstance(raw, dict) and "registry" in raw and "gate" not in raw:
         raw["gate"] = raw.pop("registry")   # the gate's section was called `registry` before
     return from_dict(Params, raw)
+
+
+def refuse_null_meant_as_text(text: str, where: str = "params.yaml") -> None:
+    """Refuse `ingest.null_texts: NULL`: YAML reads an unquoted NULL (or Null) as its null,
+    which there means the default list (a CSV reader's NULL, NaN, N/A, NA...), not the text
+    alone, and a category 'NA' would then be no value without a word. (`null`, `~` or
+    nothing say the default as YAML writes it.)"""
+    node = _value_node(_value_node(yaml.compose(text, Loader=yaml.SafeLoader), "ingest"),
+                       "null_texts")
+    if node is not None and node.tag == _YAML_NULL and node.value not in ("null", "~", ""):
+        at = node.start_mark
+        raise ParamsError(f"{where}:{at.line + 1}:{at.column + 1}: ingest.null_texts: "
+                          f"{node.value} is YAML's null, which means a CSV reader's list (NULL, "
+                          f"NaN, N/A, NA...); for the text alone, write ['{node.value}']")
+
+
+_YAML_NULL = "tag:yaml.org,2002:null"
+
+
+def _value_node(node, key: str):
+    "The node of `key`'s value in a YAML mapping node; None if there is none."
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((value for name, value in node.value
+                 if isinstance(name, yaml.ScalarNode) and name.value == key), None)
 
 
 def load_params(path: Path | str | None = None) -> Params:
