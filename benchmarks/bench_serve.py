@@ -200,6 +200,19 @@ def python_loop_ms(n: int = 1_000_000, runs: int = 5) -> float:
     return float(np.median(times))
 
 
+def cpu_seconds(pid: int) -> float:
+    "The CPU time (user and system, every thread) process `pid` has used so far (/proc)."
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def steal_seconds() -> float:
+    """CPU time the host has given to others while this machine's CPUs wanted it, on all of
+    them so far (/proc/stat's steal): a virtual machine's sign of a busy host."""
+    with open("/proc/stat") as stat:
+        return int(stat.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def own_time_ms(log: pd.DataFrame) -> tuple[float, float]:
     """The service's own time to a single request's score (its prediction log's `latency_ms`:
     from the request's arrival to its prediction, before the journal and the answer), median
@@ -253,7 +266,10 @@ def serve_figures(project: Path, singles: list[bytes], items: list[bytes], **env
         gc.freeze()
         try:
             asyncio.run(open_loop(port, singles[:300], 100))        # warm-up, not measured
+            cpu_before, steal_before = cpu_seconds(server.pid), steal_seconds()
             latencies, errors = asyncio.run(open_loop(port, singles[300:], RATE))
+            cpu_ms = (cpu_seconds(server.pid) - cpu_before) * 1000 / len(singles[300:])
+            steal = steal_seconds() - steal_before
             loop_after = python_loop_ms()   # the service idle, its state as after the load
             batch_times = asyncio.run(batches(port, items))
             peak = next(int(line.split()[1]) for line in
@@ -284,6 +300,10 @@ def serve_figures(project: Path, singles: list[bytes], items: list[bytes], **env
         "server_startup_s": round(startup, 1), "server_peak_rss_mb": round(peak / 1024),
         "rows_in_prediction_log": len(log),
         "service_own_ms_p50_p99": own_time_ms(log),
+        # every thread's CPU over the load, a request: near 1000 / RATE ms (3.3), the requests'
+        # one thread cannot keep up, and the open loop's queue (its p99) grows
+        "server_cpu_ms_per_request": round(cpu_ms, 2),
+        "host_steal_s_during_load": round(steal, 1),
         "batch_10k_steps_ms": breakdown,
         "machine_fresh_memory_us_per_page": round(fresh_page_us, 2),
         "machine_python_loop_ms_before_after": [round(loop_before), round(loop_after)],
