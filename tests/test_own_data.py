@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -20,7 +21,13 @@ from conftest import SMALL_MODELLING, run, write_params
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from aif.config.params import CSV_NO_VALUE_TEXTS, IngestParams, ParamsError, params_from_text
+from aif.config.params import (
+    CSV_NO_VALUE_TEXTS,
+    IngestParams,
+    ParamsError,
+    load_params,
+    params_from_text,
+)
 from aif.data.ingest import SourceRows, ingest_rows, read_source
 from aif.io import StageError
 from aif.keys import (
@@ -1018,22 +1025,36 @@ def test_a_null_text_is_no_value_alike_offline_and_online(text):
     assert columns(region="NA") != columns(region=None)
 
 
-def test_null_texts_must_be_texts_as_written():
+def test_null_texts_must_be_texts_as_written(tmp_path: Path):
     """YAML reads an unquoted NULL (or null, ~) as no value and 0 as a number: params refuse
     them in one line naming the key, as they refuse a text with spaces around it, a text a
     number or a boolean is read from, and a declared category value the list makes none.
-    The whole list written NULL would be YAML's null, the default list: refused, with its line
-    and column; written null, ~ or nothing, it is the default."""
+    The whole list written NULL would be YAML's null, the default list: the workspace's
+    params.yaml is refused, with the line and column of the value YAML keeps; written null, ~
+    or nothing, it is the default."""
     from aif.data.ingest import source_plan
+    path = tmp_path / "params.yaml"
+
+    def loaded(text: str) -> IngestParams:
+        path.write_text(text)
+        return load_params(path).ingest
+
     for spelled in ("NULL", "Null"):
-        with pytest.raises(ParamsError, match=rf"^at.yaml:3:15: ingest.null_texts: {spelled} is "
-                                              rf"YAML's null.*write \['{spelled}'\]$"):
-            params_from_text(f"seed: 1\ningest:\n  null_texts: {spelled}\n", "at.yaml")
+        for text, at in ((f"seed: 1\ningest:\n  null_texts: {spelled}\n", "3:15"),
+                         (f"ingest:\n  null_texts: ['NULL']\n  null_texts: {spelled}\n", "3:15"),
+                         (f"base: &b {{null_texts: {spelled}}}\ningest:\n  <<: *b\n", "1:23")):
+            said = rf"^{re.escape(str(path))}:{at}: ingest.null_texts: {spelled} is YAML's null"
+            with pytest.raises(ParamsError, match=rf"{said}.*write \['{spelled}'\]$"):
+                loaded(text)
+    assert loaded("ingest:\n  null_texts: NULL\n  null_texts: ['NULL']\n").no_value_texts == (
+        "", "NULL")   # the value YAML keeps is the last
     for default in ("null", "~", ""):
-        assert params_from_text(f"ingest:\n  null_texts: {default}\n").ingest.no_value_texts \
-            == CSV_NO_VALUE_TEXTS
-    assert params_from_text("ingest: {null_texts: ['NULL']}").ingest.no_value_texts == (
-        "", "NULL")
+        assert loaded(f"ingest:\n  null_texts: {default}\n").no_value_texts == CSV_NO_VALUE_TEXTS
+    # a registered model's params.yaml (the gate reads its champion's) reads as it did then
+    assert params_from_text("ingest:\n  null_texts: NULL\n").ingest.null_texts is None
+    for broken in ("[" * 5000 + "]" * 5000, "seed: " + "9" * 5000):   # one line, no traceback
+        with pytest.raises(ParamsError, match=r"^params.yaml: not valid YAML"):
+            params_from_text(broken)
     for bad in ([None], ["NA", 0], [" NULL"], "NULL"):
         with pytest.raises(ParamsError, match="ingest.null_texts"):
             IngestParams(null_texts=bad)

@@ -440,12 +440,11 @@ class Params:
 
 def params_from_text(text: str, where: str = "params.yaml") -> Params:
     """Params from the text of a params.yaml: the workspace's, or one at a registered model's
-    commit, written by an earlier version of aif."""
+    commit, written by an earlier version of aif (read as it was then)."""
     try:
         raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{where}: not valid YAML ({err})") from None
-    refuse_null_meant_as_text(text, where)
+    except (yaml.YAMLError, RecursionError, ValueError) as err:   # nested too deep, a number
+        raise ParamsError(f"{where}: not valid YAML ({err})") from None   # of 5,000 digits
     if isinstance(raw, dict) and "registry" in raw and "gate" not in raw:
         raw["gate"] = raw.pop("registry")   # the gate's section was called `registry` before
     return from_dict(Params, raw)
@@ -455,25 +454,41 @@ def refuse_null_meant_as_text(text: str, where: str = "params.yaml") -> None:
     """Refuse `ingest.null_texts: NULL`: YAML reads an unquoted NULL (or Null) as its null,
     which there means the default list (a CSV reader's NULL, NaN, N/A, NA...), not the text
     alone, and a category 'NA' would then be no value without a word. (`null`, `~` or
-    nothing say the default as YAML writes it.)"""
-    node = _value_node(_value_node(yaml.compose(text, Loader=yaml.SafeLoader), "ingest"),
-                       "null_texts")
-    if node is not None and node.tag == _YAML_NULL and node.value not in ("null", "~", ""):
-        at = node.start_mark
-        raise ParamsError(f"{where}:{at.line + 1}:{at.column + 1}: ingest.null_texts: "
-                          f"{node.value} is YAML's null, which means a CSV reader's list (NULL, "
-                          f"NaN, N/A, NA...); for the text alone, write ['{node.value}']")
+    nothing say the default as YAML writes it.) The value is the one YAML keeps: the last of
+    a key written twice, a merged one (`<<`); not valid YAML is `params_from_text`'s to say."""
+    try:
+        raw = yaml.load(text, Loader=_NullSpellingLoader)   # a SafeLoader: no object built
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return
+    ingest = raw.get("ingest") if isinstance(raw, dict) else None
+    written = ingest.get("null_texts") if isinstance(ingest, dict) else None
+    if isinstance(written, _SpelledNull):
+        raise ParamsError(f"{where}:{written.line}:{written.column}: ingest.null_texts: "
+                          f"{written.text} is YAML's null, which means a CSV reader's list "
+                          f"(NULL, NaN, N/A, NA...); for the text alone, write "
+                          f"['{written.text}']")
 
 
-_YAML_NULL = "tag:yaml.org,2002:null"
+@dataclass(frozen=True)
+class _SpelledNull:
+    "YAML's null written as a word a reader may take for a text (NULL, Null), and where."
+    text: str
+    line: int
+    column: int
 
 
-def _value_node(node, key: str):
-    "The node of `key`'s value in a YAML mapping node; None if there is none."
-    if not isinstance(node, yaml.MappingNode):
+class _NullSpellingLoader(yaml.SafeLoader):
+    "SafeLoader that keeps an unquoted NULL or Null as `_SpelledNull`, not as None."
+
+
+def _spelled_null(loader, node):
+    if node.value in ("null", "~", ""):
         return None
-    return next((value for name, value in node.value
-                 if isinstance(name, yaml.ScalarNode) and name.value == key), None)
+    at = node.start_mark
+    return _SpelledNull(node.value, at.line + 1, at.column + 1)
+
+
+_NullSpellingLoader.add_constructor("tag:yaml.org,2002:null", _spelled_null)
 
 
 def load_params(path: Path | str | None = None) -> Params:
@@ -483,4 +498,5 @@ def load_params(path: Path | str | None = None) -> Params:
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project folder or set AIF_ROOT") from None
+    refuse_null_meant_as_text(text, str(path))   # the workspace's own: as it is written now
     return params_from_text(text, str(path))

@@ -345,7 +345,7 @@ class RequestTime:
         return schema
 
     def fast_type(self):
-        "The field in msgspec's schema: texts as sent (`micros` strips them as ingest does)."
+        "The field in msgspec's schema: texts as sent (`Requests.fast_values` takes none to strip)."
         if self.naive_only:
             return _FAST_TIME
         kinds: list = [_FAST_TEXT]
@@ -358,10 +358,10 @@ class RequestTime:
         return Union[tuple(kinds)]   # noqa: UP007
 
     def micros(self, values: list, key: str | None = None) -> np.ndarray:
-        """Validated times as local microseconds since 1970: naive ISO texts as such (when
-        `iso_first`), the rest by ingest's rule. A row that rule refuses is a 422 naming the
-        row's field and the rule (the first `MAX_ERRORS`), at `body.<key>.<row>.tx_datetime`
-        in a batch sent under `key`."""
+        """Validated times, their texts stripped (`Requests.stripped`), as local microseconds
+        since 1970: naive ISO texts as such (when `iso_first`), the rest by ingest's rule. A
+        row that rule refuses is a 422 naming the row's field and the rule (the first
+        `MAX_ERRORS`), at `body.<key>.<row>.tx_datetime` in a batch sent under `key`."""
         from fastapi.exceptions import RequestValidationError
 
         if self.naive_only:   # datetimes already (pydantic's LocalTime, or `fast_values`)
