@@ -627,11 +627,13 @@ def with_offset(texts: pd.Series) -> np.ndarray:
 _CLOCK_WORDS = ("now", "today")
 
 
-def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | None):
-    """(rows, timestamps, cut) of `s` by how they are read: timestamps a file held as such (a
-    source whose files read the column as timestamps and as text), then text with and without
-    an offset, by `fmt`, `ingest.datetime_format` or ISO 8601. `cut`: which of the rows are
-    texts with a nonzero digit past the microsecond (`_FINER`)."""
+def _datetime_parts(s: pd.Series, text: pd.Series, params: IngestParams, where: str,
+                    fmt: str | None):
+    """(rows, timestamps, cut) of `s` (`text`: its values as stripped text) by how they are
+    read: timestamps a file held as such (a source whose files read the column as timestamps
+    and as text), then text with and without an offset, by `fmt`, `ingest.datetime_format` or
+    ISO 8601. `cut`: which of the rows are texts with a nonzero digit past the microsecond
+    (`_FINER`)."""
     stamps, aware = np.zeros(len(s), bool), np.zeros(len(s), bool)
     if s.dtype == object:   # the only column that can hold them: no loop over text
         stamps = np.fromiter((isinstance(v, datetime) for v in s), bool, len(s))
@@ -641,7 +643,7 @@ def _datetime_parts(s: pd.Series, params: IngestParams, where: str, fmt: str | N
         if rows.any():
             yield rows, pd.Series(pd.to_datetime(s[rows].tolist(), utc=utc, errors="coerce"),
                                   index=s.index[rows]), np.zeros(rows.sum(), bool)
-    text = s.where(~stamps).astype("string").str.strip()
+    text = text.where(~stamps)
     text = text.mask(text.isin(_CLOCK_WORDS))   # not_a_timestamp, not the time of the run
     arrow = pa_arrow.array(text, pa_arrow.string())
     offset = _matches(arrow, _OFFSET)
@@ -665,10 +667,11 @@ def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | N
     if pd.api.types.is_datetime64_any_dtype(s):
         values, finer, out = _local_us(s, params, where)
     else:   # '' or 'NULL' is no time, as in an epoch column, not a time that failed
-        missing = missing | _no_value(s.astype("string").str.strip(), params.no_value_texts)
+        text = s.astype("string").str.strip()   # stripped once, for both
+        missing = missing | _no_value(text, params.no_value_texts)
         values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
         finer, out, cut = np.zeros(len(s), bool), np.zeros(len(s), bool), np.zeros(len(s), bool)
-        for rows, part, past_microsecond in _datetime_parts(s, params, where, fmt):
+        for rows, part, past_microsecond in _datetime_parts(s, text, params, where, fmt):
             values.loc[rows], finer[rows], out[rows] = _local_us(part, params, where)
             cut[rows] = past_microsecond
         cut &= ~out
