@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aif.config.params import FEATURE_GROUPS, FeaturesParams
-from aif.features.engine import compute_features
-from aif.features.specs import FeatureSpec, check_specs, feature_specs
+from aif.features.engine import aggregate, compute_features, grouped_row_features
+from aif.features.kernels import grouped_order
+from aif.features.specs import FeatureSpec, check_specs, entity_key, feature_specs
 from aif.features.store import read_features
 from aif.keys import category_keys
 
@@ -268,6 +269,44 @@ def test_features_do_not_depend_on_how_large_the_ids_are(tx, base):
     moved["terminal_id"] = (2**63 - 1) - moved["terminal_id"] * 3   # reversed and spread
     large = compute_features(moved, SPECS, params)
     assert_equal_features(small, large, SPECS)
+
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tx=transactions(), declared=declarations(kinds=("entity", "column", "labelled")),
+       signed_zeros=st.lists(st.sampled_from([0.0, -0.0, -0.0, np.nan, -2.5]), min_size=120,
+                             max_size=120), zero_amounts=st.booleans())
+def test_one_row_takes_the_kernels_values_to_the_bit(tx, declared, signed_zeros, zero_amounts):
+    """A request's single row (`aggregate_at_row`, a slice per window) gets the bytes the
+    kernels give that row, for every row, every entity and random specs; with 0.0 and -0.0
+    in one window, whose extreme depends on the order of comparisons, and missing values."""
+    tx = tx.assign(lat=signed_zeros[:len(tx)])
+    if zero_amounts:
+        tx = tx.assign(tx_amount=np.where(tx.tx_fraud == 1, 0.0, tx.tx_amount))
+    columns = columns_of(tx)
+    extremes = tuple({"name": f"{entity}_{kind}_lat", "entity": entity, "aggregation": kind,
+                      "inputs": ["lat"], "window_days": 30}
+                     for entity in ("customer", "channel") for kind in ("min", "max"))
+    specs = feature_specs(FeaturesParams(groups=FEATURE_GROUPS, declared=declared + extremes),
+                          DELAY)
+    by_entity = {}
+    for spec in specs:
+        if spec.windowed or spec.kind in ("seconds_since_previous", "first_use"):
+            by_entity.setdefault(spec.entity, []).append(spec)
+    for entity, entity_specs in by_entity.items():
+        grouping = np.argsort(entity_key(columns, entity), kind="stable")  # rows in (time, id)
+        key = entity_key(columns, entity)[grouping]
+        bounds = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1, [len(key)]])
+        time, label = columns["tx_datetime"][grouping], columns["tx_fraud"][grouping]
+        grouped = {c: columns[c][grouping] for c in ("tx_amount", "lat", "channel")}
+        kernels = aggregate(grouped_order(bounds, time), grouped, label, entity_specs,
+                            np.arange(len(key)))
+        for row in range(len(key)):
+            one = grouped_row_features(bounds, time, grouped, label, entity_specs,
+                                       np.array([row]))
+            for name, values in one.items():
+                assert values.dtype == kernels[name].dtype, name
+                assert values.tobytes() == kernels[name][row:row + 1].tobytes(), (name, row)
 
 
 def test_windows_on_a_worked_example():

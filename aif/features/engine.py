@@ -23,8 +23,8 @@ from .kernels import (entity_order, grouped_order, is_first_in_history,
                                   window_distinct_counts, window_ends, window_extremes,
                                   window_float_sums, window_int_sums, window_label_times,
                                   window_starts)
-from .specs import (DERIVED, MICROS_PER_DAY, OF_COLUMN, FeatureSpec, entity_key,
-                                spec_inputs, window_columns)
+from .specs import (DERIVED, LABEL_AGGREGATIONS, MICROS_PER_DAY, OF_COLUMN,
+                                FeatureSpec, entity_key, spec_inputs, window_columns)
 from .store import (ROWS_PER_FILE, attribute_type, check_stream_order,
                                 features_table, open_source, table_columns, write_part)
 from ..io import atomic_output
@@ -32,9 +32,9 @@ from ..schema import INPUT_COLUMNS, column_to_numpy, numpy_to_arrow
 
 # %% auto #0
 __all__ = ['EARTH_RADIUS_KM', 'StreamShape', 'partition_features', 'partition_features_sorted', 'row_features',
-           'grouped_row_features', 'of_column', 'aggregate', 'n_partitions', 'haversine_km', 'transaction_features',
-           'with_derived', 'is_windowed', 'compute_features', 'feature_frame', 'spill_schema', 'source_shape',
-           'exact_chunks', 'SortedRun', 'spill_partitions', 'run_partition', 'featurize_out_of_core']
+           'grouped_row_features', 'of_column', 'aggregate', 'aggregate_at_row', 'n_partitions', 'haversine_km',
+           'transaction_features', 'with_derived', 'is_windowed', 'compute_features', 'feature_frame', 'spill_schema',
+           'source_shape', 'exact_chunks', 'SortedRun', 'spill_partitions', 'run_partition', 'featurize_out_of_core']
 
 # %% ../../nbs/23_local_engine.ipynb #8c86990a
 @dataclass(frozen=True)
@@ -105,6 +105,11 @@ def grouped_row_features(bounds: np.ndarray, time_us: np.ndarray,
                          specs: list[FeatureSpec], rows: np.ndarray) -> dict[str, np.ndarray]:
     """`row_features` for input already grouped by entity (group i is `bounds[i]:bounds[i + 1]`,
     each in (time, id) order), as the online state keeps it: no sort, same numbers."""
+    if len(rows) == 1:   # one transaction: the service's usual request
+        row = int(rows[0])
+        group = int(np.searchsorted(bounds, row, side="right")) - 1
+        return aggregate_at_row(time_us, columns, label, specs, row,
+                                (int(bounds[group]), int(bounds[group + 1])))
     return aggregate(grouped_order(bounds, time_us), columns, label, specs, rows)
 
 
@@ -204,6 +209,122 @@ def aggregate(eo, columns_s: dict[str, np.ndarray], label_s: np.ndarray,
             else:
                 raise ValueError(f"unknown aggregation {spec.aggregation} ({spec.name})")
         out[spec.name] = values
+    return out
+
+# %% ../../nbs/23_local_engine.ipynb #9f4506ca
+_AT_ROW_TYPES = {"count": np.int32, "fraud_count": np.int32, "distinct_count": np.int32,
+                 "first_use": np.int8}   # the kernels' types; every other kind is float64
+
+
+def _slice_sum(values: np.ndarray) -> np.float64:
+    "`window_float_sums` of one window: the same reduction of the same float64 values."
+    if len(values) == 0:
+        return np.float64(0.0)
+    return np.add.reduceat(values.astype(np.float64), [0])[0]
+
+
+def _extreme_at(x: np.ndarray, start: int, end: int, largest: bool) -> np.float64:
+    "`window_extremes` of one window."
+    window = x[start:end].astype(np.float64)
+    window = window[~np.isnan(window)]
+    if len(window) == 0:
+        return np.float64(np.nan)
+    found = window.max() if largest else window.min()
+    if found == 0:   # 0.0 or -0.0: the kernel's choice depends on its order of comparisons
+        return window_extremes(x, np.array([start]), np.array([end]), largest)[0]
+    return found
+
+
+def _of_column_at(kind: str, x: np.ndarray, start: int, end: int, row: int) -> np.float64:
+    "`of_column` at one row, over its window `x[start:end]`; a missing value is left out."
+    if kind in ("min", "max"):
+        return _extreme_at(x, start, end, largest=kind == "max")
+    window, count = x[start:end], end - start
+    if x.dtype.kind == "f":
+        missing = np.isnan(window)
+        if missing.any():
+            count -= int(missing.sum())
+            window = np.where(missing, 0.0, window)
+    total = _slice_sum(window)
+    if kind == "sum":
+        return total
+    mean = total / count
+    if kind == "mean":
+        return mean
+    if kind == "to_mean":
+        return x[row] / mean if count > 0 else np.float64(np.nan)
+    window = window.astype(np.float64)
+    square = _slice_sum(window * window) / count
+    return np.sqrt(np.maximum(square - mean * mean, 0.0))
+
+
+def _labelled_at(kind: str, label: np.ndarray, amount: np.ndarray, time: np.ndarray,
+                 start: int, end: int, row: int):
+    "A label-based aggregation at one row, over its window `[start, end)`."
+    labels, count = label[start:end], end - start
+    if kind in ("fraud_count", "fraud_rate"):
+        frauds = int(labels.sum(dtype=np.int64))
+        if kind == "fraud_count":
+            return frauds
+        return frauds / count if count > 0 else 0.0
+    if kind in ("amount_to_genuine_mean", "genuine_mean_amount"):
+        genuine = count - int(labels.sum(dtype=np.int64))
+        genuine_sum = _slice_sum(np.where(labels == 0, amount[start:end], 0.0))
+        mean = genuine_sum / genuine if genuine > 0 else np.float64(np.nan)
+        return mean if kind == "genuine_mean_amount" else amount[row] / mean
+    positives = np.flatnonzero(labels)
+    if len(positives) == 0:
+        return np.float64(np.nan)
+    fraud = positives[0] if kind == "days_since_first_fraud" else positives[-1]
+    return (time[row] - time[start + fraud]) / MICROS_PER_DAY
+
+
+def aggregate_at_row(time: np.ndarray, columns_s: dict[str, np.ndarray], label_s: np.ndarray,
+                     specs: list[FeatureSpec], row: int, segment: tuple[int, int]
+                     ) -> dict[str, np.ndarray]:
+    """`aggregate` at the one sorted row `row`, whose entity's rows are `segment`
+    (`[first, stop)`): the same values, from one slice per window."""
+    first, stop = segment
+    history, now = time[first:stop], time[row]
+    after = {}   # the entity's first row later than now - µs: one search per distinct edge
+
+    def edge(before: int) -> int:
+        if before not in after:
+            after[before] = first + int(np.searchsorted(history, now - before, side="right"))
+        return after[before]
+
+    def window(spec) -> tuple[int, int]:
+        w = spec.window
+        start = first if w.length is None else edge(w.lag + w.length)
+        end = (row + 1 if w.include_current else row) if w.lag == 0 else edge(w.lag)
+        return start, max(end, start)
+
+    out = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for spec in specs:
+            kind = spec.kind
+            if kind == "seconds_since_previous":
+                value = (now - time[row - 1]) / 1e6 if row > first else np.nan
+            elif kind == "first_use":
+                value = row == first
+            elif kind == "distinct_count":
+                x = columns_s[spec.column]
+                if x.dtype.kind not in "iub":
+                    raise ValueError(f"feature {spec.name}: {spec.column} is not a category")
+                start, end = window(spec)
+                value = len(set(x[start:end].tolist()))
+            elif kind == "count":
+                start, end = window(spec)
+                value = end - start
+            elif kind in OF_COLUMN:
+                value = _of_column_at(kind, _numeric(columns_s[spec.column], spec),
+                                      *window(spec), row)
+            elif kind in LABEL_AGGREGATIONS:
+                value = _labelled_at(kind, label_s, columns_s["tx_amount"], time,
+                                     *window(spec), row)
+            else:
+                raise ValueError(f"unknown aggregation {spec.aggregation} ({spec.name})")
+            out[spec.name] = np.array([value], _AT_ROW_TYPES.get(kind, np.float64))
     return out
 
 # %% ../../nbs/23_local_engine.ipynb #ae703282

@@ -457,6 +457,12 @@ class OnlineFeatures:
     def current_clock(self) -> int | None:
         return self.clock
 
+    @functools.cached_property
+    def specs_of(self) -> dict[str, list[FeatureSpec]]:
+        "Each entity's specs, `transaction` for the row features: grouped once, not per request."
+        return {entity: [s for s in self.specs if s.entity == entity]
+                for entity in ("transaction", *self.history)}
+
     @property
     def kept_since(self) -> int | None:
         """Rows older than this are of no use to any transaction the state may still accept
@@ -492,7 +498,7 @@ class OnlineFeatures:
         seen = self.already_scored(rows["transaction_id"]) if check else []
         if seen:
             raise AlreadyScored(seen)
-        out = transaction_features(rows, [s for s in self.specs if s.entity == "transaction"]) \
+        out = transaction_features(rows, self.specs_of["transaction"]) \
             if compute else {}
         new = {}   # the batch as history rows, one layout per set of attributes kept
         for store in self.history.values():
@@ -506,11 +512,13 @@ class OnlineFeatures:
             store, values = self.history[entity], {}
             m = merge(store, keys[entity], new[store.dtype], by_time)
             if compute:
-                specs = [s for s in self.specs if s.entity == entity]
+                specs = self.specs_of[entity]
                 targets = np.flatnonzero(m.source >= 0)
                 found = grouped_row_features(
                     m.bounds, np.ascontiguousarray(m.rows["time"]), history_columns(m.rows, specs),
                     np.ascontiguousarray(m.rows["label"]), specs, targets)
+                if len(targets) == 1:   # one transaction: its values are in the batch's order
+                    return m, found
                 where = m.source[targets]   # targets are in (key, time, id) order
                 for name, v in found.items():
                     values[name] = np.empty_like(v)
@@ -554,7 +562,7 @@ class OnlineFeatures:
         the state may still accept: its own longest window and lag count, so a category
         counted over a day keeps a day of its (many) rows, not the card's 37 days."""
         if entity not in self.horizons:   # the specs never change: worked out once
-            self.horizons[entity] = horizon_us([s for s in self.specs if s.entity == entity])
+            self.horizons[entity] = horizon_us(self.specs_of[entity])
         horizon = self.horizons[entity]
         if horizon is None or self.clock is None:
             return None
