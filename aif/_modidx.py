@@ -891,6 +891,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.serve.state.OnlineFeatures.transact': ( 'online_state.html#onlinefeatures.transact',
                                                                               'aif/serve/state.py'),
                                  'aif.serve.state.Pending': ('online_state.html#pending', 'aif/serve/state.py'),
+                                 'aif.serve.state._raw': ('online_state.html#_raw', 'aif/serve/state.py'),
                                  'aif.serve.state.entity_threads': ('online_state.html#entity_threads', 'aif/serve/state.py'),
                                  'aif.serve.state.history_columns': ('online_state.html#history_columns', 'aif/serve/state.py'),
                                  'aif.serve.state.history_dtype': ('online_state.html#history_dtype', 'aif/serve/state.py'),

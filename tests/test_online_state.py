@@ -15,10 +15,13 @@ from aif.features.engine import compute_features
 from aif.features.specs import MICROS_PER_DAY, feature_specs
 from aif.keys import category_keys
 from aif.serve.state import (
+    HISTORY,
     KNOWN,
     AlreadyScored,
+    Arena,
     KnownIds,
     LabelChangeRefused,
+    Merged,
     OnlineFeatures,
     out_of_time,
 )
@@ -153,6 +156,28 @@ def test_old_rows_go_by_the_event_clock_and_each_key_keeps_its_last():
     ids_kept = set(state.known.everything()["id"].tolist())
     assert min(ids_kept) > 1 and len(ids_kept) < 400   # ids are forgotten by event time too
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=st.lists(st.integers(0, 50), min_size=1, max_size=30), since=st.integers(-1, 51),
+       other_keys=st.booleans())
+def test_a_key_keeps_its_rows_after_since_and_its_last(times, since, other_keys):
+    """What a batch keeps of each key's merged history: the rows later than `since`, and the
+    last row whatever its time. One key alone (a single transaction's request) takes a
+    shorter way to it; a second key beside it takes the batch's."""
+    n = len(times)
+    rows = np.zeros(n, HISTORY)
+    rows["time"], rows["id"] = sorted(times), np.arange(n)
+    bounds, keys = np.array([0, n]), np.array([7])
+    if other_keys:   # the same rows again, as a second key's
+        rows, bounds, keys = np.concatenate([rows, rows]), np.array([0, n, 2 * n]), np.array([7, 9])
+    store = Arena.empty(HISTORY)
+    merged = Merged(rows, np.full(len(rows), -1), bounds, keys)
+    OnlineFeatures.empty(())._keep(store, merged, since)
+    expected = rows[:n][(rows["time"][:n] > since) | (np.arange(n) == n - 1)]
+    for key in keys:
+        length, kept = store.get(np.array([key]))
+        assert kept.tobytes() == expected.tobytes()
 
 @settings(max_examples=50, deadline=None)
 @given(batches=st.lists(st.lists(st.integers(0, 300), min_size=0, max_size=40, unique=True),
