@@ -334,6 +334,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'aif.features.specs.FeatureSpec.windowed': ( 'feature_specs.html#featurespec.windowed',
                                                                                  'aif/features/specs.py'),
                                     'aif.features.specs._days': ('feature_specs.html#_days', 'aif/features/specs.py'),
+                                    'aif.features.specs._days_of': ('feature_specs.html#_days_of', 'aif/features/specs.py'),
                                     'aif.features.specs._declared': ('feature_specs.html#_declared', 'aif/features/specs.py'),
                                     'aif.features.specs._describe': ('feature_specs.html#_describe', 'aif/features/specs.py'),
                                     'aif.features.specs._mix64': ('feature_specs.html#_mix64', 'aif/features/specs.py'),

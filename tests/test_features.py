@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aif.config.params import FEATURE_GROUPS, FeaturesParams
+from aif.config.params import FEATURE_GROUPS, FeaturesParams, ParamsError
 from aif.features.engine import aggregate, compute_features, grouped_row_features
 from aif.features.kernels import grouped_order
 from aif.features.specs import FeatureSpec, check_specs, entity_key, feature_specs
@@ -365,6 +366,25 @@ def test_registry_refuses_a_label_feature_without_the_delay():
     assert all(s.lag_days >= DELAY for s in SPECS if s.uses_labels)
     assert "tx_fraud_scenario" not in {s.name for s in SPECS}
 
+
+
+@pytest.mark.parametrize(("declared", "says"), [
+    ({"window_days": 1, "lag_days": -0.5}, "lag_days must be 0 or more, not -0.5"),
+    ({"window_days": 0}, "window_days must be above 0"),
+    ({"window_days": -2}, "window_days must be above 0"),
+    ({"window_days": float("nan")}, "window_days is a number of days"),
+    ({"window_days": 1e300}, "window_days is a number of days up to 36,525"),
+    ({"window_days": "7d"}, "window_days is a number of days"),
+    ({"window_days": True}, "window_days is a number of days"),
+    ({"window_days": 1, "lag_days": [1]}, "lag_days is a number of days"),
+    ({"window_days": 1, "include_current": "false"}, "include_current is true or false"),
+])
+def test_a_window_that_is_no_span_of_the_past_is_refused_in_one_line(declared, says):
+    "A negative lag would read transactions after the one scored; the rest would not run."
+    spec = {"name": "card_count", "entity": "customer", "aggregation": "count", **declared}
+    with pytest.raises(ParamsError, match=re.escape(says)) as refused:
+        feature_specs(FeaturesParams(declared=(spec,)), DELAY)
+    assert "features.declared[0]" in str(refused.value) and "\n" not in str(refused.value)
 
 def test_groups_switch_features_off():
     baseline = feature_specs(FeaturesParams(groups=("baseline",)), DELAY)

@@ -22,10 +22,11 @@ from ..schema import CANONICAL_COLUMNS
 
 # %% auto #0
 __all__ = ['LABEL_AGGREGATIONS', 'WINDOWLESS', 'ENTITIES', 'LABELLED_ENTITIES', 'ROW_AGGREGATIONS', 'DERIVED', 'OF_COLUMN',
-           'OF_AMOUNT', 'WINDOWED', 'MICROS_PER_DAY', 'ENTITY_ID_COLUMNS', 'FeatureSpec', 'builtin_declarations',
-           'feature_specs', 'entity_parts', 'check_specs', 'declared_specs', 'spec_inputs', 'check_declared',
-           'window_columns', 'feature_names', 'catalog', 'pair_key', 'check_pair_keys', 'attribute_keys', 'entity_key',
-           'keys_of', 'lookback_days', 'horizon_us', 'spec_records', 'specs_from_records', 'specs_named']
+           'OF_AMOUNT', 'WINDOWED', 'MICROS_PER_DAY', 'MAX_DAYS', 'ENTITY_ID_COLUMNS', 'FeatureSpec',
+           'builtin_declarations', 'feature_specs', 'entity_parts', 'check_specs', 'declared_specs', 'spec_inputs',
+           'check_declared', 'window_columns', 'feature_names', 'catalog', 'pair_key', 'check_pair_keys',
+           'attribute_keys', 'entity_key', 'keys_of', 'lookback_days', 'horizon_us', 'spec_records',
+           'specs_from_records', 'specs_named']
 
 # %% ../../nbs/20_feature_specs.ipynb #71384e11
 LABEL_AGGREGATIONS = ("fraud_count", "fraud_rate", "days_since_first_fraud",
@@ -302,14 +303,37 @@ def _declared(d: dict, label_delay_days: int, where: str, group: str = "declared
         raise ParamsError(f"{where}: distinct_count takes one input (a category attribute)")
     if inputs and agg not in (*arity, "value", *OF_COLUMN, "distinct_count"):
         raise ParamsError(f"{where}: {agg} takes no inputs")
-    window = d.get("window_days")
+    window = _days_of(d, "window_days", where)
     if agg in WINDOWED and window is None and agg not in LABEL_AGGREGATIONS:
         raise ParamsError(f"{where}: {agg} needs window_days")
-    lag = float(d.get("lag_days", label_delay_days if agg in LABEL_AGGREGATIONS else 0.0))
-    spec = FeatureSpec(name, group, entity, agg, "", None if window is None
-                       else float(window), lag, bool(d.get("include_current", True)), inputs)
+    if window is not None and window <= 0:
+        raise ParamsError(f"{where}: window_days must be above 0, not {window:g}")
+    lag = _days_of(d, "lag_days", where,
+                   default=label_delay_days if agg in LABEL_AGGREGATIONS else 0.0)
+    if lag < 0:   # the window would end after the transaction: it would read the future
+        raise ParamsError(f"{where}: lag_days must be 0 or more, not {lag:g} (a negative lag "
+                          "reads transactions after the one scored)")
+    include = d.get("include_current", True)
+    if not isinstance(include, bool):   # a quoted "false" would read as true
+        raise ParamsError(f"{where}: include_current is true or false, not {include!r}")
+    spec = FeatureSpec(name, group, entity, agg, "", window, lag, include, inputs)
     described = str(d.get("description") or _describe(spec))
     return dataclasses.replace(spec, description=described)
+
+
+MAX_DAYS = 36_525   # a century: windows and lags stay far inside int64 microseconds
+
+
+def _days_of(d: dict, key: str, where: str, default: float | None = None) -> float | None:
+    "A declaration's `window_days` or `lag_days`: a finite number of days (null: the default)."
+    value = default if d.get(key) is None else d[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not abs(value) <= MAX_DAYS:   # NaN fails this too
+        raise ParamsError(f"{where}: {key} is a number of days up to {MAX_DAYS:,}, "
+                          f"not {value!r}")
+    return float(value)
 
 
 def _describe(s: FeatureSpec) -> str:
