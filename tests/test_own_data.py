@@ -1052,9 +1052,13 @@ def test_null_texts_must_be_texts_as_written(tmp_path: Path):
         assert loaded(f"ingest:\n  null_texts: {default}\n").no_value_texts == CSV_NO_VALUE_TEXTS
     # a registered model's params.yaml (the gate reads its champion's) reads as it did then
     assert params_from_text("ingest:\n  null_texts: NULL\n").ingest.null_texts is None
-    for broken in ("[" * 5000 + "]" * 5000, "seed: " + "9" * 5000):   # one line, no traceback
-        with pytest.raises(ParamsError, match=r"^params.yaml: not valid YAML"):
+    for broken, says in (("seed: [1", "not valid YAML"),   # one line each, no traceback
+                         ("[" * 5000 + "]" * 5000, "nested too deeply to read"),
+                         ("seed: " + "9" * 5000, "a value YAML cannot read"),
+                         ("split:\n  start: 2018-02-30\n", "a value YAML cannot read")):
+        with pytest.raises(ParamsError, match=rf"^params.yaml(:1:9)?: {says}") as refused:
             params_from_text(broken)
+        assert "\n" not in str(refused.value)
     for bad in ([None], ["NA", 0], [" NULL"], "NULL"):
         with pytest.raises(ParamsError, match="ingest.null_texts"):
             IngestParams(null_texts=bad)

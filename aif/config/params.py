@@ -443,8 +443,15 @@ def params_from_text(text: str, where: str = "params.yaml") -> Params:
     commit, written by an earlier version of aif (read as it was then)."""
     try:
         raw = yaml.safe_load(text) or {}
-    except (yaml.YAMLError, RecursionError, ValueError) as err:   # nested too deep, a number
-        raise ParamsError(f"{where}: not valid YAML ({err})") from None   # of 5,000 digits
+    except yaml.YAMLError as err:   # its own message runs over lines: where and what, in one
+        mark = getattr(err, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"{where}{at}: not valid YAML ({problem})") from None
+    except RecursionError:   # valid, but deeper than the reader goes
+        raise ParamsError(f"{where}: nested too deeply to read") from None
+    except ValueError as err:   # a number of 5,000 digits, a 30 February
+        raise ParamsError(f"{where}: a value YAML cannot read ({err})") from None
     if isinstance(raw, dict) and "registry" in raw and "gate" not in raw:
         raw["gate"] = raw.pop("registry")   # the gate's section was called `registry` before
     return from_dict(Params, raw)
