@@ -15,7 +15,7 @@ from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aif.config.params import FEATURE_GROUPS, FeaturesParams, ParamsError
+from aif.config.params import FEATURE_GROUPS, FeaturesParams, Params, ParamsError
 from aif.features.engine import aggregate, compute_features, grouped_row_features
 from aif.features.kernels import grouped_order
 from aif.features.specs import FeatureSpec, check_specs, entity_key, feature_specs
@@ -385,6 +385,23 @@ def test_a_window_that_is_no_span_of_the_past_is_refused_in_one_line(declared, s
     with pytest.raises(ParamsError, match=re.escape(says)) as refused:
         feature_specs(FeaturesParams(declared=(spec,)), DELAY)
     assert "features.declared[0]" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_windows_may_be_numpy_numbers_and_the_built_in_ones_are_checked_where_they_are_set():
+    "A declaration built in Python may hold numpy's numbers; a group's window is a params key."
+    spec = {"name": "card_count", "entity": "customer", "aggregation": "count"}
+    made = feature_specs(FeaturesParams(declared=({**spec, "window_days": np.int64(7),
+                                                   "lag_days": np.float32(1),
+                                                   "include_current": np.bool_(False)},)), DELAY)
+    assert (made[-1].window_days, made[-1].lag_days, made[-1].include_current) == (7, 1, False)
+    for section, says in ((dict(customer_windows_days=(0, 7)), "customer_windows_days must be "
+                           "above 0, not [0, 7]"),
+                          (dict(velocity_window_hours=0.0), "velocity_window_hours must be "
+                           "above 0, not 0.0")):
+        with pytest.raises(ParamsError, match=re.escape(f"params.yaml: features.{says}")):
+            FeaturesParams(**section)
+    with pytest.raises(ParamsError, match="label_delay_days must be 0 or more, not -1"):
+        Params(label_delay_days=-1)
 
 def test_groups_switch_features_off():
     baseline = feature_specs(FeaturesParams(groups=("baseline",)), DELAY)

@@ -1055,10 +1055,19 @@ def test_null_texts_must_be_texts_as_written(tmp_path: Path):
     for broken, says in (("seed: [1", "not valid YAML"),   # one line each, no traceback
                          ("[" * 5000 + "]" * 5000, "nested too deeply to read"),
                          ("seed: " + "9" * 5000, "a value YAML cannot read"),
-                         ("split:\n  start: 2018-02-30\n", "a value YAML cannot read")):
-        with pytest.raises(ParamsError, match=rf"^params.yaml(:1:9)?: {says}") as refused:
+                         ("split:\n  start: 2018-02-30\n", "a value YAML cannot read"),
+                         ("seed: 1\nsplit: 7\x07\n", "not valid YAML (unacceptable character"),
+                         ("seed: 1\n---\nseed: 2\n", "not valid YAML (expected a single document")):
+        with pytest.raises(ParamsError, match=rf"^params.yaml(:\d+:\d+)?: {re.escape(says)}"
+                           ) as refused:
             params_from_text(broken)
         assert "\n" not in str(refused.value)
+    assert str(refused.value).startswith("params.yaml:2:1:")   # where the second one starts
+    with pytest.raises(ParamsError, match=r"^params.yaml:2:9: not valid YAML \(unacceptable"):
+        params_from_text("seed: 1\nsplit: 7\x07\n")   # the reader's place: a character
+    path.write_bytes(b"seed: 1\nsplit: \xff\n")
+    with pytest.raises(ParamsError, match=r"yaml: not UTF-8 text \(byte 0xff at offset 15\)$"):
+        load_params(path)
     for bad in ([None], ["NA", 0], [" NULL"], "NULL"):
         with pytest.raises(ParamsError, match="ingest.null_texts"):
             IngestParams(null_texts=bad)

@@ -272,6 +272,13 @@ class FeaturesParams:
             raise ParamsError("params.yaml: features.groups must include baseline")
         if self.engine not in ("local", "dask"):
             raise ParamsError("params.yaml: features.engine must be local or dask")
+        for name in ("customer_windows_days", "terminal_windows_days", "velocity_window_hours",
+                     "peak_window_days"):   # the built-in groups' windows (nbs/20)
+            value = getattr(self, name)
+            values = list(value) if isinstance(value, tuple) else [value]
+            if not all(w > 0 for w in values):
+                shown = values if isinstance(value, tuple) else value
+                raise ParamsError(f"params.yaml: features.{name} must be above 0, not {shown}")
 
 # %% ../../nbs/01_params.ipynb #b3127aea
 @dataclass(frozen=True)
@@ -437,6 +444,31 @@ class Params:
     gate: GateParams = field(default_factory=GateParams)
     serve: ServeParams = field(default_factory=ServeParams)
 
+    def __post_init__(self):
+        if self.label_delay_days < 0:   # a label known before its transaction happened
+            raise ParamsError(f"params.yaml: label_delay_days must be 0 or more, not "
+                              f"{self.label_delay_days}")
+
+
+def _yaml_place(err: yaml.YAMLError, text: str) -> str:
+    "`:line:column` of a YAML error (1-based), or nothing when YAML gives no place."
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f":{mark.line + 1}:{mark.column + 1}"
+    position = getattr(err, "position", None)   # a character the reader refused
+    if position is None:
+        return ""
+    return f":{text.count(chr(10), 0, position) + 1}:{position - text.rfind(chr(10), 0, position)}"
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    "What a YAML error says, in one line: its context too where the problem needs it."
+    problem = getattr(err, "problem", None)
+    if problem is None:   # a character the reader refused: the place is given apart
+        return str(err).splitlines()[0].strip()
+    context = getattr(err, "context", None)
+    return f"{context}, {problem}" if context else problem
+
 
 def params_from_text(text: str, where: str = "params.yaml") -> Params:
     """Params from the text of a params.yaml: the workspace's, or one at a registered model's
@@ -444,10 +476,8 @@ def params_from_text(text: str, where: str = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:   # its own message runs over lines: where and what, in one
-        mark = getattr(err, "problem_mark", None)
-        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ParamsError(f"{where}{at}: not valid YAML ({problem})") from None
+        raise ParamsError(f"{where}{_yaml_place(err, text)}: not valid YAML "
+                          f"({_yaml_problem(err)})") from None
     except RecursionError:   # valid, but deeper than the reader goes
         raise ParamsError(f"{where}: nested too deeply to read") from None
     except ValueError as err:   # a number of 5,000 digits, a 30 February
@@ -502,8 +532,11 @@ def load_params(path: Path | str | None = None) -> Params:
     "Read params.yaml (default: the project's) into a typed `Params`."
     path = Path(path) if path else project_paths().params
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found; run from the project folder or set AIF_ROOT") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                          f"offset {err.start})") from None
     refuse_null_meant_as_text(text, str(path))   # the workspace's own: as it is written now
     return params_from_text(text, str(path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -314,9 +315,9 @@ def _declared(d: dict, label_delay_days: int, where: str, group: str = "declared
         raise ParamsError(f"{where}: lag_days must be 0 or more, not {lag:g} (a negative lag "
                           "reads transactions after the one scored)")
     include = d.get("include_current", True)
-    if not isinstance(include, bool):   # a quoted "false" would read as true
+    if not isinstance(include, (bool, np.bool_)):   # a quoted "false" would read as true
         raise ParamsError(f"{where}: include_current is true or false, not {include!r}")
-    spec = FeatureSpec(name, group, entity, agg, "", window, lag, include, inputs)
+    spec = FeatureSpec(name, group, entity, agg, "", window, lag, bool(include), inputs)
     described = str(d.get("description") or _describe(spec))
     return dataclasses.replace(spec, description=described)
 
@@ -329,8 +330,8 @@ def _days_of(d: dict, key: str, where: str, default: float | None = None) -> flo
     value = default if d.get(key) is None else d[key]
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not abs(value) <= MAX_DAYS:   # NaN fails this too
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or \
+            not abs(value) <= MAX_DAYS:   # NaN fails this too; numpy's numbers pass
         raise ParamsError(f"{where}: {key} is a number of days up to {MAX_DAYS:,}, "
                           f"not {value!r}")
     return float(value)
