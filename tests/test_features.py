@@ -15,7 +15,7 @@ from conftest import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aif.config.params import FEATURE_GROUPS, FeaturesParams, Params, ParamsError
+from aif.config.params import FEATURE_GROUPS, FeaturesParams, Params, ParamsError, params_from_text
 from aif.features.engine import aggregate, compute_features, grouped_row_features
 from aif.features.kernels import grouped_order
 from aif.features.specs import FeatureSpec, check_specs, entity_key, feature_specs
@@ -402,6 +402,13 @@ def test_windows_may_be_numpy_numbers_and_the_built_in_ones_are_checked_where_th
             FeaturesParams(**section)
     with pytest.raises(ParamsError, match="label_delay_days must be 0 or more, not -1"):
         Params(label_delay_days=-1)
+    for text, says in (("velocity_window_hours: 1e999", "velocity_window_hours must be a number, "
+                        "got '1e999'"),   # text to YAML 1.1 (no dot): it used to pass as text
+                       ("velocity_window_hours: .nan", "velocity_window_hours must be a number"),
+                       ("customer_windows_days: [1, '7']", "customer_windows_days[1] must be a "
+                        "whole number, got '7'")):
+        with pytest.raises(ParamsError, match=re.escape(f"params.yaml: features.{says}")):
+            params_from_text(f"features:\n  {text}\n")
 
 def test_groups_switch_features_off():
     baseline = feature_specs(FeaturesParams(groups=("baseline",)), DELAY)

@@ -47,8 +47,13 @@ def _convert(value, kind, where: str):
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"params.yaml: {where} must be a list, got {value!r}")
+        item = typing.get_args(kind)[0]
+        if item in (int, float):   # windows: each a number, as a single one is
+            return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(value)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float:   # not text: '1e999' is text to YAML 1.1, and would fail far from here
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ParamsError(f"params.yaml: {where} must be a number, got {value!r}")
         return float(value)
     if kind is bool and not isinstance(value, bool):
         raise ParamsError(f"params.yaml: {where} must be true or false, got {value!r}")
