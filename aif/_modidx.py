@@ -872,6 +872,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'aif.serve.state.OnlineFeatures.frozen': ('online_state.html#onlinefeatures.frozen', 'aif/serve/state.py'),
                                  'aif.serve.state.OnlineFeatures.history_since': ( 'online_state.html#onlinefeatures.history_since',
                                                                                    'aif/serve/state.py'),
+                                 'aif.serve.state.OnlineFeatures.horizons': ( 'online_state.html#onlinefeatures.horizons',
+                                                                              'aif/serve/state.py'),
                                  'aif.serve.state.OnlineFeatures.kept_since': ( 'online_state.html#onlinefeatures.kept_since',
                                                                                 'aif/serve/state.py'),
                                  'aif.serve.state.OnlineFeatures.known_records': ( 'online_state.html#onlinefeatures.known_records',

@@ -463,7 +463,8 @@ def _yaml_place(err: yaml.YAMLError, text: str) -> str:
     position = getattr(err, "position", None)   # a character the reader refused
     if position is None:
         return ""
-    return f":{text.count(chr(10), 0, position) + 1}:{position - text.rfind(chr(10), 0, position)}"
+    line, column = text.count("\n", 0, position) + 1, position - text.rfind("\n", 0, position)
+    return f":{line}:{column}"
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

@@ -451,7 +451,6 @@ class OnlineFeatures:
     clock: int | None = None                  # the latest event time the state holds
     journal_seq: int = 0                      # the last journal entry the state holds
     data: str = ""                            # what tells apart the data file it started from
-    horizons: dict = field(default_factory=dict, repr=False)   # entity: its own horizon
 
     @classmethod
     def empty(cls, specs: tuple[FeatureSpec, ...], lateness: int = 0) -> OnlineFeatures:
@@ -469,6 +468,11 @@ class OnlineFeatures:
         "Each entity's specs, `transaction` for the row features: grouped once, not per request."
         return {entity: [s for s in self.specs if s.entity == entity]
                 for entity in ("transaction", *self.history)}
+
+    @functools.cached_property
+    def horizons(self) -> dict[str, int | None]:
+        "Each entity's own horizon (µs): its longest window and lag (`history_since`)."
+        return {entity: horizon_us(self.specs_of[entity]) for entity in self.history}
 
     @property
     def kept_since(self) -> int | None:
@@ -568,8 +572,6 @@ class OnlineFeatures:
         """Rows of `entity` older than this are in none of its windows for any transaction
         the state may still accept: its own longest window and lag count, so a category
         counted over a day keeps a day of its (many) rows, not the card's 37 days."""
-        if entity not in self.horizons:   # the specs never change: worked out once
-            self.horizons[entity] = horizon_us(self.specs_of[entity])
         horizon = self.horizons[entity]
         if horizon is None or self.clock is None:
             return None
@@ -657,7 +659,7 @@ class OnlineFeatures:
         """What decides which rows the state keeps: each entity's fields and horizon, the
         lateness. A snapshot of another layout lacks rows or fields these specs need."""
         return json.dumps({"lateness": self.lateness, "horizon": self.horizon, **{
-            entity: [str(store.dtype), horizon_us([s for s in self.specs if s.entity == entity])]
+            entity: [str(store.dtype), self.horizons[entity]]
             for entity, store in self.history.items()}}, sort_keys=True)
 
     def load(self, path: Path) -> None:
