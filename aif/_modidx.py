@@ -626,6 +626,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.ObserveRequests.__call__': ('app.html#observerequests.__call__', 'aif/serve/app.py'),
                                'aif.serve.app.ObserveRequests.__init__': ('app.html#observerequests.__init__', 'aif/serve/app.py'),
                                'aif.serve.app.ObserveRequests.observe': ('app.html#observerequests.observe', 'aif/serve/app.py'),
+                               'aif.serve.app.ObserveRequests.score_directly': ( 'app.html#observerequests.score_directly',
+                                                                                 'aif/serve/app.py'),
                                'aif.serve.app.Refused': ('app.html#refused', 'aif/serve/app.py'),
                                'aif.serve.app.Service': ('app.html#service', 'aif/serve/app.py'),
                                'aif.serve.app.Service.score': ('app.html#service.score', 'aif/serve/app.py'),
