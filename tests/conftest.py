@@ -1,6 +1,7 @@
 """Shared fixtures: small real projects that run the real CLI and real DVC."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -113,12 +114,32 @@ def modelling_project(tmp_path: Path) -> Path:
     return project
 
 
-@pytest.fixture(scope="session")
-def trained_project(tmp_path_factory) -> Path:
-    "One full `dvc repro` on the small modelling config (W&B offline), for read-mostly tests."
-    project = make_project(tmp_path_factory.mktemp("trained") / "project")
+def build_trained_project(dest: Path) -> Path:
+    "One full `dvc repro` on the small modelling config (W&B offline), committed."
+    project = make_project(dest)
     write_params(project, **SMALL_MODELLING)
     run(["dvc", "repro"], project, WANDB_MODE="offline", WANDB_API_KEY="not-a-real-key-9f3b2c")
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "pipeline"], project)
     return project
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A trained small project for read-mostly tests, each test worker's own.
+
+    Under pytest-xdist the first worker to ask builds it once for the run and the others wait,
+    then each takes a copy: two builds side by side on two cores took twice as long each."""
+    own = tmp_path_factory.mktemp("trained") / "project"
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build_trained_project(own)
+    run_dir = tmp_path_factory.getbasetemp().parent   # this run's, shared by its workers
+    built = run_dir / "trained-project"
+    with open(run_dir / "trained-project.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        if not (run_dir / "trained-project.done").exists():
+            shutil.rmtree(built, ignore_errors=True)   # a build that failed half way
+            build_trained_project(built)
+            (run_dir / "trained-project.done").touch()
+    shutil.copytree(built, own, symlinks=True)
+    return own
