@@ -226,6 +226,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'aif.examples.main': ('examples.html#main', 'aif/examples.py'),
                               'aif.examples.output_problems': ('examples.html#output_problems', 'aif/examples.py'),
                               'aif.examples.output_text': ('examples.html#output_text', 'aif/examples.py'),
+                              'aif.examples.problems_by_notebook': ('examples.html#problems_by_notebook', 'aif/examples.py'),
                               'aif.examples.run_examples': ('examples.html#run_examples', 'aif/examples.py'),
                               'aif.examples.with_outputs': ('examples.html#with_outputs', 'aif/examples.py')},
             'aif.features.dask_engine': { 'aif.features.dask_engine.engine_attributes': ( 'dask_engine.html#engine_attributes',
