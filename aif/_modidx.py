@@ -684,6 +684,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'aif.serve.app.snapshot_unlocked': ('app.html#snapshot_unlocked', 'aif/serve/app.py'),
                                'aif.serve.app.snapshot_writer': ('app.html#snapshot_writer', 'aif/serve/app.py'),
                                'aif.serve.app.switch_to': ('app.html#switch_to', 'aif/serve/app.py'),
+                               'aif.serve.app.telemetry_configured': ('app.html#telemetry_configured', 'aif/serve/app.py'),
                                'aif.serve.app.warm_state': ('app.html#warm_state', 'aif/serve/app.py'),
                                'aif.serve.app.watch_registry': ('app.html#watch_registry', 'aif/serve/app.py'),
                                'aif.serve.app.write_log': ('app.html#write_log', 'aif/serve/app.py'),

@@ -156,13 +156,28 @@ PRELOADED = ["numpy", "pandas", "pyarrow.parquet", "matplotlib.pyplot", "lightgb
 
 def problems_by_notebook(notebooks: list[Path], write: bool) -> dict[Path, list[str]]:
     """`examine` each notebook in a fresh process of its own, two at a time (so one notebook's
-    state never reaches another's outputs), forked from a server that holds `PRELOADED`."""
+    state never reaches another's outputs), forked from a server that holds `PRELOADED`.
+
+    A process that dies (a crash in a library, an exit in an example) breaks the whole pool
+    and says not whose it was: the notebooks left without an answer run again one by one."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOADED)
+    found = {}
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=context,
                                                 max_tasks_per_child=1) as pool:
-        return dict(zip(notebooks, pool.map(examine, notebooks, [write] * len(notebooks)),
-                        strict=True))
+        running = {notebook: pool.submit(examine, notebook, write) for notebook in notebooks}
+        for notebook, future in running.items():
+            try:
+                found[notebook] = future.result()
+            except concurrent.futures.process.BrokenProcessPool:
+                found[notebook] = None
+    for notebook in [n for n, problems in found.items() if problems is None]:
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as alone:
+            try:
+                found[notebook] = alone.submit(examine, notebook, write).result()
+            except concurrent.futures.process.BrokenProcessPool:
+                found[notebook] = [f"{notebook.name}: its process died running the examples"]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

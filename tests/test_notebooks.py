@@ -27,6 +27,25 @@ def test_notebook_examples_pass_and_show_what_is_committed():
     assert f"{len(TESTED_BY_NBDEV)} notebooks: outputs as committed" in result.stderr
 
 
+def test_a_notebook_whose_process_dies_is_named_and_the_others_still_checked(tmp_path: Path):
+    """A crash in one notebook's examples (here an exit) breaks the pool of processes they run
+    in, which does not say whose process it was: the check names that notebook, and only it."""
+    for name in ("pyproject.toml", "params.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    (tmp_path / "nbs").mkdir()
+    for name, code in (("a_fine", "x = 1"), ("b_exits", "import os\nos._exit(3)"),
+                       ("c_fine", "y = 2")):
+        (tmp_path / "nbs" / f"{name}.ipynb").write_text(json.dumps({
+            "cells": [{"cell_type": "code", "execution_count": None, "id": "c1",
+                       "metadata": {}, "outputs": [], "source": [code]}],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    result = run(["aif", "examples", "--check", *sorted(map(str, (tmp_path / "nbs").iterdir()))],
+                 tmp_path, check=False)
+    assert result.returncode != 0
+    assert "b_exits.ipynb: its process died" in result.stderr
+    assert "a_fine" not in result.stderr and "c_fine" not in result.stderr
+
+
 def test_the_examples_are_the_notebooks_nbdev_tests():
     from aif.examples import example_notebooks
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -177,6 +178,60 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
         assert (retried.status_code, retried.content) == (200, first.content)
         assert client.post("/labels", json={"transaction_id": 1, "tx_fraud": 2}).status_code \
             == 422
+
+
+TRACED = """
+import asyncio, json, sys
+from pathlib import Path
+
+import httpx
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from aif.config.params import load_params
+from aif.config.paths import project_paths
+from aif.serve.app import build_service, create_app
+
+spans = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(spans))
+if sys.argv[1] == "with-provider":
+    trace.set_tracer_provider(provider)
+root = Path.cwd()
+app = create_app(build_service(project_paths(root), load_params(root / "params.yaml"),
+                               None, None))
+
+
+async def main():
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://aif") as client:
+        reply = await client.post("/score", json=json.loads(sys.argv[2]))
+    routes = [s.attributes.get("http.route") for s in spans.get_finished_spans()]
+    print(json.dumps({"status": reply.status_code, "routes": routes}))
+
+asyncio.run(main())
+"""
+
+
+def test_with_an_opentelemetry_provider_set_a_score_names_its_route(project: Path,
+                                                                     tmp_path: Path):
+    """FastAPI's own spans and request metrics name the route its router matched. A /score
+    without a query skips the router only while no OpenTelemetry provider is set: with one
+    (as `opentelemetry-instrument` sets), its span names /score. In fresh processes: a
+    provider is set once per process."""
+    script = tmp_path / "traced.py"
+    script.write_text(TRACED)
+    tx = payload(interim(project).iloc[-1:])[0]
+    seen = {}
+    for i, mode in enumerate(("with-provider", "without")):
+        body = json.dumps({**tx, "transaction_id": 10**9 + i})
+        seen[mode] = json.loads(run([sys.executable, str(script), mode, body],
+                                    project).stdout.splitlines()[-1])
+    assert seen["with-provider"]["status"] == seen["without"]["status"] == 200
+    assert "/score" in seen["with-provider"]["routes"]
+    assert seen["without"]["routes"] == []   # nothing exported where no provider is set
 
 
 def test_health_version_metrics_explain_and_logs(project: Path):

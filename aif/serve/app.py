@@ -53,9 +53,9 @@ __all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_
            'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written',
            'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'prune_journal',
            'keeps_snapshots', 'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests',
-           'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time', 'original_answers', 'conflict',
-           'collection_paused', 'score_response', 'label_response', 'audit_labels', 'record_scores', 'create_app',
-           'keep_freed_memory', 'build_service', 'main']
+           'telemetry_configured', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time',
+           'original_answers', 'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels',
+           'record_scores', 'create_app', 'keep_freed_memory', 'build_service', 'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -782,14 +782,20 @@ class ObserveRequests:
 
     A POST /score with no query, the service's usual request, goes straight to the route's
     handler `score`: the router, its dependency solving and the exception middleware cost a
-    single transaction a sixth of its time in process. Its errors get the app's own handlers
-    (`handlers`, FastAPI's `exception_handlers`), so both ways answer the same bytes."""
+    single transaction a sixth of its time in process. Only while nothing would tell the two
+    ways apart: the app's error handlers (`handlers`) are FastAPI's own, which the lookup in
+    `score_directly` picks as the router would, and no OpenTelemetry provider is set (FastAPI's
+    own spans and request metrics then name the route its router matched)."""
 
     ROUTES = frozenset({"/score", "/labels", "/health", "/ready", "/version", "/metrics",
                         "/docs", "/openapi.json"})
 
     def __init__(self, app, service: Service, score=None, handlers: dict | None = None):
-        self.app, self.service, self.score, self.handlers = app, service, score, handlers or {}
+        from fastapi import FastAPI
+
+        self.app, self.service, self.handlers = app, service, handlers or {}
+        # built at the first request, after every handler was added
+        self.score = score if self.handlers == FastAPI().exception_handlers else None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -828,7 +834,7 @@ class ObserveRequests:
         else:
             try:
                 if self.score is not None and path == "/score" and scope["method"] == "POST" \
-                        and not scope.get("query_string"):
+                        and not scope.get("query_string") and not telemetry_configured():
                     await self.score_directly(request, receive, send_with_id)
                 else:
                     await self.app(scope, receive, send_with_id)
@@ -870,6 +876,14 @@ class ObserveRequests:
                 "request_id": request_id, "method": method, "path": endpoint,
                 "status": status, "latency_ms": round(elapsed * 1000, 3),
                 "model_version": self.service.loaded.version}})
+
+
+def telemetry_configured() -> bool:
+    "Whether a global OpenTelemetry tracer or meter provider is set (the API's own are proxies)."
+    from opentelemetry import metrics, trace
+
+    return not (type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider" and
+                type(metrics.get_meter_provider()).__name__ == "_ProxyMeterProvider")
 
 
 def request_unfit(request: Request, max_body_bytes: int) -> tuple[int, dict] | None:
