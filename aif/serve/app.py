@@ -804,7 +804,7 @@ class ObserveRequests:
         from fastapi.responses import JSONResponse
 
         service, started = self.service, time.perf_counter()
-        request = Request(scope)
+        request = Request(scope, receive)   # a /score sent directly reads its body
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         path, status, replying = scope["path"], [500], [False]
@@ -852,7 +852,6 @@ class ObserveRequests:
 
     async def score_directly(self, request: Request, receive, send) -> None:
         "The /score route's answer, or its error's as the app's handler for it writes it."
-        request = Request(request.scope, receive)   # one that can read the body
         try:
             response = await self.score(request)
         except Exception as err:
