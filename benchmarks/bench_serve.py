@@ -156,7 +156,8 @@ def batch_breakdown(project: Path, params_file: Path, items: list[bytes], runs: 
         raw = batch_body(items[b * BATCH:(b + 1) * BATCH])
         columns = timed("parse, validate, key", service.requests.score_columns, raw).columns
         timed("known ids", state.already_scored, columns["transaction_id"])
-        pending = timed("features", state.prepare, columns)
+        # the ids were looked up in the step before, as /score does (`checked`)
+        pending = timed("features", state.prepare, columns, True, False)
         X = timed("matrix", model.matrix, pending.values)
         prediction = timed("predict", model.predict, X)
         logged = {**columns, "tx_datetime": columns["tx_datetime"].view("datetime64[us]"),
