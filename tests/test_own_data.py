@@ -28,7 +28,7 @@ from aif.config.params import (
     load_params,
     params_from_text,
 )
-from aif.data.ingest import SourceRows, ingest_rows, read_source
+from aif.data.ingest import SourceRows, ingest_rows, read_source, source_plan
 from aif.io import StageError
 from aif.keys import (
     category_keys,
@@ -537,8 +537,8 @@ def test_a_category_ingest_finds_unknown_is_refused_online():
         raw = json.dumps(plain_row(category=value)).encode()
         return requests.score_columns(raw).columns["category"].tolist()
 
-    assert category("travel") == category(" travel ") == keys_of_text(
-        pd.Series(["travel"])).tolist()
+    assert category("travel") == category(" travel ") == category("travel\x1f") == \
+        category("\x1ctravel") == keys_of_text(pd.Series(["travel"])).tolist()
     for unknown in ("zzz", "TRAVEL", "travel2"):
         with pytest.raises(RequestValidationError) as refused:
             category(unknown)
@@ -552,6 +552,21 @@ def test_a_category_ingest_finds_unknown_is_refused_online():
     requests = Requests(nullable, SECRET)
     assert category("") == category("   ") == category(None)
 
+
+@pytest.mark.parametrize("spaced", [False, True])   # msgspec's path, and pydantic's
+def test_a_transaction_twice_in_a_batch_is_refused_at_the_row_that_repeats_it(spaced):
+    from fastapi.exceptions import RequestValidationError
+
+    from aif.serve.schema import Requests
+    card = " 4263982640269299" if spaced else "4263982640269299"
+    rows = [plain_row(transaction_id=[f"t{i}", card]) for i in range(4)]
+    rows[3]["transaction_id"] = [" t1 ", 4263982640269299]   # t1 again, written otherwise
+    with pytest.raises(RequestValidationError) as refused:
+        Requests(REQUEST_MAPPING, SECRET).score_columns(
+            json.dumps({"transactions": rows}).encode())
+    (error,) = refused.value.errors()
+    assert error["loc"] == ("body", "transactions", 3, "transaction_id")
+    assert error["type"] == "duplicate_id" and "row 3 is row 1 again" in error["msg"]
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_the_debug_log_shows_a_sensitive_id_as_its_key_never_raw(fast):
@@ -772,6 +787,156 @@ def test_pii_columns_are_not_read_and_cannot_be_mapped(tmp_path):
     kept = ingest_rows(read_source(source, IngestParams(columns=MAPPING, extra_columns="keep")),
                        IngestParams(columns=MAPPING, extra_columns="keep"), now=NOW)
     assert "category" in kept.transactions.columns and "first" not in kept.transactions.columns
+
+
+# --- a real export's files: what their CSV and Parquet quirks must not change -------------------
+
+def read_csv_text(tmp_path: Path, text: str, **params) -> tuple:
+    "`text` as an export's CSV file, read and ingested with MAPPING (and `params`)."
+    source = tmp_path / "export.csv"
+    source.write_text(text)
+    ingest = IngestParams(columns=MAPPING, max_invalid_fraction=1.0, **params)
+    return ingest_rows(read_source(source, ingest), ingest, now=NOW)
+
+
+HEADER = "trans_num,cc_num,trans_date,trans_time,merchant,amt,is_fraud,First Name\n"
+
+
+def test_a_blank_first_line_changes_neither_the_header_nor_the_ids(tmp_path):
+    rows = ("md5-0,0123,2018-04-01,10:00:00,007,1.5,0,Jennifer\n"
+            "md5-1,123,2018-04-01,10:00:01,7,2.5,0,Jennifer\n")
+    plain = read_csv_text(tmp_path, HEADER + rows, extra_columns="keep").transactions
+    blank = read_csv_text(tmp_path, "\n\r\n" + HEADER + rows, extra_columns="keep").transactions
+    pd.testing.assert_frame_equal(blank, plain)
+    # '0123' and '123' are two cards, '007' and '7' two terminals: their texts were read
+    assert blank.customer_id.nunique() == 2 and blank.terminal_id.nunique() == 2
+    assert "First Name" not in blank.columns   # PII, spelled with a space and capitals
+
+
+@pytest.mark.parametrize("name", ["First Name", "first-name", "FirstName", " SSN ", "E-Mail",
+                                  "Card Holder", "DATE_OF_BIRTH"])
+def test_personal_columns_are_caught_however_the_header_spells_them(tmp_path, name):
+    text = HEADER.replace("First Name", name) + \
+        "md5-0,4000,2018-04-01,10:00:00,shop,1.5,0,Jennifer\n"
+    kept = read_csv_text(tmp_path, text, extra_columns="keep")
+    assert name not in kept.transactions.columns and len(kept.transactions) == 1
+    assert "Jennifer" not in kept.transactions.astype(str).to_numpy().ravel().tolist()
+
+
+def test_a_quoted_line_break_is_one_value_wherever_arrow_cuts_the_file(tmp_path):
+    lines = [f",md5-{i},{4000 + i % 7},2018-04-01,10:{i // 60 % 60:02d}:{i % 60:02d},shop-{i},"
+             f"{i % 90 + 1}.5,0,Jennifer\n" for i in range(40_000)]
+    header = "note," + HEADER
+    # the line holding byte 1 MiB - 150, where Arrow ends its first block of the file: a
+    # quoted value of 300 line breaks at its start spans that end
+    starts = np.cumsum([len(header)] + [len(line) for line in lines])
+    k = int(np.searchsorted(starts, 2**20 - 150, side="right")) - 1
+    lines[k] = '"' + "\n" * 300 + '"' + lines[k]
+    result = read_csv_text(tmp_path, header + "".join(lines), extra_columns="keep")
+    assert result.quarantine.empty and len(result.transactions) == len(lines)
+    assert result.report["rows_read"] == len(lines)
+    assert (result.transactions.note == "\n" * 300).sum() == 1
+
+
+def test_a_stray_quote_quarantines_the_record_it_swallowed_never_a_mixed_row(tmp_path):
+    card = "4916716558875162"
+    text = HEADER + (
+        'md5-0,4000,2018-04-01,10:00:00,"Joe\'s Diner,1.5,1,Jennifer\n'
+        f'md5-1,{card},2018-04-01,10:00:01,Pizza 12" Large,9.99,0,Jennifer\n'
+        "md5-2,4002,2018-04-01,10:00:02,shop,3.5,0,Jennifer\n")
+    result = read_csv_text(tmp_path, text)
+    tx, q = result.transactions, result.quarantine
+    assert len(tx) == 1 and tx.tx_amount.tolist() == [3.5]   # no row with another's amount
+    assert q.rule.tolist() == ["line_break_in_field"] and q.source_row.tolist() == [1]
+    assert card not in result.id_map.raw.tolist()
+    assert result.report["rows_read"] == result.report["rows_written"] + len(q)
+
+
+def test_kept_extra_columns_keep_the_file_s_text(tmp_path):
+    extras = {"branch": "01234", "big": "18446744073709551617", "near": "9007199254740993",
+              "sci": "1e3", "na": "NA"}
+    text = HEADER.replace(",First Name", "," + ",".join(extras)) + \
+        "md5-0,4000,2018-04-01,10:00:00,shop,1.5,0," + ",".join(extras.values()) + "\n"
+    kept = read_csv_text(tmp_path, text, extra_columns="keep").transactions
+    assert kept[list(extras)].iloc[0].tolist() == list(extras.values())
+
+
+def test_a_header_naming_a_column_twice_is_refused_in_one_line(tmp_path):
+    text = HEADER.replace("First Name", "note,note") + \
+        "md5-0,4000,2018-04-01,10:00:00,shop,1.5,0,a,b\n"
+    with pytest.raises(StageError, match=r"column 'note' is in the header twice \(the second "
+                                         r"is column 9\)"):
+        read_csv_text(tmp_path, text)
+
+
+def test_hidden_and_underscore_folders_are_not_data_and_compressed_files_are_refused(tmp_path):
+    landing = tmp_path / "landing"
+    (landing / ".ipynb_checkpoints").mkdir(parents=True)
+    (landing / "_temporary" / "0").mkdir(parents=True)
+    good = HEADER + "md5-0,4000,2018-04-01,10:00:00,shop,1.5,0,Jennifer\n"
+    (landing / "a.csv").write_text(good)
+    (landing / "_SUCCESS").write_text("")
+    for stale in (landing / ".ipynb_checkpoints/a-checkpoint.csv",
+                  landing / "_temporary/0/part-0.csv"):
+        stale.write_text(good.replace("1.5", "99.5"))
+    ingest = IngestParams(columns=MAPPING)
+    rows = read_source(landing, ingest)
+    assert [str(f) for f in rows.files] == [str(landing / "a.csv")]
+    assert ingest_rows(rows, ingest, now=NOW).transactions.tx_amount.tolist() == [1.5]
+    (landing / "b.csv.gz").write_bytes(b"\x1f\x8b")
+    with pytest.raises(StageError, match=r"b\.csv\.gz: compressed files are not read"):
+        read_source(landing, ingest)
+
+
+def test_the_future_is_the_terminals_present_not_the_machine_s():
+    from aif.data.ingest import latest_local_time
+
+    now = pd.Timestamp("2026-06-01 12:00:00")   # UTC
+    assert latest_local_time(IngestParams(timezone="Asia/Tokyo"), now) == \
+        pd.Timestamp("2026-06-01 21:00:00")
+    assert latest_local_time(IngestParams(timezone="America/New_York"), now) == \
+        pd.Timestamp("2026-06-01 08:00:00")
+    # no zone given: no terminal on Earth is past UTC+14
+    assert latest_local_time(IngestParams(), now) == pd.Timestamp("2026-06-02 02:00:00")
+    # a Tokyo transaction of an hour ago, on a machine in UTC, is not in the future
+    params = IngestParams(columns={**MAPPING, "tx_datetime": "when"}, datetime_unit="s",
+                          timezone="Asia/Tokyo")
+    when = int(pd.Timestamp.now(tz="UTC").timestamp()) - 3600
+    frame = export(1).drop(columns=["trans_date", "trans_time"]).assign(
+        when=pd.array([str(when)], dtype="string"))
+    result = ingest_rows(rows_of(frame), params)
+    assert result.quarantine.empty, result.quarantine.rule.tolist()
+
+
+def test_parquet_bytes_are_text_when_utf8_and_refused_in_one_line_when_not(tmp_path):
+    frame = export(2).astype({"merchant": object})
+    frame["merchant"] = [b"caf\xc3\xa9", b"shop"]
+    pq.write_table(pa.Table.from_pandas(frame), tmp_path / "export.parquet")
+    ingest = IngestParams(columns=MAPPING)
+    tx = ingest_rows(read_source(tmp_path / "export.parquet", ingest), ingest, now=NOW)
+    assert sorted(tx.transactions.terminal_id.tolist()) == sorted([key_of("café"), key_of("shop")])
+    frame["merchant"] = [b"shop", b"caf\xe9"]   # latin-1, as an old Hive table may hold
+    pq.write_table(pa.Table.from_pandas(frame), tmp_path / "export.parquet")
+    with pytest.raises(StageError, match=r"export\.parquet: row 2, column 'merchant': bytes "
+                                         "that are not UTF-8 text"):
+        read_source(tmp_path / "export.parquet", ingest)
+
+
+def test_a_parquet_list_or_struct_is_no_id(tmp_path):
+    frame = export(3)
+    table = pa.Table.from_pandas(frame.drop(columns="merchant")).append_column(
+        "merchant", pa.array([["1", "2"], [], ["shop"]], pa.list_(pa.string())))
+    pq.write_table(table, tmp_path / "export.parquet")
+    ingest = IngestParams(columns=MAPPING, max_invalid_fraction=1.0)
+    result = ingest_rows(read_source(tmp_path / "export.parquet", ingest), ingest, now=NOW)
+    assert result.transactions.empty
+    assert result.quarantine.rule.tolist() == ["not_an_id"] * 3
+
+def test_an_attribute_cannot_carry_a_sensitive_id_s_column():
+    with pytest.raises(ParamsError, match="ingest.attributes.card is read from column "
+                                          "'cc_num', which a sensitive id"):
+        source_plan(IngestParams(columns=MAPPING, sensitive_ids=("customer_id",),
+                                attributes={"card": {"column": "cc_num", "type": "category"}}))
 
 
 def test_two_raw_ids_with_one_key_stop_ingest_naming_both(monkeypatch):

@@ -36,15 +36,17 @@ from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_
                         transaction_schema)
 
 # %% auto #0
-__all__ = ['SOURCE_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS', 'FieldSource', 'SourcePlan',
-           'source_plan', 'require_secret', 'check_same_secret', 'SourceRows', 'source_files', 'record_lines',
-           'FileRows', 'read_csv', 'read_file', 'float_integers', 'read_source', 'map_columns', 'integer_text_values',
-           'parse_integers', 'parse_labels', 'with_offset', 'parse_ids', 'parse_times', 'parse_attribute',
-           'parse_columns', 'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions',
-           'id_map_of', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
+__all__ = ['SOURCE_SUFFIXES', 'COMPRESSED_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS',
+           'FieldSource', 'SourcePlan', 'is_personal', 'source_plan', 'require_secret', 'check_same_secret',
+           'SourceRows', 'source_files', 'record_lines', 'FileRows', 'read_csv', 'csv_header', 'read_file',
+           'float_integers', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers', 'parse_labels',
+           'with_offset', 'parse_ids', 'parse_times', 'parse_attribute', 'parse_columns', 'cast_canonical',
+           'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions', 'id_map_of', 'latest_local_time',
+           'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".zip", ".xz", ".zst")
 ID_FIELDS = ("transaction_id", "customer_id", "terminal_id")
 
 
@@ -71,7 +73,7 @@ class SourcePlan:
     max_amount: float | None = None   # above it an amount is implausible (online too)
 
     def is_pii(self, column: str) -> bool:
-        return any(fnmatch.fnmatchcase(str(column).lower(), p.lower()) for p in self.pii)
+        return is_personal(column, self.pii)
 
     @property
     def used_columns(self) -> set[str]:
@@ -98,6 +100,19 @@ class SourcePlan:
     def exact_columns(self) -> set[str]:
         "Source columns read from CSV as text and parsed exactly (all but float ones)."
         return {c for f in self.fields if f.name not in self.float_fields for c in f.columns}
+
+
+def _spelling(name, keep: str = "") -> str:
+    "A column name or pattern in lower case, without its separators (spaces, '_', '-', '.')."
+    return "".join(ch for ch in str(name).lower() if ch.isalnum() or ch in keep)
+
+
+def is_personal(column, patterns) -> bool:
+    """Whether `column` matches one of the PII `patterns` (shell patterns), in any case and
+    spelled with any separators: a real header writes `First Name`, `first-name`, `FirstName`
+    or ` SSN `, and `first_name` and `ssn` must catch them all."""
+    name = _spelling(column)
+    return any(fnmatch.fnmatchcase(name, _spelling(p, keep="*?[]!")) for p in patterns)
 
 
 def _field_source(name: str, mapped, where: str) -> FieldSource:
@@ -142,6 +157,12 @@ def source_plan(params: IngestParams) -> SourcePlan:
     sensitive = frozenset(f.name for f in fields if f.name in ID_FIELDS
                           and (f.name in params.sensitive_ids or secret_columns & set(f.columns)))
     plan = SourcePlan(fields, attributes, sensitive, tuple(params.pii), params.max_amount)
+    secret_columns = {c for f in fields if f.name in sensitive for c in f.columns}
+    for a in attributes:   # an attribute keeps its values: a card number would be kept raw
+        if a.column in secret_columns:
+            raise ParamsError(f"params.yaml: ingest.attributes.{a.name} is read from column "
+                              f"{a.column!r}, which a sensitive id (ingest.sensitive_ids) is "
+                              "read from: its values would be stored raw")
     for f in fields:
         for c in f.columns:
             if plan.is_pii(c):
@@ -214,9 +235,16 @@ def source_files(source: Path) -> list[Path]:
     if source.is_file():
         return [source]
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*")
-                       if p.is_file() and p.suffix.lower() in SOURCE_SUFFIXES
-                       and not p.name.startswith((".", "_")))
+        # hidden and '_' files and folders are not data: `.ipynb_checkpoints/` copies,
+        # Spark's `_temporary/` attempts and `_SUCCESS` markers
+        visible = sorted(p for p in source.rglob("*") if p.is_file() and not any(
+            part.startswith((".", "_")) for part in p.relative_to(source).parts))
+        packed = [p for p in visible if p.name.lower().endswith(tuple(
+            s + z for s in SOURCE_SUFFIXES for z in COMPRESSED_SUFFIXES))]
+        if packed:   # rows the user meant to ingest: never skipped without a word
+            raise StageError(f"ingest: {packed[0]}: compressed files are not read; "
+                             "decompress it in the source folder (or write Parquet)")
+        files = [p for p in visible if p.suffix.lower() in SOURCE_SUFFIXES]
         if files:
             return files
         raise StageError(f"ingest: {source}: folder holds no .csv or .parquet file")
@@ -255,17 +283,21 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
                       "expected": row.expected_columns})
         return "skip"
 
-    with path.open(encoding=params.encoding, newline="") as text:
-        header = next(csv.reader([text.readline().lstrip("\ufeff")],
-                                 delimiter=params.csv_delimiter), [])
+    header = csv_header(path, params)
     exact = plan.exact_columns
+    if params.extra_columns == "keep":   # carried as the file writes them: Arrow's guess
+        # of a type would change them (01234 to 1234, 9007199254740993 to a float, NA to null)
+        exact = exact | (set(header) - plan.used_columns)
     if params.thousands is not None or params.null_texts is not None:
         # numbers with separators are text to Arrow, and it reads 'NaN' as a float whatever
         # the null texts: read as text, by the rule of `_parse_amount`
         exact = exact | {c for f in plan.fields if f.name in plan.float_fields for c in f.columns}
     table = pa_csv.read_csv(
         path, read_options=pa_csv.ReadOptions(encoding=params.encoding, use_threads=False),
+        # newlines_in_values: a quoted line break (valid CSV) may fall anywhere, also where
+        # Arrow cuts the file into blocks; without it, that record was read as two
         parse_options=pa_csv.ParseOptions(delimiter=params.csv_delimiter,
+                                          newlines_in_values=True,
                                           invalid_row_handler=wrong_field_count),
         convert_options=pa_csv.ConvertOptions(
             decimal_point=params.decimal, null_values=list(params.no_value_texts),
@@ -284,7 +316,45 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
             lines = on_line[kept - 1]
             for u, r in zip(unreadable, skipped, strict=True):
                 u["source_line"] = int(on_line[r - 1])
+    # a stray quote: a record swallowed the next line (or more); where every record is on a
+    # line of its own (`lines` known), no field holds a line break
+    broken = _line_breaks(table, plan.used_columns) if (lines < 0).any() else \
+        np.zeros(table.num_rows, bool)
+    if broken.any():
+        unreadable += [{"source_row": int(r) - 1, "source_line": int(line),
+                        "rule": "line_break_in_field"}
+                       for r, line in zip(kept[broken], lines[broken], strict=True)]
+        table, lines, kept = table.filter(pa_arrow.array(~broken)), lines[~broken], kept[~broken]
     return FileRows(table, lines, unreadable, kept - 1)
+
+
+def csv_header(path: Path, params: IngestParams) -> list[str]:
+    """A CSV file's column names, from its first line that is not blank, as Arrow reads them
+    (a blank first line made the first row the header here, and no column text: ids lost
+    their leading zeros). Two columns of one name are refused: a field would read either."""
+    with path.open(encoding=params.encoding, newline="") as text:
+        line = next((line for line in text if line.lstrip("\ufeff").strip("\r\n")), "")
+    header = next(csv.reader([line.lstrip("\ufeff")], delimiter=params.csv_delimiter), [])
+    seen = set()
+    for position, name in enumerate(header, 1):
+        if name in seen:
+            raise StageError(f"ingest: {path}: column {name!r} is in the header twice (the "
+                             f"second is column {position}); rename one")
+        seen.add(name)
+    return header
+
+
+def _line_breaks(table: pa_arrow.Table, used: set[str]) -> np.ndarray:
+    """Rows with a line break in a mapped column: no id, time, amount, label or attribute
+    holds one, but a field opened by a stray quote runs into the next line, and the record
+    takes that line's fields (its amount, its label): the row is not the file's."""
+    broken = np.zeros(table.num_rows, bool)
+    for name in used & set(table.column_names):
+        column = table[name]
+        if pa_arrow.types.is_string(column.type) or pa_arrow.types.is_large_string(column.type):
+            found = pc.fill_null(pc.match_substring_regex(column, r"[\r\n]"), False)
+            broken |= found.to_numpy(zero_copy_only=False)
+    return broken
 
 
 def read_file(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
@@ -295,7 +365,8 @@ def read_file(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
         else:
             names = pq.read_schema(path).names
             table = pq.read_table(path, columns=[c for c in names if not plan.is_pii(c)])
-            rows = FileRows(table, np.full(table.num_rows, -1, np.int64), [])
+            rows = FileRows(_binary_as_text(table, plan.used_columns, path),
+                            np.full(table.num_rows, -1, np.int64), [])
     except StageError:
         raise
     except (pa_arrow.ArrowInvalid, OSError, UnicodeDecodeError, LookupError) as err:
@@ -312,6 +383,30 @@ def read_file(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
                          "text; set ingest.encoding to the file's encoding (e.g. latin-1)")
     rows.table = rows.table.replace_schema_metadata(None)
     return rows
+
+
+def _binary_as_text(table: pa_arrow.Table, used: set[str], path: Path) -> pa_arrow.Table:
+    """A Parquet file's mapped columns of bytes (as Hive and Impala write text) as UTF-8 text;
+    one that is not UTF-8 is refused, naming its first such row (never its value)."""
+    for i, f in enumerate(table.schema):
+        if f.name in used and (pa_arrow.types.is_binary(f.type) or
+                               pa_arrow.types.is_large_binary(f.type)):
+            try:
+                table = table.set_column(i, f.name, table[f.name].cast(pa_arrow.string()))
+            except pa_arrow.ArrowInvalid:
+                row = next(r for r, v in enumerate(table[f.name].to_pylist(), 1)
+                           if v is not None and not _utf8(v))
+                raise StageError(f"ingest: {path}: row {row}, column {f.name!r}: bytes that are "
+                                 "not UTF-8 text; write the column as text (UTF-8)") from None
+    return table
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _pandas_type(kind: pa_arrow.DataType):
@@ -762,9 +857,10 @@ def _mixed_id_text(s: pd.Series, missing: np.ndarray
     def rows_of(*types) -> np.ndarray:
         return ~missing & np.fromiter((isinstance(v, types) for v in values), bool, len(values))
 
-    booleans, floats, decimals = rows_of(bool, np.bool_), rows_of(float, np.floating), \
-        rows_of(Decimal)
-    text = s.where(~(booleans | floats | decimals)).astype("string").str.strip()
+    floats, decimals = rows_of(float, np.floating), rows_of(Decimal)
+    # a boolean, or a Parquet list or struct: no id, whatever its Python text ("['1' '2']")
+    not_ids = rows_of(bool, np.bool_, list, tuple, dict, np.ndarray)
+    text = s.where(~(not_ids | floats | decimals)).astype("string").str.strip()
     # as in a column of floats: the integers below 2^53 keep their text, the rest a rule
     fraction, inexact = float_integers(np.where(floats, values, np.nan).astype(np.float64),
                                        floats)
@@ -775,9 +871,9 @@ def _mixed_id_text(s: pd.Series, missing: np.ndarray
         d = values[row]
         fraction[row] = not d.is_finite() or d != d.to_integral_value()
         text.iloc[row] = pd.NA if fraction[row] else str(int(d))
-    empty = (missing | text.eq("").fillna(True).to_numpy(bool)) & ~booleans & ~fraction & \
+    empty = (missing | text.eq("").fillna(True).to_numpy(bool)) & ~not_ids & ~fraction & \
         ~inexact
-    return text, [("missing", empty), ("not_an_id", booleans), ("not_an_integer", fraction),
+    return text, [("missing", empty), ("not_an_id", not_ids), ("not_an_integer", fraction),
                   ("inexact_float", inexact)]
 
 
@@ -1060,6 +1156,18 @@ def id_map_of(transactions: pd.DataFrame, raw_ids: dict[str, pd.Series], valid: 
         ID_MAP_COLUMNS).reset_index(drop=True)
 
 
+def latest_local_time(params: IngestParams, now: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The latest local time a transaction may carry (`ingest.reject_future`): the time now
+    (`now`, naive: UTC) at the terminals, in `ingest.timezone`; with no zone, the latest on
+    Earth (UTC+14): the machine's own clock would refuse the present of a terminal east of
+    it as future."""
+    instant = pd.Timestamp.now(tz="UTC") if now is None else \
+        now.tz_localize("UTC") if now.tzinfo is None else now
+    if params.timezone is not None:
+        return instant.tz_convert(params.timezone).tz_localize(None).floor("s")
+    return (instant.tz_convert(None) + pd.Timedelta(hours=14)).floor("s")
+
+
 def ingest_rows(rows: SourceRows, params: IngestParams,
                 now: pd.Timestamp | None = None, secret: bytes | None = None) -> IngestResult:
     """Map, parse and check a source's rows.
@@ -1080,7 +1188,7 @@ def ingest_rows(rows: SourceRows, params: IngestParams,
     parsed_ok[parse_failures.index.to_numpy()] = False
     check_collisions(raw_ids, parsed, parsed_ok, rows, plan)
     candidates = cast_canonical(parsed[parsed_ok], plan.attributes)
-    latest = (now or pd.Timestamp.now()).floor("s") if params.reject_future else None
+    latest = latest_local_time(params, now) if params.reject_future else None
     rule_failures = validate_rows(candidates, latest, params.max_amount, plan.attributes)
     failures = pd.concat([parse_failures, rule_failures])
     failures = failures[~failures.index.duplicated()].sort_index()
@@ -1203,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
                   paths.id_map, plan.attributes)
     r = result.report
     personal = [c for c in r["extra_columns"]["kept"]   # a list of its own dropped the defaults
-                if any(fnmatch.fnmatchcase(str(c).lower(), p) for p in DEFAULT_PII)]
+                if is_personal(c, DEFAULT_PII)]
     if personal:
         log.warning(f"columns {', '.join(map(str, personal))} are personal data by default, but "
                     f"ingest.pii leaves them out, and extra_columns: keep wrote them to "

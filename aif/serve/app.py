@@ -922,8 +922,12 @@ def service_now(service: Service) -> int | None:
     return service.features.current_clock()
 
 
-def refuse_out_of_time(service: Service, times: np.ndarray, request_id: str) -> None:
-    "422 (counted, logged) when a transaction is too far ahead of the clock or too late."
+def refuse_out_of_time(service: Service, times: np.ndarray, request_id: str,
+                       rows_of_body: np.ndarray | None = None, key: str | None = None) -> None:
+    """422 (counted, logged) when a transaction is too far ahead of the clock or too late.
+
+    `rows_of_body`: each time's row in the body (retries left out of `times`), under its
+    `key` (`transactions`; None for a body of one transaction): the error names that row."""
     from fastapi.exceptions import RequestValidationError
 
     serve, now = service.params.serve, service_now(service)
@@ -939,8 +943,10 @@ def refuse_out_of_time(service: Service, times: np.ndarray, request_id: str) -> 
         if rows.any():
             service.metrics["refused"].labels(reason).inc(int(rows.sum()))
             first = int(np.flatnonzero(rows)[0])
-            where = ("body", "tx_datetime") if len(times) == 1 else (
-                "body", "transactions", first, "tx_datetime")
+            if rows_of_body is not None:
+                first = int(rows_of_body[first])
+            where = ("body", "tx_datetime") if key is None else (
+                "body", key, first, "tx_datetime")
             errors.append({"loc": where, "type": f"too_{reason}", "msg": (
                 f"{int(rows.sum())} transaction(s) dated more than {bound:g} s "
                 f"{'after' if reason == 'ahead' else 'before'} the service's clock {clock} "
@@ -960,7 +966,7 @@ def original_answers(service: Service, columns: dict[str, np.ndarray],
     its original result; a different transaction under a known id is a conflict."""
     ids = columns["transaction_id"]
     n = len(ids)
-    out = {"known": known,
+    out = {"known": known, "answered": np.zeros(n, bool),   # its first answer found
            "same": np.zeros(n, bool), "score": np.zeros(n), "fraud_probability": np.zeros(n),
            "alert": np.zeros(n, bool), "model_version": [""] * n}
     if not out["known"].any():
@@ -972,6 +978,7 @@ def original_answers(service: Service, columns: dict[str, np.ndarray],
                 "tx_datetime": tx["stamp"] >> 2, "tx_amount": tx["amount"], "score": tx["score"],
                 "fraud_probability": tx["probability"], "alert": tx["alert"].astype(bool)}
         answered = found & (tx["known"] == 1)
+        out["answered"] = answered
         for c in ("score", "fraud_probability", "alert"):
             out[c] = np.where(answered, then[c], out[c])
         out["model_version"] = versions
@@ -995,6 +1002,7 @@ def original_answers(service: Service, columns: dict[str, np.ndarray],
             then = {c: table[c][k].item() for c in (*compared, "score", "fraud_probability",
                                                      "alert", "model_version")}
             out["same"][j] = all(_same(then[c], columns[c][j].item()) for c in compared)
+            out["answered"][j] = True
             for c in ("score", "fraud_probability", "alert"):
                 out[c][j] = then[c]
             out["model_version"][j] = then["model_version"]
@@ -1009,13 +1017,27 @@ def _same(then, now) -> bool:
     return then == now or (then != then and now != now)
 
 
-def conflict(ids: list[int]):
+def conflict(ids: list[int], rows: list[int] | None = None, key: str | None = None,
+             answered: bool = True):
+    """409 for the first of `ids` the state holds already: at its row of the body (`rows`,
+    under `key`: a client cannot compute a hashed id's key, the row it can find). `answered`:
+    its first answer was found, so the content differs; else the state has the transaction
+    (from the data it was built from, or from before the journal's horizon) with no answer."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse(status_code=409, content={"detail": [{
-        "loc": ["body", "transaction_id"], "msg": f"transaction {ids[0]} was already scored "
-        "with other content (card, terminal, time, amount or attributes); each transaction "
-        "enters the feature state once, and a retry must be identical", "type": "conflict"}]})
+    loc = ["body", "transaction_id"] if key is None or rows is None else \
+        ["body", key, rows[0], "transaction_id"]
+    if answered:
+        msg, kind = (f"transaction {ids[0]} was already scored with other content (card, "
+                     "terminal, time, amount or attributes); each transaction enters the "
+                     "feature state once, and a retry must be identical"), "conflict"
+    else:
+        msg, kind = (f"transaction {ids[0]} is already in the feature state, which keeps no "
+                     "answer for it (it came with the data the state was built from, or was "
+                     "scored before the journal's horizon); each transaction enters the "
+                     "feature state once, so it is not scored again"), "already_in_state"
+    return JSONResponse(status_code=409, content={"detail": [{"loc": loc, "msg": msg,
+                                                              "type": kind}]})
 
 
 BATCH_BODY_BYTES = 1 << 16   # a /score body this large is a batch (a transaction is ~300 B)
@@ -1065,10 +1087,13 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
                         service.features.already_scored(columns["transaction_id"]))
     before = original_answers(service, columns, known)
     if (before["known"] & ~before["same"]).any():
-        return conflict(columns["transaction_id"][before["known"] & ~before["same"]].tolist())
+        rows = np.flatnonzero(before["known"] & ~before["same"])
+        return conflict(columns["transaction_id"][rows].tolist(), rows.tolist(), body.rows.key,
+                        bool(before["answered"][rows[0]]))
     fresh = ~before["known"]
     new = {c: v[fresh] for c, v in columns.items()} if not fresh.all() else columns
-    refuse_out_of_time(service, new["tx_datetime"], request_id)
+    refuse_out_of_time(service, new["tx_datetime"], request_id, np.flatnonzero(fresh),
+                       body.rows.key)
     model, X, logged = service.loaded.model, None, None
     if fresh.any():
         try:

@@ -102,11 +102,12 @@ def identifier_type(parts: int):
 
 
 def one_of(values) -> Callable[[Any], Any]:
-    "A check that a (stripped) value is one of an attribute's declared `values`."
+    """A check that a value, stripped as ingest strips it (`str.strip`, which takes
+    \\x1c-\\x1f that pydantic's strip keeps), is one of an attribute's declared `values`."""
     allowed = {str(v) for v in values}
 
     def check(value):
-        if str(value) not in allowed:
+        if (value.strip() if isinstance(value, str) else str(value)) not in allowed:
             raise PydanticCustomError("unknown_category", "not one of the declared values "
                                       "({allowed})", {"allowed": ", ".join(sorted(allowed))})
         return value
@@ -758,10 +759,16 @@ class Requests:
             "tx_amount": np.fromiter(values["tx_amount"], np.float64, n),
             **{a.name: attribute_values(values[a.name], a) for a in self.plan.attributes},
         }
-        if len(np.unique(columns["transaction_id"])) != n:
+        ids = columns["transaction_id"]
+        order = np.argsort(ids, kind="stable")   # equal ids side by side, in body order
+        again = ids[order[1:]] == ids[order[:-1]]
+        if again.any():   # the first row that repeats an earlier one, named
+            row = int(order[1:][again].min())
+            first = int(order[:-1][again][order[1:][again] == row][0])
             raise RequestValidationError([{
-                "loc": ("body", "transactions"), "type": "value_error",
-                "msg": "transaction_id must be unique within a batch"}])
+                "loc": ("body", key or "transactions", row, "transaction_id"),
+                "type": "duplicate_id", "msg": f"transaction_id must be unique within a batch: "
+                f"row {row} is row {first} again"}])
         return columns
 
     def label_columns(self, labels: list[dict]) -> tuple[np.ndarray, np.ndarray]:
