@@ -35,6 +35,7 @@ from aif.keys import (
     composite_text,
     composite_texts,
     hashed_keys,
+    id_text,
     key_of,
     keys_of_integers,
     keys_of_text,
@@ -71,7 +72,16 @@ MAPPING = {"transaction_id": ["trans_num", "cc_num"],
 # --- the key rule ------------------------------------------------------------------------------
 
 id_texts = st.one_of(st.integers(-2**70, 2**70).map(str), st.text(min_size=1, max_size=12),
-                     st.integers(0, 10**6).map(lambda i: f"0{i}"))
+                     st.integers(0, 10**6).map(lambda i: f"0{i}"),
+                     # integers a float wrote (pandas, an integer column with a missing value)
+                     st.builds(lambda i, zeros: f"{i}.{'0' * zeros}",
+                               st.integers(-2**60, 2**60), st.integers(1, 3)))
+
+
+def float_written(text: str) -> str:
+    "The rule's reference (README): an integer written as a float, below 2^53, is its digits."
+    m = re.fullmatch(r"(-?)(0|[1-9][0-9]*)\.0+", text)
+    return str(int(m.group(1) + m.group(2))) if m and int(m.group(2)) < 2**53 else text
 
 
 @settings(max_examples=200, deadline=None)
@@ -86,7 +96,7 @@ def test_the_vectorised_rule_is_the_one_value_rule(texts):
     assert category_keys(texts[:3]).tolist() == expected[:3]
     keys = keys_of_text(pd.Series(texts))
     assert ((keys >= 0) & (keys < 2**63)).all()
-    for t, k in zip(texts, keys.tolist(), strict=True):   # canonical integers keep their value
+    for t, k in zip(map(float_written, texts), keys.tolist(), strict=True):
         if t.isascii() and t.isdigit() and (t == "0" or t[0] != "0") and int(t) < 2**63:
             assert k == int(t)
         else:   # anything else: SHA-256's first 8 bytes, top bit cleared (README, nbs/03a)
@@ -117,8 +127,10 @@ def test_keyed_ids_are_hmac_sha256_under_any_secret(texts, secret):
     # standard library's, with secrets shorter and longer than SHA-256's 64-byte block
     expected = [int.from_bytes(hmac.digest(secret, t.encode(), "sha256")[:8], "big")
                 & (2**63 - 1) for t in texts]
-    assert keys_of_text(pd.Series(texts * 20), secret).tolist() == expected * 20
     assert hashed_keys(texts, secret).tolist() == expected
+    expected = [int.from_bytes(hmac.digest(secret, float_written(t).encode(), "sha256")[:8],
+                               "big") & (2**63 - 1) for t in texts]
+    assert keys_of_text(pd.Series(texts * 20), secret).tolist() == expected * 20
 
 
 @settings(max_examples=100, deadline=None)
@@ -126,7 +138,49 @@ def test_keyed_ids_are_hmac_sha256_under_any_secret(texts, secret):
 def test_composite_texts_of_a_batch_are_each_rows_json(rows):
     # quotes, backslashes and control characters in one part take every row the slow way
     assert composite_texts(rows) == [composite_text(r) for r in rows] == [
-        json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in rows]
+        json.dumps(list(map(float_written, r)), ensure_ascii=False, separators=(",", ":"))
+        for r in rows]
+
+
+def test_an_integer_a_float_wrote_is_that_integer_in_files_requests_and_under_the_secret(
+        tmp_path):
+    card = 4263982640269299
+    for secret in (None, SECRET):   # as text (.0, .00), a float, an integer; a part of a pair
+        keys = {keys_of_text(pd.Series([t] * 20), secret)[0] for t in
+                (f"{card}.0", f"{card}.00", str(card))} | {key_of(f"{card}.0", secret)}
+        assert keys == {keys_of_integers(np.array([card]), secret)[0]}
+    assert composite_text(["a1", f"{card}.0"]) == composite_text(["a1", str(card)])
+    assert id_text(f" {card}.0 ") == id_text(float(card)) == str(card)
+    # not an integer a float wrote: kept as text (hashed), as the rule has always read it
+    for text in ("0123.0", "1.50", "1.", ".0", "1e3", "+5.0", f"{2**53}.0"):
+        assert key_of(text) == int.from_bytes(hashlib.sha256(text.encode()).digest()[:8],
+                                              "big") & (2**63 - 1)
+    # ingest: a CSV pandas wrote (a card column with a gap) beside a Parquet of integers and
+    # one of floats: one card, one category, no collision of two raw texts
+    frame = export(3, cc_num=[str(card)] * 3, category=["5411"] * 3)
+    frame.assign(cc_num=[f"{card}.0", None, f"{card}.0"], trans_num=["a0", "a1", "a2"],
+                 category=["5411.0"] * 3).to_csv(tmp_path / "a.csv", index=False)
+    frame.assign(cc_num=np.full(3, card), trans_num=["p0", "p1", "p2"]).to_parquet(
+        tmp_path / "b.parquet")
+    frame.assign(cc_num=np.full(3, float(card)), trans_num=["f0", "f1", "f2"],
+                 category=[5411.0] * 3).to_parquet(tmp_path / "c.parquet")
+    ingest = IngestParams(columns=MAPPING, max_invalid_fraction=0.5, attributes={
+        "merchant_category": {"column": "category", "type": "category", "values": ["5411"]}})
+    result = ingest_rows(read_source(tmp_path, ingest), ingest, now=NOW)
+    tx = result.transactions
+    assert len(tx) == 8 and result.quarantine.rule.tolist() == ["missing"]
+    assert set(tx.customer_id) == {card} and set(tx.merchant_category) == {"5411"}
+    # online: the same card and category, sent as the CSV has them
+    from aif.serve.schema import Requests
+    requests = Requests(IngestParams(columns=MAPPING, attributes={
+        "category": {"column": "category", "type": "category", "values": ["5411"]}}))
+    sent = {"transaction_id": ["a1", f"{card}.0"], "tx_datetime": "2018-09-17T00:00:01",
+            "customer_id": f"{card}.0", "terminal_id": "shop-1", "tx_amount": 12.5,
+            "category": "5411.0"}
+    columns = requests.score_columns(json.dumps(sent).encode()).columns
+    assert columns["customer_id"].tolist() == [card]
+    assert columns["transaction_id"].tolist() == [key_of(composite_text(["a1", str(card)]))]
+    assert columns["category"].tolist() == category_keys(["5411"]).tolist()
 
 
 # --- serving: the fast decoding of a request is pydantic's ------------------------------------
@@ -907,6 +961,19 @@ def test_the_future_is_the_terminals_present_not_the_machine_s():
     result = ingest_rows(rows_of(frame), params)
     assert result.quarantine.empty, result.quarantine.rule.tolist()
 
+
+def test_a_time_with_an_offset_and_no_zone_quarantines_its_row_as_the_service_refuses_it(
+        tmp_path):
+    text = HEADER.replace("trans_date,trans_time", "when").replace(",First Name", "") + \
+        "md5-0,4000,2018-04-01 10:00:00,shop,1.5,0\n" + \
+        "md5-1,4001,2018-04-01T10:00:01+02:00,shop,2.5,0\n" + \
+        "md5-2,4002,2018-04-01 10:00:02,shop,3.5,0\n"
+    (tmp_path / "export.csv").write_text(text)
+    ingest = IngestParams(columns={**MAPPING, "tx_datetime": "when"}, max_invalid_fraction=0.5)
+    result = ingest_rows(read_source(tmp_path / "export.csv", ingest), ingest, now=NOW)
+    assert result.transactions.tx_amount.tolist() == [1.5, 3.5]
+    q = result.quarantine
+    assert q.rule.tolist() == ["timezone_aware"] and q.source_line.tolist() == [3]
 
 def test_parquet_bytes_are_text_when_utf8_and_refused_in_one_line_when_not(tmp_path):
     frame = export(2).astype({"merchant": object})

@@ -29,20 +29,20 @@ import pyarrow.parquet as pq
 
 from ..config.params import CSV_NO_VALUE_TEXTS, DEFAULT_PII, IngestParams, ParamsError
 from ..io import StageError, atomic_output, start_stage
-from ..keys import (HASH_KEY_ENV, collisions, composite_texts, keys_of_integers, keys_of_text,
-                      secret_fingerprint, secret_from_environment)
+from ..keys import (HASH_KEY_ENV, collisions, composite_texts, integer_texts, keys_of_integers,
+                      keys_of_text, secret_fingerprint, secret_from_environment)
 from ..schema import (CANONICAL_COLUMNS, FIELDS_BY_NAME, REQUIRED_COLUMNS, SORT_KEYS,
                         Attribute, arrow_schema, attributes_of, category_text,
                         transaction_schema)
 
 # %% auto #0
-__all__ = ['SOURCE_SUFFIXES', 'COMPRESSED_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS',
+__all__ = ['SOURCE_SUFFIXES', 'COMPRESSED_SUFFIXES', 'ID_FIELDS', 'INTEGER_RANGES', 'EPOCH_SCALE', 'ID_MAP_COLUMNS', 'RULE_HINTS',
            'FieldSource', 'SourcePlan', 'is_personal', 'source_plan', 'require_secret', 'check_same_secret',
            'SourceRows', 'source_files', 'record_lines', 'FileRows', 'read_csv', 'csv_header', 'read_file',
            'float_integers', 'read_source', 'map_columns', 'integer_text_values', 'parse_integers', 'parse_labels',
-           'with_offset', 'parse_ids', 'parse_times', 'parse_attribute', 'parse_columns', 'cast_canonical',
-           'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions', 'id_map_of', 'latest_local_time',
-           'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
+           'with_offset', 'TimezoneAware', 'parse_ids', 'parse_times', 'parse_attribute', 'parse_columns',
+           'cast_canonical', 'validate_rows', 'empty_id_map', 'IngestResult', 'check_collisions', 'id_map_of',
+           'latest_local_time', 'ingest_rows', 'ingest_report', 'check_invalid_share', 'write_outputs', 'main']
 
 # %% ../../nbs/11_ingest.ipynb #e99fa1c7
 SOURCE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -684,7 +684,7 @@ def _outside(values: pd.Series, margin: np.timedelta64 = _NO_MARGIN) -> np.ndarr
 def _to_local(values: pd.Series, params: IngestParams, where: str
               ) -> tuple[pd.Series, np.ndarray]:
     "Aware timestamps as naive local times in `ingest.timezone`, and those out of range."
-    if params.timezone is None:
+    if params.timezone is None:   # the callers take these rows as timezone_aware first
         raise StageError(f"ingest: {where}: column tx_datetime is timezone-aware (values carry "
                          "an offset); set ingest.timezone to the terminals' local zone "
                          "(e.g. Europe/Brussels)")
@@ -695,9 +695,12 @@ def _to_local(values: pd.Series, params: IngestParams, where: str
 def _local_us(values: pd.Series, params: IngestParams, where: str
               ) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """Timestamps as the schema's naive local microseconds (those with a zone converted), the
-    rows where that would cut a finer part, and those out of range."""
+    rows where that would cut a finer part, and those out of range. Times with an offset and
+    no `ingest.timezone` to read them in are `TimezoneAware` (the caller names their rows)."""
     out = np.zeros(len(values), bool)
     if getattr(values.dt, "tz", None) is not None:
+        if params.timezone is None:
+            raise TimezoneAware()
         values, out = _to_local(values, params, where)
     out |= _outside(values)
     finer = np.zeros(len(values), bool)
@@ -755,26 +758,42 @@ def _datetime_parts(s: pd.Series, text: pd.Series, params: IngestParams, where: 
                              f"({str(err).splitlines()[0]})") from None
 
 
+class TimezoneAware(Exception):
+    "Times with an offset, and no `ingest.timezone` to read them in."
+
+
 def _parse_datetime(s: pd.Series, params: IngestParams, where: str, fmt: str | None = None
                     ) -> tuple[pd.Series, pd.Series]:
-    "Local timestamps from `s`: naive ones as written, those with an offset in `ingest.timezone`."
+    """Local timestamps from `s`: naive ones as written, those with an offset in
+    `ingest.timezone` (without it, each such row is `timezone_aware`, as the service's 422)."""
     missing = s.isna().to_numpy()
+    aware = np.zeros(len(s), bool)
     if pd.api.types.is_datetime64_any_dtype(s):
-        values, finer, out = _local_us(s, params, where)
+        try:
+            values, finer, out = _local_us(s, params, where)
+        except TimezoneAware:   # a timezone-aware column: every row
+            aware = ~missing
+            values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
+            finer, out = np.zeros(len(s), bool), np.zeros(len(s), bool)
     else:   # '' or 'NULL' is no time, as in an epoch column, not a time that failed
         text = s.astype("string").str.strip()   # stripped once, for both
         missing = missing | _no_value(text, params.no_value_texts)
         values = pd.Series(pd.NaT, index=s.index, dtype="datetime64[us]")
         finer, out, cut = np.zeros(len(s), bool), np.zeros(len(s), bool), np.zeros(len(s), bool)
         for rows, part, past_microsecond in _datetime_parts(s, text, params, where, fmt):
-            values.loc[rows], finer[rows], out[rows] = _local_us(part, params, where)
+            try:
+                values.loc[rows], finer[rows], out[rows] = _local_us(part, params, where)
+            except TimezoneAware:
+                aware |= rows & part.reindex(s.index).notna().to_numpy()
+                continue
             cut[rows] = past_microsecond
         cut &= ~out
         finer |= cut
         values = values.mask(cut)
-    unparsed = values.isna().to_numpy() & ~missing & ~finer & ~out
+    unparsed = values.isna().to_numpy() & ~missing & ~finer & ~out & ~aware
     return values, _rule_of_rows([("missing", missing), ("not_a_timestamp", unparsed),
-                                  ("sub_microsecond", finer), ("out_of_range", out)])
+                                  ("sub_microsecond", finer), ("out_of_range", out),
+                                  ("timezone_aware", aware)])
 
 
 # what Arrow's CSV reader takes for no value in a column of numbers (`ingest.null_texts`, or
@@ -845,8 +864,21 @@ def _id_text(s: pd.Series) -> tuple[pd.Series, list[tuple[str, np.ndarray]]]:
                       ("inexact_float", inexact)]
     if s.dtype == object and pd.api.types.infer_dtype(s, skipna=True) not in ("string", "empty"):
         return _mixed_id_text(s, missing)   # numbers among texts: files of different types
-    text = s.astype("string").str.strip()
+    text = _integer_texts(s.astype("string").str.strip())
     return text, [("missing", missing | text.eq("").fillna(True).to_numpy(bool))]
+
+
+def _integer_texts(text: pd.Series) -> pd.Series:
+    """`integer_text` of each text: `4263982640269299.0`, an integer a float wrote, is the
+    card `4263982640269299` (as a Parquet float column's value is), once for each distinct
+    text with a point (a whole column of them when pandas wrote the export)."""
+    dotted = text.str.contains(".", regex=False).to_numpy(dtype=bool, na_value=False)
+    if not dotted.any():
+        return text
+    codes, distinct = pd.factorize(text[dotted])
+    text = text.copy()
+    text[dotted] = integer_texts(np.asarray(distinct, dtype=object))[codes]
+    return text
 
 
 def _mixed_id_text(s: pd.Series, missing: np.ndarray
@@ -860,7 +892,7 @@ def _mixed_id_text(s: pd.Series, missing: np.ndarray
     floats, decimals = rows_of(float, np.floating), rows_of(Decimal)
     # a boolean, or a Parquet list or struct: no id, whatever its Python text ("['1' '2']")
     not_ids = rows_of(bool, np.bool_, list, tuple, dict, np.ndarray)
-    text = s.where(~(not_ids | floats | decimals)).astype("string").str.strip()
+    text = _integer_texts(s.where(~(not_ids | floats | decimals)).astype("string").str.strip())
     # as in a column of floats: the integers below 2^53 keep their text, the rest a rule
     fraction, inexact = float_integers(np.where(floats, values, np.nan).astype(np.float64),
                                        floats)
@@ -1254,6 +1286,11 @@ def ingest_report(rows: SourceRows, transactions: pd.DataFrame, quarantine: pd.D
     }
 
 
+# what to do about a rule whose fix is in params, said with it
+RULE_HINTS = {"timezone_aware": "; set ingest.timezone to the terminals' local zone (e.g. "
+                                "Europe/Brussels)"}
+
+
 def check_invalid_share(result: IngestResult, params: IngestParams, stage: str = "ingest"
                         ) -> None:
     """Fail with one line naming the commonest broken rule when too many rows were quarantined
@@ -1271,7 +1308,8 @@ def check_invalid_share(result: IngestResult, params: IngestParams, stage: str =
         f"{stage}: {report['rows_quarantined']:,} of {report['rows_read']:,} rows "
         f"({report['quarantined_share']:.2%}) broke rules, above ingest.max_invalid_fraction="
         f"{params.max_invalid_fraction}; column {top[0]} rule {top[1]}: {n_top:,} "
-        f"row{'s' * (n_top != 1)}, first at {at} of {first['source_file']}{shown}")
+        f"row{'s' * (n_top != 1)}, first at {at} of {first['source_file']}{shown}"
+        f"{RULE_HINTS.get(top[1], '')}")
 
 # %% ../../nbs/11_ingest.ipynb #6c5b9902
 def write_outputs(result: IngestResult, transactions_path: Path, quarantine_path: Path,

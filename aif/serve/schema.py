@@ -38,8 +38,8 @@ from ..config.params import IngestParams
 from ..data.ingest import (EPOCH_SCALE, FieldSource, SourcePlan,
                              parse_times, require_secret, source_plan, with_offset)
 from ..io import StageError
-from ..keys import (category_keys, composite_texts, hashed_keys, id_text, keys_of_integers,
-                      keys_of_text)
+from ..keys import (category_keys, composite_texts, hashed_keys, id_text, integer_text,
+                      keys_of_integers, keys_of_text)
 
 # %% auto #0
 __all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'MAX_ERRORS',
@@ -107,7 +107,7 @@ def one_of(values) -> Callable[[Any], Any]:
     allowed = {str(v) for v in values}
 
     def check(value):
-        if (value.strip() if isinstance(value, str) else str(value)) not in allowed:
+        if (integer_text(value.strip()) if isinstance(value, str) else str(value)) not in allowed:
             raise PydanticCustomError("unknown_category", "not one of the declared values "
                                       "({allowed})", {"allowed": ", ".join(sorted(allowed))})
         return value
