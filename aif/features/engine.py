@@ -386,10 +386,12 @@ def with_derived(values: dict, columns: dict, specs) -> dict[str, np.ndarray]:
             continue
         a, b = (values[i] if i in values else columns[i] for i in spec.inputs)
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if spec.aggregation == "difference":
-            values[spec.name] = a - b
-        else:
-            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # no warning for what IEEE defines: inf - inf and x / 0 (b == 0) are NaN, as LightGBM's
+        # missing value; overflow is inf, as the kernels' own sums
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            if spec.aggregation == "difference":
+                values[spec.name] = a - b
+            else:
                 values[spec.name] = np.where(b != 0, a / np.where(b != 0, b, 1.0), np.nan)
     return {s.name: values[s.name] for s in specs}
 
