@@ -92,6 +92,46 @@ def test_dask_training_trains_and_scores(trained_project: Path, tmp_path: Path):
         assert abs(dask[metric] - local[metric]) < 0.1, (metric, dask, local)
 
 
+def test_an_empty_window_is_the_same_nan_in_every_engine_and_online(tmp_path: Path):
+    """A mean, a spread or a ratio to the mean over a window holding nothing (the rows before a
+    card's first, `include_current: false`): NaN, with the same bits locally, on Dask (whose
+    shuffle writes numpy's NaN) and online, so the engines' files are byte-identical."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aif.features.dask_engine import featurize_dask
+    from aif.features.engine import compute_features
+    from aif.features.store import features_table, read_columns, write_features
+    from aif.serve.state import OnlineFeatures
+    n = 40
+    tx = pd.DataFrame({
+        "transaction_id": np.arange(n, dtype=np.int64),
+        "tx_datetime": (pd.Timestamp("2018-04-01") + pd.to_timedelta(
+            np.arange(n) * 5, unit="h")).astype("datetime64[us]"),
+        "customer_id": np.arange(n) % 7, "terminal_id": np.arange(n) % 3,
+        "tx_amount": np.arange(n) + 1.0, "tx_fraud": np.zeros(n, np.int8)})
+    pq.write_table(pa.Table.from_pandas(tx, preserve_index=False), tmp_path / "tx.parquet",
+                   row_group_size=10)
+    declared = tuple({"name": f"card_{kind}_before_1d", "entity": "customer",
+                      "aggregation": f"{kind}_amount", "window_days": 1,
+                      "include_current": False} for kind in ("mean", "std"))
+    params = FeaturesParams(declared=declared, rows_per_partition=10)
+    specs = feature_specs(params, 7)
+    columns, labels = read_columns(tmp_path / "tx.parquet")
+    local = compute_features(columns, specs, params)
+    state = OnlineFeatures.empty(specs)
+    online = [state.observe({c: v[i:i + 1] for c, v in columns.items()}) for i in range(n)]
+    for d in declared:
+        bits = local[d["name"]].view(np.uint64)
+        assert np.isnan(local[d["name"]]).sum() >= 7   # each card's first: an empty window
+        assert (bits == np.concatenate([o[d["name"]] for o in online]).view(np.uint64)).all()
+    write_features(features_table(columns, labels, local), tmp_path / "local")
+    featurize_dask(tmp_path / "tx.parquet", specs, params, tmp_path / "dask")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()} == \
+        {p.name: p.read_bytes() for p in (tmp_path / "dask").iterdir()}
+
 def test_declared_features_give_the_same_bytes_on_every_engine(tmp_path: Path):
     """Features declared on a card export's attributes (a category as entity, a card-category
     pair, a distance, a ratio): in memory, out of core and on Dask, the same bytes."""

@@ -136,15 +136,18 @@ def of_column(kind: str, x: np.ndarray, start: np.ndarray, end: np.ndarray,
             x = np.where(present, x, 0.0)
         if kind == "sum":
             return window_float_sums(x, start, end)
-        mean = window_float_sums(x, start, end) / count
+        # an empty window's NaN is numpy's own (np.nan), not 0 / 0's, whose sign bit differs:
+        # the engines write the same bytes whatever path made the NaN (Dask's shuffle clears it)
+        empty = count == 0
+        mean = np.where(empty, np.nan, window_float_sums(x, start, end) / count)
         if kind == "mean":
             return mean
         if kind == "to_mean":
-            return np.where(count > 0, values[at] / mean, np.nan)
+            return np.where(empty, np.nan, values[at] / mean)
         # std: the population sd; NaN for an empty window
         x = np.asarray(x, np.float64)
         square = window_float_sums(x * x, start, end) / count
-        return np.sqrt(np.maximum(square - mean * mean, 0.0))
+        return np.where(empty, np.nan, np.sqrt(np.maximum(square - mean * mean, 0.0)))
 
 
 def aggregate(eo, columns_s: dict[str, np.ndarray], label_s: np.ndarray,
@@ -248,11 +251,13 @@ def _of_column_at(kind: str, x: np.ndarray, start: int, end: int, row: int) -> n
     total = _slice_sum(window)
     if kind == "sum":
         return total
+    if count == 0:   # numpy's NaN, as `of_column` gives (not 0 / 0's)
+        return np.float64(np.nan)
     mean = total / count
     if kind == "mean":
         return mean
     if kind == "to_mean":
-        return x[row] / mean if count > 0 else np.float64(np.nan)
+        return x[row] / mean
     window = window.astype(np.float64)
     square = _slice_sum(window * window) / count
     return np.sqrt(np.maximum(square - mean * mean, 0.0))
