@@ -80,12 +80,15 @@ class Attribute:
 
 def category_text(value) -> str:
     """A category value as ingest reads one from the data: a boolean as `true` or `false`, a
-    float holding an integer as its digits (5411.0 is 5411), anything else as its text."""
+    float holding an integer as its digits (5411.0 is 5411, and so is the text '5411.0':
+    `integer_text`), anything else as its text."""
+    from aif.keys import integer_text
+
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    return integer_text(str(value).strip())
 
 
 def attributes_of(declared: dict) -> tuple[Attribute, ...]:

@@ -170,10 +170,14 @@ def test_an_integer_a_float_wrote_is_that_integer_in_files_requests_and_under_th
     tx = result.transactions
     assert len(tx) == 8 and result.quarantine.rule.tolist() == ["missing"]
     assert set(tx.customer_id) == {card} and set(tx.merchant_category) == {"5411"}
+    # a declared value written as a float is the integer too, offline and online
+    ingest = IngestParams(columns=MAPPING, max_invalid_fraction=0.5, attributes={
+        "merchant_category": {"column": "category", "type": "category", "values": ["5411.0"]}})
+    assert len(ingest_rows(read_source(tmp_path, ingest), ingest, now=NOW).transactions) == 8
     # online: the same card and category, sent as the CSV has them
     from aif.serve.schema import Requests
     requests = Requests(IngestParams(columns=MAPPING, attributes={
-        "category": {"column": "category", "type": "category", "values": ["5411"]}}))
+        "category": {"column": "category", "type": "category", "values": ["5411.0"]}}))
     sent = {"transaction_id": ["a1", f"{card}.0"], "tx_datetime": "2018-09-17T00:00:01",
             "customer_id": f"{card}.0", "terminal_id": "shop-1", "tx_amount": 12.5,
             "category": "5411.0"}
@@ -612,9 +616,9 @@ def test_a_transaction_twice_in_a_batch_is_refused_at_the_row_that_repeats_it(sp
     from fastapi.exceptions import RequestValidationError
 
     from aif.serve.schema import Requests
-    card = " 4263982640269299" if spaced else "4263982640269299"
-    rows = [plain_row(transaction_id=[f"t{i}", card]) for i in range(4)]
-    rows[3]["transaction_id"] = [" t1 ", 4263982640269299]   # t1 again, written otherwise
+    rows = [plain_row(transaction_id=[f"t{i}", "4263982640269299"]) for i in range(4)]
+    # t1 again: as sent before, or written otherwise (spaces: pydantic's path strips them)
+    rows[3]["transaction_id"] = [" t1 ", 4263982640269299] if spaced else rows[1]["transaction_id"]
     with pytest.raises(RequestValidationError) as refused:
         Requests(REQUEST_MAPPING, SECRET).score_columns(
             json.dumps({"transactions": rows}).encode())
@@ -870,6 +874,11 @@ def test_a_blank_first_line_changes_neither_the_header_nor_the_ids(tmp_path):
 @pytest.mark.parametrize("name", ["First Name", "first-name", "FirstName", " SSN ", "E-Mail",
                                   "Card Holder", "DATE_OF_BIRTH"])
 def test_personal_columns_are_caught_however_the_header_spells_them(tmp_path, name):
+    from aif.data.ingest import is_personal
+
+    # a pattern of one's own is a shell pattern, as written: cc_* is not ccy
+    assert is_personal("CC Num", ["cc_*"]) and not is_personal("ccy", ["cc_*"])
+    assert is_personal("xname", ["[a-z]name"]) and not is_personal("-name", ["[a-z]name"])
     text = HEADER.replace("First Name", name) + \
         "md5-0,4000,2018-04-01,10:00:00,shop,1.5,0,Jennifer\n"
     kept = read_csv_text(tmp_path, text, extra_columns="keep")
@@ -915,12 +924,25 @@ def test_kept_extra_columns_keep_the_file_s_text(tmp_path):
     assert kept[list(extras)].iloc[0].tolist() == list(extras.values())
 
 
-def test_a_header_naming_a_column_twice_is_refused_in_one_line(tmp_path):
-    text = HEADER.replace("First Name", "note,note") + \
-        "md5-0,4000,2018-04-01,10:00:00,shop,1.5,0,a,b\n"
-    with pytest.raises(StageError, match=r"column 'note' is in the header twice \(the second "
-                                         r"is column 9\)"):
-        read_csv_text(tmp_path, text)
+def test_a_header_naming_a_column_twice_is_refused_where_it_is_read(tmp_path):
+    text = HEADER.replace("First Name", "note,note,,") + \
+        "md5-0,4000,2018-04-01,10:00:00,shop,1.5,0,a,b,,\n"
+    # dropped (Excel's empty trailing columns): nothing reads them, nothing to refuse
+    assert len(read_csv_text(tmp_path, text).transactions) == 1
+    with pytest.raises(StageError, match=r"column '' is in the header twice \(columns 10, "
+                                         r"11\); rename one"):
+        read_csv_text(tmp_path, text, extra_columns="keep")
+    with pytest.raises(StageError, match=r"column 'merchant' is in the header twice"):
+        read_csv_text(tmp_path, text.replace("note,note", "merchant,note"))
+
+
+def test_a_quote_never_closed_refuses_the_file_rather_than_lose_the_rows_after_it(tmp_path):
+    rows = [f"md5-{i},{4000 + i},2018-04-01,10:00:{i:02d},shop,{i}.5,0,Jennifer\n"
+            for i in range(50)]
+    rows[30] = rows[30].replace("shop", '"shop')
+    with pytest.raises(StageError, match=r"export\.csv: record 32 runs over 20 lines .*a "
+                                         r"quote opened in it is not closed"):
+        read_csv_text(tmp_path, HEADER + "".join(rows))
 
 
 def test_hidden_and_underscore_folders_are_not_data_and_compressed_files_are_refused(tmp_path):
@@ -937,9 +959,12 @@ def test_hidden_and_underscore_folders_are_not_data_and_compressed_files_are_ref
     rows = read_source(landing, ingest)
     assert [str(f) for f in rows.files] == [str(landing / "a.csv")]
     assert ingest_rows(rows, ingest, now=NOW).transactions.tx_amount.tolist() == [1.5]
+    (landing / "notes.gz").write_bytes(b"\x1f\x8b")   # not data: left alone
+    assert len(read_source(landing, ingest).files) == 1
     (landing / "b.csv.gz").write_bytes(b"\x1f\x8b")
-    with pytest.raises(StageError, match=r"b\.csv\.gz: compressed files are not read"):
-        read_source(landing, ingest)
+    for source in (landing, landing / "b.csv.gz"):
+        with pytest.raises(StageError, match=r"b\.csv\.gz: compressed files are not read"):
+            read_source(source, ingest)
 
 
 def test_the_future_is_the_terminals_present_not_the_machine_s():
@@ -987,6 +1012,11 @@ def test_parquet_bytes_are_text_when_utf8_and_refused_in_one_line_when_not(tmp_p
     with pytest.raises(StageError, match=r"export\.parquet: row 2, column 'merchant': bytes "
                                          "that are not UTF-8 text"):
         read_source(tmp_path / "export.parquet", ingest)
+    uuids = pa.array([b"\xff" * 16, b"\x00" * 16], pa.binary(16))   # UUIDs kept as bytes
+    table = pa.Table.from_pandas(frame.drop(columns="merchant")).append_column("merchant", uuids)
+    pq.write_table(table, tmp_path / "export.parquet")
+    with pytest.raises(StageError, match=r"row 1, column 'merchant': bytes that are not UTF-8"):
+        read_source(tmp_path / "export.parquet", ingest)
 
 
 def test_a_parquet_list_or_struct_is_no_id(tmp_path):
@@ -997,6 +1027,11 @@ def test_a_parquet_list_or_struct_is_no_id(tmp_path):
     ingest = IngestParams(columns=MAPPING, max_invalid_fraction=1.0)
     result = ingest_rows(read_source(tmp_path / "export.parquet", ingest), ingest, now=NOW)
     assert result.transactions.empty
+    assert result.quarantine.rule.tolist() == ["not_an_id"] * 3
+    structs = pa.array([{"a": "1"}, {"a": "2"}, {"a": "3"}])
+    pq.write_table(table.set_column(table.schema.get_field_index("merchant"), "merchant",
+                                    structs), tmp_path / "export.parquet")
+    result = ingest_rows(read_source(tmp_path / "export.parquet", ingest), ingest, now=NOW)
     assert result.quarantine.rule.tolist() == ["not_an_id"] * 3
 
 def test_an_attribute_cannot_carry_a_sensitive_id_s_column():

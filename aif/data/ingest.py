@@ -102,17 +102,21 @@ class SourcePlan:
         return {c for f in self.fields if f.name not in self.float_fields for c in f.columns}
 
 
-def _spelling(name, keep: str = "") -> str:
-    "A column name or pattern in lower case, without its separators (spaces, '_', '-', '.')."
-    return "".join(ch for ch in str(name).lower() if ch.isalnum() or ch in keep)
+def _spelling(name) -> str:
+    "A column name in lower case, without its separators (spaces, '_', '-', '.')."
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
 def is_personal(column, patterns) -> bool:
-    """Whether `column` matches one of the PII `patterns` (shell patterns), in any case and
-    spelled with any separators: a real header writes `First Name`, `first-name`, `FirstName`
-    or ` SSN `, and `first_name` and `ssn` must catch them all."""
-    name = _spelling(column)
-    return any(fnmatch.fnmatchcase(name, _spelling(p, keep="*?[]!")) for p in patterns)
+    """Whether `column` matches one of the PII `patterns`, in any case. A plain name matches
+    however the header spells it (`first_name` catches `First Name`, `first-name`,
+    `FirstName`; `ssn` catches ` SSN `); a shell pattern (`cc_*`, `[a-z]name`) matches the
+    name in lower case, or with its separators as `_`, as written."""
+    lower = str(column).strip().lower()
+    snake = re.sub(r"[^0-9a-z]+", "_", lower).strip("_")
+    return any(fnmatch.fnmatchcase(lower, p.lower()) or fnmatch.fnmatchcase(snake, p.lower())
+               if any(ch in p for ch in "*?[") else _spelling(p) == _spelling(column)
+               for p in patterns)
 
 
 def _field_source(name: str, mapped, where: str) -> FieldSource:
@@ -233,22 +237,32 @@ class SourceRows:
 def source_files(source: Path) -> list[Path]:
     "The data files of `source`, a file or a folder of files."
     if source.is_file():
-        return [source]
+        return [_not_compressed(source)]
     if source.is_dir():
         # hidden and '_' files and folders are not data: `.ipynb_checkpoints/` copies,
         # Spark's `_temporary/` attempts and `_SUCCESS` markers
         visible = sorted(p for p in source.rglob("*") if p.is_file() and not any(
             part.startswith((".", "_")) for part in p.relative_to(source).parts))
-        packed = [p for p in visible if p.name.lower().endswith(tuple(
-            s + z for s in SOURCE_SUFFIXES for z in COMPRESSED_SUFFIXES))]
-        if packed:   # rows the user meant to ingest: never skipped without a word
-            raise StageError(f"ingest: {packed[0]}: compressed files are not read; "
-                             "decompress it in the source folder (or write Parquet)")
-        files = [p for p in visible if p.suffix.lower() in SOURCE_SUFFIXES]
+        # rows the user meant to ingest: never skipped without a word
+        files = [_not_compressed(p) for p in visible
+                 if p.suffix.lower() in SOURCE_SUFFIXES or _compressed(p)]
         if files:
             return files
         raise StageError(f"ingest: {source}: folder holds no .csv or .parquet file")
     raise StageError(f"ingest: {source}: no such file or folder (ingest.source)")
+
+
+def _compressed(path: Path) -> bool:
+    "A data file compressed (`a.csv.gz`): rows the user meant to ingest."
+    return path.name.lower().endswith(tuple(s + z for s in SOURCE_SUFFIXES
+                                            for z in COMPRESSED_SUFFIXES))
+
+
+def _not_compressed(path: Path) -> Path:
+    if _compressed(path):
+        raise StageError(f"ingest: {path}: compressed files are not read; decompress it "
+                         "(or write Parquet)")
+    return path
 
 
 def record_lines(path: Path) -> np.ndarray:
@@ -280,10 +294,21 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
 
     def wrong_field_count(row) -> str:
         wrong.append({"record": row.number, "fields": row.actual_columns,
-                      "expected": row.expected_columns})
+                      "expected": row.expected_columns,
+                      "lines": row.text.count("\n") + 1 if row.text else 1})
         return "skip"
 
     header = csv_header(path, params)
+    # a name twice (Excel's empty trailing columns): refused where a field or `keep` reads it
+    twice = {c for i, c in enumerate(header) if c in header[:i]}
+    read = [c for c in header if not plan.is_pii(c) and c not in twice]   # PII: never read
+    kept = set(read) | twice if params.extra_columns == "keep" else set()
+    taken = twice & (plan.used_columns | {c for c in kept if not plan.is_pii(c)})
+    if taken:
+        name = sorted(taken)[0]
+        raise StageError(f"ingest: {path}: column {name!r} is in the header twice (columns "
+                         f"{', '.join(str(i + 1) for i, c in enumerate(header) if c == name)})"
+                         "; rename one")
     exact = plan.exact_columns
     if params.extra_columns == "keep":   # carried as the file writes them: Arrow's guess
         # of a type would change them (01234 to 1234, 9007199254740993 to a float, NA to null)
@@ -301,8 +326,14 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
                                           invalid_row_handler=wrong_field_count),
         convert_options=pa_csv.ConvertOptions(
             decimal_point=params.decimal, null_values=list(params.no_value_texts),
-            column_types={c: pa_arrow.string() for c in header if c in exact},
-            include_columns=[c for c in header if not plan.is_pii(c)]))   # PII: never read
+            column_types={c: pa_arrow.string() for c in read if c in exact},
+            include_columns=read))
+    swallowed = next((w for w in wrong if w["lines"] > 1), None)
+    if swallowed is not None:   # a quote never closed: its field ran on over the next lines
+        raise StageError(f"ingest: {path}: record {swallowed['record']} runs over "
+                         f"{swallowed['lines']} lines with {swallowed['fields']} fields, not "
+                         f"{swallowed['expected']}: a quote opened in it is not closed where "
+                         "it should be (a stray quote?); fix the file")
     # pyarrow numbers records (header = 1); the kept ones are those it did not skip
     skipped = np.array([w["record"] for w in wrong], np.int64)
     kept = np.setdiff1d(np.arange(2, table.num_rows + len(wrong) + 2), skipped)
@@ -331,17 +362,10 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
 def csv_header(path: Path, params: IngestParams) -> list[str]:
     """A CSV file's column names, from its first line that is not blank, as Arrow reads them
     (a blank first line made the first row the header here, and no column text: ids lost
-    their leading zeros). Two columns of one name are refused: a field would read either."""
+    their leading zeros)."""
     with path.open(encoding=params.encoding, newline="") as text:
         line = next((line for line in text if line.lstrip("\ufeff").strip("\r\n")), "")
-    header = next(csv.reader([line.lstrip("\ufeff")], delimiter=params.csv_delimiter), [])
-    seen = set()
-    for position, name in enumerate(header, 1):
-        if name in seen:
-            raise StageError(f"ingest: {path}: column {name!r} is in the header twice (the "
-                             f"second is column {position}); rename one")
-        seen.add(name)
-    return header
+    return next(csv.reader([line.lstrip("\ufeff")], delimiter=params.csv_delimiter), [])
 
 
 def _line_breaks(table: pa_arrow.Table, used: set[str]) -> np.ndarray:
@@ -390,9 +414,11 @@ def _binary_as_text(table: pa_arrow.Table, used: set[str], path: Path) -> pa_arr
     one that is not UTF-8 is refused, naming its first such row (never its value)."""
     for i, f in enumerate(table.schema):
         if f.name in used and (pa_arrow.types.is_binary(f.type) or
-                               pa_arrow.types.is_large_binary(f.type)):
+                               pa_arrow.types.is_large_binary(f.type) or
+                               pa_arrow.types.is_fixed_size_binary(f.type)):
             try:
-                table = table.set_column(i, f.name, table[f.name].cast(pa_arrow.string()))
+                text = table[f.name].cast(pa_arrow.binary()).cast(pa_arrow.string())
+                table = table.set_column(i, f.name, text)
             except pa_arrow.ArrowInvalid:
                 row = next(r for r, v in enumerate(table[f.name].to_pylist(), 1)
                            if v is not None and not _utf8(v))

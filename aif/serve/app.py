@@ -45,17 +45,18 @@ from .state import (KNOWN, UNLABELLED, AlreadyScored, FrozenState, OnlineFeature
 from .telemetry import json_logger, make_tracer, service_metrics
 
 # %% auto #0
-__all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'BATCH_BODY_BYTES', 'API_DESCRIPTION', 'Service', 'on_disk',
-           'journal_refusal', 'explain_rows', 'warm_state', 'data_identity', 'data_changed_since', 'labels_overridden',
-           'labels_to_carry', 'audit_path', 'acknowledged_labels', 'seal_audit', 'snapshot_labels', 'replay',
-           'replayed_columns', 'recover_log', 'fill_from_interim', 'missing_online', 'fill_from_log',
-           'days_without_parts', 'say_missing_online', 'Refused', 'after_failure', 'due', 'reload_if_changed',
-           'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log', 'write_log', 'log_not_written',
-           'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot', 'snapshot_unlocked', 'prune_journal',
-           'keeps_snapshots', 'snapshot_every', 'lifespan_of', 'document_score_body', 'ObserveRequests',
-           'telemetry_configured', 'request_unfit', 'limited_body', 'service_now', 'refuse_out_of_time',
-           'original_answers', 'conflict', 'collection_paused', 'score_response', 'label_response', 'audit_labels',
-           'record_scores', 'create_app', 'keep_freed_memory', 'build_service', 'main']
+__all__ = ['RETRY_FIRST_SECONDS', 'RETRY_MAX_SECONDS', 'FROM_DATA', 'NO_JOURNAL', 'BY_ANOTHER', 'BATCH_BODY_BYTES',
+           'API_DESCRIPTION', 'Service', 'on_disk', 'journal_refusal', 'explain_rows', 'warm_state', 'data_identity',
+           'data_changed_since', 'labels_overridden', 'labels_to_carry', 'audit_path', 'acknowledged_labels',
+           'seal_audit', 'snapshot_labels', 'replay', 'replayed_columns', 'recover_log', 'fill_from_interim',
+           'missing_online', 'fill_from_log', 'days_without_parts', 'say_missing_online', 'Refused', 'after_failure',
+           'due', 'reload_if_changed', 'switch_to', 'rebuilt_state', 'carry_labels', 'watch_registry', 'flush_log',
+           'write_log', 'log_not_written', 'snapshot_writer', 'write_snapshot', 'count_snapshot', 'snapshot',
+           'snapshot_unlocked', 'prune_journal', 'keeps_snapshots', 'snapshot_every', 'lifespan_of',
+           'document_score_body', 'ObserveRequests', 'telemetry_configured', 'request_unfit', 'limited_body',
+           'service_now', 'refuse_out_of_time', 'original_answers', 'conflict', 'collection_paused', 'score_response',
+           'label_response', 'audit_labels', 'record_scores', 'create_app', 'keep_freed_memory', 'build_service',
+           'main']
 
 # %% ../../nbs/66_app.ipynb #1f07969c
 @dataclass
@@ -1017,25 +1018,31 @@ def _same(then, now) -> bool:
     return then == now or (then != then and now != now)
 
 
+# why the state may hold a transaction with no answer to give back (409 already_in_state)
+FROM_DATA = ("it came with the data the state was built from, or was scored before the "
+             "journal's horizon")
+NO_JOURNAL = "serve.journal is off: the service keeps no first answers"
+BY_ANOTHER = "another replica scored it meanwhile"
+
+
 def conflict(ids: list[int], rows: list[int] | None = None, key: str | None = None,
-             answered: bool = True):
+             unanswered: str | None = None):
     """409 for the first of `ids` the state holds already: at its row of the body (`rows`,
-    under `key`: a client cannot compute a hashed id's key, the row it can find). `answered`:
-    its first answer was found, so the content differs; else the state has the transaction
-    (from the data it was built from, or from before the journal's horizon) with no answer."""
+    under `key`: a client cannot compute a hashed id's key, the row it can find). Its first
+    answer was found, so the content differs (`conflict`); or, `unanswered` saying why, the
+    state holds the transaction with no answer to give back (`already_in_state`)."""
     from fastapi.responses import JSONResponse
 
     loc = ["body", "transaction_id"] if key is None or rows is None else \
         ["body", key, rows[0], "transaction_id"]
-    if answered:
+    if unanswered is None:
         msg, kind = (f"transaction {ids[0]} was already scored with other content (card, "
                      "terminal, time, amount or attributes); each transaction enters the "
                      "feature state once, and a retry must be identical"), "conflict"
     else:
-        msg, kind = (f"transaction {ids[0]} is already in the feature state, which keeps no "
-                     "answer for it (it came with the data the state was built from, or was "
-                     "scored before the journal's horizon); each transaction enters the "
-                     "feature state once, so it is not scored again"), "already_in_state"
+        msg, kind = (f"transaction {ids[0]} is already in the feature state, with no answer "
+                     f"to give back ({unanswered}); each transaction enters the feature state "
+                     "once, so it is not scored again"), "already_in_state"
     return JSONResponse(status_code=409, content={"detail": [{"loc": loc, "msg": msg,
                                                               "type": kind}]})
 
@@ -1088,8 +1095,10 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
     before = original_answers(service, columns, known)
     if (before["known"] & ~before["same"]).any():
         rows = np.flatnonzero(before["known"] & ~before["same"])
+        journal_off = service.journal is None and not service.params.serve.shared_state
         return conflict(columns["transaction_id"][rows].tolist(), rows.tolist(), body.rows.key,
-                        bool(before["answered"][rows[0]]))
+                        None if before["answered"][rows[0]] else
+                        NO_JOURNAL if journal_off else FROM_DATA)
     fresh = ~before["known"]
     new = {c: v[fresh] for c, v in columns.items()} if not fresh.all() else columns
     refuse_out_of_time(service, new["tx_datetime"], request_id, np.flatnonzero(fresh),
@@ -1101,7 +1110,9 @@ async def score_response(service: Service, raw: bytes, request_id: str, explain:
                 new, request_id, started, checked=not service.params.serve.shared_state)
             await on_disk(durable)
         except AlreadyScored as err:   # another replica took one of them meanwhile
-            return conflict(err.ids)
+            rows = np.flatnonzero(np.isin(columns["transaction_id"], err.ids))
+            return conflict(columns["transaction_id"][rows].tolist() or err.ids,
+                            rows.tolist() or None, body.rows.key, BY_ANOTHER)
         except JournalError:
             service.logger.error("journal failed; refusing requests", extra={"fields": {
                 "request_id": request_id}})
