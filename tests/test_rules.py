@@ -287,3 +287,18 @@ def test_split_windows_outside_the_data_are_refused_in_one_line():
     with pytest.raises(StageError, match="the data's 91 days .* fewer than the split needs, 93"
                                          ".* use fewer tune.n_folds"):
         check_history(protocols, np.datetime64("2018-05-16"), 37.0, np.datetime64("2018-08-14"))
+
+
+@pytest.mark.parametrize("reference_ones, current", [(0.05, 1.0), (0.0, 5.0)])
+def test_a_shift_off_a_value_most_rows_hold_is_drift(reference_ones, current):
+    """A count or a fraud rate that is 0 for most of the reference, or all of it: its deciles
+    collapse onto 0. A current week of 60% `current` (ones, or fives) is an alert; it was PSI 0,
+    "ok", since 0 and what lies above it shared a bin. The same week again is no drift."""
+    from aif.monitor.drift import numeric_drift, numeric_profile
+
+    rng = np.random.default_rng(1)
+    reference = (rng.random(5000) < reference_ones) * 1.0
+    week = np.concatenate([(rng.random(1000) < 0.6) * current, reference[:1000]])
+    d = numeric_drift(numeric_profile(reference), week, np.repeat([0, 1], 1000), 2)
+    levels = drift_levels(d["psi"], d["wasserstein"], DriftThresholds())
+    assert list(levels) == [2, 0] and d["psi"][0] > DriftThresholds().psi[1]

@@ -66,6 +66,9 @@ def numeric_profile(values: np.ndarray) -> NumericProfile:
     n = len(present)
     rank = lambda q: np.minimum(np.floor(q * n).astype(np.int64), n - 1)  # noqa: E731
     edges = np.unique(present[rank(np.linspace(0.1, 0.9, 9))])
+    held = np.searchsorted(present, edges, "right") - np.searchsorted(present, edges, "left")
+    # a point holding a decile or more: an edge just above it, so "above it" is a bin
+    edges = np.unique(np.append(edges, np.nextafter(edges[held * 10 >= n], np.inf)))
     # The same nearest-rank quantiles as the chunks get, so a sample against itself is 0.
     profile = NumericProfile(edges, np.array([]), present[rank(GRID)], float(present.std()))
     counts = np.bincount(profile.bins(values), minlength=profile.n_bins)
