@@ -178,6 +178,11 @@ def test_bad_requests_get_422_naming_the_field(project: Path):
         assert (retried.status_code, retried.content) == (200, first.content)
         assert client.post("/labels", json={"transaction_id": 1, "tx_fraud": 2}).status_code \
             == 422
+        twice = client.post("/labels", json={"labels": [   # the same one, as int and as text
+            {"transaction_id": 7, "tx_fraud": 1}, {"transaction_id": 8, "tx_fraud": 0},
+            {"transaction_id": "7", "tx_fraud": 1}]})
+        assert twice.status_code == 422 and twice.json()["detail"][0]["loc"] == [
+            "body", "labels", 2, "transaction_id"] and "row 2 is row 0" in twice.text
 
 
 TRACED = """

@@ -39,7 +39,7 @@ from .journal import Journal, JournalError
 from .log import PredictionLog
 from .model import Loaded, load_model, prod_version
 from ..data.ingest import check_same_secret
-from .schema import Requests
+from .schema import Requests, duplicate_id, repeated
 from .state import (KNOWN, UNLABELLED, AlreadyScored, FrozenState, OnlineFeatures,
                              known_in, out_of_time, stamp_of)
 from .telemetry import json_logger, make_tracer, service_metrics
@@ -1155,11 +1155,9 @@ async def label_response(service: Service, raw: bytes, request: Request):
     from fastapi.exceptions import RequestValidationError
 
     ids, labels = service.requests.label_columns(service.requests.labels_body(raw))
-    unique, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise RequestValidationError([{"loc": ("body", "labels"), "type": "duplicate_id",
-                                       "msg": f"transaction {int(unique[counts > 1][0])} is "
-                                       "labelled twice in one request"}])
+    twice = repeated(ids)   # named at its row: a client cannot compute a hashed id's key
+    if twice is not None:
+        raise RequestValidationError([duplicate_id("labels", *twice)])
     state = service.features
     known, previous = state.label_states(ids)
     changes = known & (previous >= 0) & (previous != labels)

@@ -45,7 +45,7 @@ from ..keys import (category_keys, composite_texts, hashed_keys, id_text, intege
 __all__ = ['MAX_ROWS', 'MAX_TEXT', 'Text', 'Identifier', 'INT64', 'ATTRIBUTE_TYPES', 'LocalTime', 'ID_FIELDS', 'MAX_ERRORS',
            'ENTITY_KEY_CACHE', 'local_time', 'identifier_type', 'one_of', 'no_value_check', 'transaction_type',
            'label_type', 'fast_transaction_type', 'RequestTime', 'BodyRows', 'ScoreBody', 'meant_errors', 'Requests',
-           'attribute_values', 'located']
+           'repeated', 'duplicate_id', 'attribute_values', 'located']
 
 # %% ../../nbs/63_request_schema.ipynb #04ddc8d3
 MAX_ROWS = 100_000   # transactions or labels in one request
@@ -759,16 +759,9 @@ class Requests:
             "tx_amount": np.fromiter(values["tx_amount"], np.float64, n),
             **{a.name: attribute_values(values[a.name], a) for a in self.plan.attributes},
         }
-        ids = columns["transaction_id"]
-        order = np.argsort(ids, kind="stable")   # equal ids side by side, in body order
-        again = ids[order[1:]] == ids[order[:-1]]
-        if again.any():   # the first row that repeats an earlier one, named
-            row = int(order[1:][again].min())
-            first = int(order[:-1][again][order[1:][again] == row][0])
-            raise RequestValidationError([{
-                "loc": ("body", key or "transactions", row, "transaction_id"),
-                "type": "duplicate_id", "msg": f"transaction_id must be unique within a batch: "
-                f"row {row} is row {first} again"}])
+        twice = repeated(columns["transaction_id"])
+        if twice is not None:
+            raise RequestValidationError([duplicate_id(key or "transactions", *twice)])
         return columns
 
     def label_columns(self, labels: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -777,6 +770,23 @@ class Requests:
             {"transaction_id": [x["transaction_id"] for x in labels]},
             getattr(labels, "key", None))["transaction_id"])
         return ids, np.fromiter((x["tx_fraud"] for x in labels), np.int64, len(labels))
+
+
+def repeated(ids: np.ndarray) -> tuple[int, int] | None:
+    "The first row of `ids` that repeats an earlier one, and that earlier row; None if none."
+    order = np.argsort(ids, kind="stable")   # equal ids side by side, in body order
+    again = ids[order[1:]] == ids[order[:-1]]
+    if not again.any():
+        return None
+    row = int(order[1:][again].min())
+    return row, int(order[:-1][again][order[1:][again] == row][0])
+
+
+def duplicate_id(key: str, row: int, first: int) -> dict:
+    "The 422 error of a transaction sent twice in one body, at the row that repeats it."
+    return {"loc": ("body", key, row, "transaction_id"), "type": "duplicate_id",
+            "msg": f"transaction_id must be unique within a request: row {row} is row {first} "
+                   "again"}
 
 
 def attribute_values(values: list, attribute) -> np.ndarray:
