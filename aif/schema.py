@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa_arrow
 
+from .keys import integer_text
+
 if TYPE_CHECKING:  # pandera and pandas are imported when a schema is built, not on import:
     import numpy as np  # stages that only need the field list start faster
     import pandas as pd
@@ -82,8 +84,6 @@ def category_text(value) -> str:
     """A category value as ingest reads one from the data: a boolean as `true` or `false`, a
     float holding an integer as its digits (5411.0 is 5411, and so is the text '5411.0':
     `integer_text`), anything else as its text."""
-    from aif.keys import integer_text
-
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():

@@ -302,8 +302,9 @@ def read_csv(path: Path, params: IngestParams, plan: SourcePlan) -> FileRows:
     # a name twice (Excel's empty trailing columns): refused where a field or `keep` reads it
     twice = {c for i, c in enumerate(header) if c in header[:i]}
     read = [c for c in header if not plan.is_pii(c) and c not in twice]   # PII: never read
-    kept = set(read) | twice if params.extra_columns == "keep" else set()
-    taken = twice & (plan.used_columns | {c for c in kept if not plan.is_pii(c)})
+    readers = plan.used_columns if params.extra_columns == "drop" else \
+        plan.used_columns | {c for c in header if not plan.is_pii(c)}
+    taken = twice & readers
     if taken:
         name = sorted(taken)[0]
         raise StageError(f"ingest: {path}: column {name!r} is in the header twice (columns "
