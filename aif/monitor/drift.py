@@ -39,7 +39,7 @@ def level(value: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
 # %% ../../nbs/40_drift.ipynb #96de3e97
 @dataclass(frozen=True)
 class NumericProfile:
-    edges: np.ndarray       # inner bin edges (deciles of the reference, unique)
+    edges: np.ndarray       # inner bin edges (reference deciles, unique; one above a mass)
     shares: np.ndarray      # reference share per bin, the last bin being "missing"
     quantiles: np.ndarray   # reference quantile function on GRID
     std: float
@@ -51,7 +51,7 @@ class NumericProfile:
     def bins(self, values: np.ndarray) -> np.ndarray:
         "Bin of each value; NaN goes to the last bin."
         b = np.zeros(len(values), np.int64)
-        for edge in self.edges:  # at most 9 edges: 9 vector compares beat a binary search
+        for edge in self.edges:  # at most 18 edges: vector compares beat a binary search
             b += values >= edge
         b[np.isnan(values)] = self.n_bins - 1
         return b
